@@ -8,6 +8,7 @@ so that agents started later find the same data.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -50,19 +51,20 @@ def _system_bin_dir() -> Path | None:
 
 
 def _bin_dir() -> Path:
-    try:
-        import pgserver  # noqa: F401 (imported for its bundled binaries)
-        from pgserver._commands import POSTGRES_BIN_PATH
-    except ImportError:
-        found = _system_bin_dir()
-        if found is None:
-            raise ConfigurationError(
-                "no embedded PostgreSQL is available",
-                hint="pip install pgserver, install PostgreSQL (its initdb and pg_ctl on PATH), "
-                "or give a postgresql:// URL with --url / AGENT_RUNTIME_URL",
-            ) from None
-        return found
-    return Path(POSTGRES_BIN_PATH)
+    # Located without importing pgserver (its import has side effects we do not need).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin"
+        if (bundled / "pg_ctl").exists():
+            return bundled
+    found = _system_bin_dir()
+    if found is None:
+        raise ConfigurationError(
+            "no embedded PostgreSQL is available",
+            hint="pip install pgserver, install PostgreSQL (its initdb and pg_ctl on PATH), "
+            "or give a postgresql:// URL with --url / AGENT_RUNTIME_URL",
+        )
+    return found
 
 
 def _run_as_postgres_user() -> list[str]:
