@@ -1,0 +1,153 @@
+"""The one module that names SQL functions: typed calls over any transport."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from .models import (
+    AgentInfo,
+    ChannelInfo,
+    DeadLetter,
+    LockGrant,
+    LockInfo,
+    MetricSummary,
+    NackResult,
+    RawMessage,
+    SendResult,
+    Topology,
+)
+from .transports.base import Transport
+
+T = TypeVar("T")
+
+
+def _as(kind: type[T], raw: Any) -> T:
+    return msgspec.convert(raw, kind, strict=False)
+
+
+class Database:
+    """Every SQL operation the runtime uses, with named arguments and typed results."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def _call(self, fn: str, **args: Any) -> Any:
+        return await self.transport.call(fn, args)
+
+    # Registry and presence
+    async def register_agent(self, agent_id: str, name: str, *, kind: str, capabilities: Sequence[str],
+                             version: str, host: str, pid: int | None, metadata: dict[str, Any],
+                             heartbeat_ttl_ms: int) -> AgentInfo:
+        return _as(AgentInfo, await self._call(
+            "register_agent", p_agent_id=agent_id, p_name=name, p_kind=kind, p_capabilities=list(capabilities),
+            p_version=version, p_host=host, p_pid=pid, p_metadata=metadata, p_heartbeat_ttl_ms=heartbeat_ttl_ms))
+
+    async def heartbeat(self, agent_id: str, *, status: str | None = None, load: float | None = None,
+                        info: dict[str, Any] | None = None) -> AgentInfo:
+        return _as(AgentInfo, await self._call(
+            "update_agent_last_seen", p_agent_id=agent_id, p_status=status, p_load=load, p_info=info))
+
+    async def deregister_agent(self, agent_id: str) -> AgentInfo:
+        return _as(AgentInfo, await self._call("deregister_agent", p_agent_id=agent_id))
+
+    async def list_agents(self, capability: str | None = None, online_only: bool = True) -> list[AgentInfo]:
+        return _as(list[AgentInfo], await self._call(
+            "list_agents", p_capability=capability, p_online_only=online_only))
+
+    # Channels
+    async def ensure_channel(self, agent_id: str, name: str, kind: str, *, retention_ms: int | None = None,
+                             message_ttl_ms: int | None = None, max_attempts: int | None = None,
+                             visibility_timeout_ms: int | None = None, max_payload_bytes: int | None = None,
+                             metadata: dict[str, Any] | None = None) -> ChannelInfo:
+        return _as(ChannelInfo, await self._call(
+            "ensure_channel", p_agent_id=agent_id, p_name=name, p_kind=kind, p_retention_ms=retention_ms,
+            p_message_ttl_ms=message_ttl_ms, p_max_attempts=max_attempts,
+            p_visibility_timeout_ms=visibility_timeout_ms, p_max_payload_bytes=max_payload_bytes,
+            p_metadata=metadata))
+
+    async def list_channels(self) -> list[ChannelInfo]:
+        return _as(list[ChannelInfo], await self._call("list_channels"))
+
+    async def subscribe(self, agent_id: str, channel: str, start: str = "latest") -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "subscribe_channel", p_agent_id=agent_id, p_channel=channel, p_from=start)
+        return result
+
+    async def unsubscribe(self, agent_id: str, channel: str) -> bool:
+        return bool(await self._call("unsubscribe_channel", p_agent_id=agent_id, p_channel=channel))
+
+    # Messages
+    async def send_batch(self, agent_id: str, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
+        return _as(list[SendResult], await self._call(
+            "send_messages", p_agent_id=agent_id, p_channel=channel, p_messages=messages))
+
+    async def fetch(self, agent_id: str, channel: str, limit: int) -> list[RawMessage]:
+        return _as(list[RawMessage], await self._call(
+            "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit))
+
+    async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None) -> list[RawMessage]:
+        return _as(list[RawMessage], await self._call(
+            "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
+            p_visibility_ms=visibility_ms))
+
+    async def ack(self, agent_id: str, message_ids: Sequence[int]) -> int:
+        return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids)))
+
+    async def nack(self, agent_id: str, message_id: int, *, delay_ms: int, reason: str | None,
+                   dead: bool = False) -> NackResult:
+        return _as(NackResult, await self._call(
+            "nack_message", p_agent_id=agent_id, p_message_id=message_id, p_delay_ms=delay_ms,
+            p_reason=reason, p_dead=dead))
+
+    async def extend_visibility(self, agent_id: str, message_ids: Sequence[int], visibility_ms: int) -> int:
+        return int(await self._call("extend_visibility", p_agent_id=agent_id, p_message_ids=list(message_ids),
+                                    p_visibility_ms=visibility_ms))
+
+    async def list_dead_letters(self, channel: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return _as(list[DeadLetter], await self._call("list_dead_letters", p_channel=channel, p_limit=limit))
+
+    async def replay_dead_letters(self, agent_id: str, message_ids: Sequence[int]) -> int:
+        return int(await self._call("replay_dead_letters", p_agent_id=agent_id,
+                                    p_message_ids=list(message_ids)))
+
+    # Locks
+    async def acquire_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int,
+                           metadata: dict[str, Any] | None = None) -> LockGrant:
+        return _as(LockGrant, await self._call(
+            "acquire_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id, p_ttl_ms=ttl_ms,
+            p_metadata=metadata or {}))
+
+    async def renew_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int) -> LockGrant:
+        return _as(LockGrant, await self._call(
+            "renew_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id, p_ttl_ms=ttl_ms))
+
+    async def release_lock(self, agent_id: str, key: str, lease_id: uuid.UUID) -> bool:
+        return bool(await self._call("release_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id))
+
+    async def check_fencing_token(self, key: str, token: int) -> bool:
+        return bool(await self._call("check_fencing_token", p_key=key, p_token=token))
+
+    async def list_locks(self) -> list[LockInfo]:
+        return _as(list[LockInfo], await self._call("list_locks"))
+
+    # Metrics
+    async def record_metrics(self, agent_id: str, metrics: list[dict[str, Any]]) -> int:
+        return int(await self._call("record_communication_metrics", p_agent_id=agent_id, p_metrics=metrics))
+
+    async def get_metrics(self, agent_id: str | None = None, metric: str | None = None,
+                          since_ms: int = 3_600_000) -> list[MetricSummary]:
+        return _as(list[MetricSummary], await self._call(
+            "get_communication_metrics", p_agent_id=agent_id, p_metric=metric, p_since_ms=since_ms))
+
+    # Cleanup and topology
+    async def run_cleanup(self, metrics_retention_ms: int = 7 * 86_400_000) -> dict[str, int]:
+        result: dict[str, int] = await self._call("run_cleanup", p_metrics_retention_ms=metrics_retention_ms)
+        return result
+
+    async def topology(self, window_ms: int = 300_000, include_offline: bool = False) -> Topology:
+        return _as(Topology, await self._call(
+            "get_network_topology", p_window_ms=window_ms, p_include_offline=include_offline))

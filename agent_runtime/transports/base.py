@@ -1,0 +1,47 @@
+"""The transport seam: call a SQL function with named arguments and get JSON back; listen to
+wake-up events. A transport knows nothing of agents, locks or messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import msgspec
+from anyio.abc import TaskStatus
+
+
+class Event(msgspec.Struct, frozen=True):
+    """A wake-up hint. ``topic`` is ``channel:<name>``, ``agent:<id>``, ``presence`` or ``locks``;
+    ``event`` is ``message``, ``presence`` or ``released``; ``data`` the compact payload.
+    The special topic ``*`` with event ``reconnected`` says events may have been missed."""
+
+    topic: str
+    event: str
+    data: dict[str, Any]
+
+
+RECONNECTED = Event("*", "reconnected", {})
+
+
+class EventSink(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+class Transport(Protocol):
+    """What the runtime needs from a connection to the database."""
+
+    async def call(self, function: str, args: Mapping[str, Any]) -> Any:
+        """Call ``public.<function>`` with named arguments; return its JSON result decoded.
+
+        Raises an :class:`~agent_runtime.errors.AgentRuntimeError` subclass (never a driver's
+        exception): domain errors from their SQLSTATE, connection failures as ``ConnectionLost``."""
+        ...
+
+    async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        """Deliver wake-up events to ``sink`` until cancelled, reconnecting as needed; report
+        ready through ``task_status`` once listening. After a reconnect, emit ``RECONNECTED``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection; safe to call twice."""
+        ...

@@ -1,0 +1,142 @@
+"""The Postgres transport: an asyncpg pool for calls and one dedicated LISTEN connection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import asyncpg
+import msgspec
+from anyio.abc import TaskStatus
+
+from ..errors import AgentRuntimeError, ConnectionLost, InvalidInput, error_from_sqlstate
+from .base import RECONNECTED, Event, EventSink
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "agent_runtime"
+_JSON_ARGS = frozenset({"p_payload", "p_headers", "p_metadata", "p_messages", "p_metrics", "p_info"})
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Driver exceptions become the runtime's own, here and only here."""
+    try:
+        yield
+    except AgentRuntimeError:
+        raise
+    except asyncpg.PostgresError as exc:
+        raise error_from_sqlstate(exc.sqlstate, exc.message or str(exc), getattr(exc, "hint", None)) from exc
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
+        raise ConnectionLost(f"database connection failed: {exc}") from exc
+
+
+class PostgresTransport:
+    """Calls ``select public.fn(p_a => $1, ...)``; listens with ``LISTEN agent_runtime``."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 reconnect_max_delay: float = 5.0, health_interval: float = 2.0) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._reconnect_max_delay = reconnect_max_delay
+        self._health_interval = health_interval
+        self._pool: asyncpg.Pool | None = None
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._closed = False
+
+    async def connect(self) -> None:
+        with translate_errors():
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._min_size, max_size=self._max_size,
+                # Hung connections must fail, not hang a runtime forever.
+                command_timeout=60, timeout=10,
+            )
+
+    def _statement(self, function: str, names: tuple[str, ...]) -> str:
+        key = (function, names)
+        sql = self._sql.get(key)
+        if sql is None:
+            params = ", ".join(
+                f"{n} => ${i}::jsonb" if n in _JSON_ARGS else f"{n} => ${i}" for i, n in enumerate(names, 1)
+            )
+            sql = f"select public.{function}({params})::text"
+            self._sql[key] = sql
+        return sql
+
+    async def call(self, function: str, args: Mapping[str, Any]) -> Any:
+        if self._pool is None:
+            raise ConnectionLost("the transport is not connected")
+        names = tuple(args)
+        values = [
+            _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
+        ]
+        with translate_errors():
+            try:
+                raw = await self._pool.fetchval(self._statement(function, names), *values)
+            except (asyncpg.DataError, TypeError, ValueError) as exc:
+                if isinstance(exc, asyncpg.PostgresError):
+                    raise
+                raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
+        return None if raw is None else _decoder.decode(raw)
+
+    async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        delay = 0.05
+        started = False
+        while True:
+            try:
+                with translate_errors():
+                    conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+            except ConnectionLost as exc:
+                log.warning("LISTEN connection failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self._reconnect_max_delay)
+                continue
+            lost = anyio.Event()
+            try:
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: sink(_parse(payload)))
+                delay = 0.05
+                if started:
+                    sink(RECONNECTED)  # anything sent while we were away must be caught up
+                else:
+                    started = True
+                    task_status.started()
+                await self._watch(conn, lost)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("LISTEN connection lost: %s", exc)
+            finally:
+                conn.terminate()
+            await anyio.sleep(delay)
+
+    async def _watch(self, conn: asyncpg.Connection, lost: anyio.Event) -> None:
+        """Return when the connection is gone. A periodic query notices a half-dead socket that
+        the termination callback alone would miss."""
+        while not lost.is_set():
+            with anyio.move_on_after(self._health_interval):
+                await lost.wait()
+                return
+            with anyio.fail_after(self._health_interval * 2):
+                await conn.fetchval("select 1")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await pool.close()
+            pool.terminate()
+
+
+def _parse(payload: str) -> Event:
+    try:
+        data = _decoder.decode(payload)
+        return Event(str(data.pop("t")), str(data.pop("e")), data)
+    except (msgspec.DecodeError, KeyError, AttributeError, TypeError):
+        log.warning("ignoring malformed notification %r", payload[:200])
+        return Event("*", "malformed", {})
