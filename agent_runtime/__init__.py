@@ -1,0 +1,96 @@
+"""agent_runtime: a runtime that agent processes embed to find each other, talk and coordinate
+through Supabase or any Postgres.
+
+This module is the public API: everything a user (and the ``agent-runtime`` CLI) needs is
+imported from here. To add a public name, import it below and list it in ``__all__`` (kept in
+sorted order: ruff's RUF022 checks it).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AgentRuntimeError,
+    ChannelKindMismatch,
+    ConfigurationError,
+    Conflict,
+    ConnectionLost,
+    InvalidInput,
+    InvalidName,
+    InvalidPayload,
+    LockError,
+    LockLost,
+    LockNotHeld,
+    LockTimeout,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+    StaleFencingToken,
+    UnknownAgent,
+    UnknownChannel,
+    UnknownMessage,
+)
+from .models import (
+    AgentInfo,
+    AgentStatus,
+    ChannelInfo,
+    ChannelKind,
+    DeadLetter,
+    Flow,
+    LockGrant,
+    LockInfo,
+    MetricSummary,
+    NackResult,
+    RawMessage,
+    SendResult,
+    SubscriptionEdge,
+    Topology,
+    TopologyChannel,
+)
+from .network import Network
+from .topology import to_dot, to_json, to_mermaid, to_table
+
+__all__ = [
+    "AgentInfo",
+    "AgentRuntimeError",
+    "AgentStatus",
+    "ChannelInfo",
+    "ChannelKind",
+    "ChannelKindMismatch",
+    "ConfigurationError",
+    "Conflict",
+    "ConnectionLost",
+    "DeadLetter",
+    "Flow",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidPayload",
+    "LockError",
+    "LockGrant",
+    "LockInfo",
+    "LockLost",
+    "LockNotHeld",
+    "LockTimeout",
+    "MetricSummary",
+    "NackResult",
+    "Network",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RawMessage",
+    "RemoteError",
+    "RequestTimeout",
+    "SendResult",
+    "StaleFencingToken",
+    "SubscriptionEdge",
+    "Topology",
+    "TopologyChannel",
+    "UnknownAgent",
+    "UnknownChannel",
+    "UnknownMessage",
+    "to_dot",
+    "to_json",
+    "to_mermaid",
+    "to_table",
+]

@@ -1,0 +1,79 @@
+"""In-process metric aggregation, flushed to the database in batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ._db import Database
+from .errors import AgentRuntimeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Figure:
+    count: int = 0
+    sum: float = 0.0
+    min: float | None = None
+    max: float | None = None
+
+    def add(self, value: float, count: int) -> None:
+        self.count += count
+        self.sum += value
+        self.min = value if self.min is None else min(self.min, value)
+        self.max = value if self.max is None else max(self.max, value)
+
+    def merge(self, other: _Figure) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        if other.min is not None:
+            self.min = other.min if self.min is None else min(self.min, other.min)
+        if other.max is not None:
+            self.max = other.max if self.max is None else max(self.max, other.max)
+
+
+class Metrics:
+    """Counters and figures (count, sum, min, max per metric and channel), kept in memory and
+    written to ``communication_metrics`` by the runtime's flusher. Names: lowercase, digits, ``_`` ``.``.
+
+    Built in: ``messages.sent``, ``messages.received``, ``messages.acked``, ``messages.nacked``,
+    ``messages.dead``, ``bytes.sent``, ``bytes.received``, ``latency.end_to_end_ms``,
+    ``handler.time_ms``, ``lock.wait_ms``."""
+
+    def __init__(self) -> None:
+        self._figures: dict[tuple[str, str], _Figure] = {}
+
+    def increment(self, metric: str, value: float = 1, *, channel: str = "") -> None:
+        """Add ``value`` to a counter (count grows by one per call, sum by ``value``)."""
+        self._figure(metric, channel).add(value, 1)
+
+    def observe(self, metric: str, value: float, *, channel: str = "") -> None:
+        """Record one measurement (a latency, a size): count, sum, min and max are kept."""
+        self._figure(metric, channel).add(value, 1)
+
+    def _figure(self, metric: str, channel: str) -> _Figure:
+        key = (metric, channel)
+        figure = self._figures.get(key)
+        if figure is None:
+            figure = self._figures[key] = _Figure()
+        return figure
+
+    def pending(self) -> int:
+        return len(self._figures)
+
+    async def flush(self, db: Database, agent_id: str) -> int:
+        """Write what has accumulated; on failure keep it for the next flush (nothing is lost)."""
+        if not self._figures:
+            return 0
+        batch, self._figures = self._figures, {}
+        rows = [
+            {"metric": metric, "channel": channel, "count": f.count, "sum": f.sum, "min": f.min, "max": f.max}
+            for (metric, channel), f in batch.items()
+        ]
+        try:
+            return await db.record_metrics(agent_id, rows)
+        except AgentRuntimeError:
+            for key, figure in batch.items():
+                self._figure(*key).merge(figure)
+            raise

@@ -1,0 +1,601 @@
+"""AgentRuntime: one agent process's membership of the network.
+
+It owns one anyio task group. Background services (the wake-up listener, presence heartbeat,
+metrics flusher, janitor, inbox consumer, handlers) are tasks in it; leaving the ``async with``
+shuts them down in order: stop intake, let in-flight handlers finish (or hand their messages
+back), release locks, flush metrics, mark the agent offline, close connections."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from . import _locks
+from ._db import Database
+from ._metrics import Metrics
+from ._presence import PresenceEvent, PresenceHub
+from ._subscription import Message, Subscription
+from .config import ConnectionSettings, resolve
+from .connect import open_transport
+from .errors import AgentRuntimeError, InvalidInput, RemoteError, RequestTimeout
+from .models import (
+    AgentInfo,
+    AgentStatus,
+    ChannelInfo,
+    ChannelKind,
+    DeadLetter,
+    MetricSummary,
+    RawMessage,
+    SendResult,
+    Topology,
+)
+from .transports.base import Event, Transport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[Message[Any]], Awaitable[Any]]
+
+_JANITOR_LOCK = "agent_runtime:janitor"
+_encoder = msgspec.json.Encoder()
+
+
+def _default_agent_id(name: str) -> str:
+    base = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name).strip("-_.") or "agent"
+    return f"{base[:100]}-{uuid.uuid4().hex[:8]}"
+
+
+class AgentRuntime:
+    """Join the network as one agent.
+
+    ``url``: ``postgresql://...`` for a Postgres database, nothing for the embedded local one
+    (environment: ``AGENT_RUNTIME_URL``). ``agent_id``: give a stable id to resume the same agent
+    after a restart (its subscriptions and cursors too); by default a fresh one is made from the name.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        agent_id: str | None = None,
+        capabilities: Sequence[str] = (),
+        kind: str = "agent",
+        version: str = "",
+        metadata: dict[str, Any] | None = None,
+        url: str | None = None,
+        key: str | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_ttl: float | None = None,
+        janitor: bool = True,
+        janitor_interval: float = 10.0,
+        metrics_interval: float = 5.0,
+        poll_interval: float = 5.0,
+        shutdown_timeout: float = 10.0,
+        retry_base_delay: float = 0.5,
+        retry_max_delay: float = 60.0,
+        migrate: bool = True,
+        pool_size: int = 10,
+    ) -> None:
+        self.name = name
+        self.agent_id = agent_id or _default_agent_id(name)
+        self.capabilities = list(capabilities)
+        self.kind = kind
+        self.version = version
+        self.metadata = dict(metadata or {})
+        self.settings: ConnectionSettings = resolve(url, key)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else max(3 * heartbeat_interval, 1.0)
+        self.janitor_enabled = janitor
+        self.janitor_interval = janitor_interval
+        self.metrics_interval = metrics_interval
+        self.poll_interval = poll_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.retry_base_delay = retry_base_delay
+        self.retry_max_delay = retry_max_delay
+        self._migrate = migrate
+        self._pool_size = pool_size
+
+        self.metrics = Metrics()
+        self.info: AgentInfo | None = None
+        self._transport: Transport | None = None
+        self._db: Database | None = None
+        self._tg: TaskGroup | None = None
+        self._stopping = anyio.Event()
+        self._subscriptions: dict[str, set[Subscription[Any]]] = {}
+        self._presence = PresenceHub()
+        self._lock_waiters = _locks.LockWaiters()
+        self._held: set[_locks.Lease] = set()
+        self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
+        self._request_handler: Handler | None = None
+        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message[Any]](100)
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> AgentRuntime:
+        self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size)
+        self._db = Database(self._transport)
+        try:
+            self.info = await self._db.register_agent(
+                self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
+                host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
+                heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+        except BaseException:
+            await self._transport.aclose()
+            raise
+        try:
+            await self._tg.start(self._transport.run_listener, self._dispatch)
+            self._tg.start_soon(self._heartbeat_loop)
+            self._tg.start_soon(self._metrics_loop)
+            if self.janitor_enabled:
+                self._tg.start_soon(self._janitor_loop)
+            await self._tg.start(self._inbox_loop)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        self._stopping.set()  # 1. stop intake: consumers fetch nothing more
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            # 2. in-flight handlers get the grace period; then they are cancelled and their
+            #    messages handed back (nacked) in their own shielded cleanup.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                await self._idle.wait()
+            tg.cancel_scope.cancel()
+            # The task group is exited at the nesting level it was entered at (no scope around it).
+            await tg.__aexit__(None, None, None)
+        db = self._db
+        if db is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                for lease in list(self._held):  # 3. locks (normally released by their own blocks)
+                    await _locks.release(self, lease)
+                try:
+                    await self.metrics.flush(db, self.agent_id)  # 4. metrics
+                except AgentRuntimeError as exc:
+                    log.warning("final metrics flush failed: %s", exc)
+                try:
+                    await db.deregister_agent(self.agent_id)  # 5. offline
+                except AgentRuntimeError as exc:
+                    log.warning("marking %s offline failed: %s", self.agent_id, exc)
+        if self._transport is not None:
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()  # 6. close
+        self._inbox_send.close()
+        return None
+
+    def _require_db(self) -> Database:
+        if self._db is None:
+            raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
+        return self._db
+
+    def _start_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        if self._tg is None:
+            raise AgentRuntimeError("the runtime is not running")
+        self._tg.start_soon(fn, *args)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+
+    async def _wait_unless_stopping(self, event: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            async def stop_on_shutdown() -> None:
+                await self._stopping.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(stop_on_shutdown)
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+    def retry_delay(self, attempts: int) -> float:
+        """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
+        delay = min(self.retry_base_delay * 2.0 ** max(attempts - 1, 0), self.retry_max_delay)
+        return float(delay * random.uniform(0.8, 1.2))
+
+    # ------------------------------------------------------------------ wake-up dispatch
+
+    def _dispatch(self, event: Event) -> None:
+        if event.event == "message":
+            channel = event.data.get("c")
+            for sub in self._subscriptions.get(str(channel), ()):
+                sub.wake()
+        elif event.event == "presence":
+            self._presence.publish(PresenceEvent(event.data.get("k", "status"), str(event.data.get("a", "")),
+                                                 str(event.data.get("st", ""))))
+        elif event.event == "released":
+            self._lock_waiters.released(str(event.data.get("k")))
+        elif event.event == "reconnected":
+            for subs in self._subscriptions.values():
+                for sub in subs:
+                    sub.wake()
+            self._lock_waiters.wake_all()
+            self._presence.publish(PresenceEvent("resync"))
+
+    def _wake_later(self, sub: Subscription[Any], delay: float) -> None:
+        if self._tg is None:
+            return
+
+        async def wake() -> None:
+            await self._sleep_unless_stopping(delay)
+            sub.wake()
+
+        self._tg.start_soon(wake)
+
+    async def _open_subscription(self, sub: Subscription[Any]) -> None:
+        await self._require_db().subscribe(self.agent_id, sub.channel, sub._start)
+        self._subscriptions.setdefault(sub.channel, set()).add(sub)
+
+    def _close_subscription(self, sub: Subscription[Any]) -> None:
+        subs = self._subscriptions.get(sub.channel)
+        if subs is not None:
+            subs.discard(sub)
+
+    # ------------------------------------------------------------------ background loops
+
+    async def _heartbeat_loop(self) -> None:
+        db = self._require_db()
+        while True:
+            await anyio.sleep(self.heartbeat_interval * random.uniform(0.8, 1.0))
+            try:
+                self.info = await db.heartbeat(self.agent_id)
+            except AgentRuntimeError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.metrics_interval)
+            try:
+                await self.metrics.flush(self._require_db(), self.agent_id)
+            except AgentRuntimeError as exc:
+                log.warning("metrics flush failed (kept for the next one): %s", exc)
+
+    async def _janitor_loop(self) -> None:
+        """Leader-elected cleanup: whoever holds the janitor lock runs it; the lease is re-taken
+        each round with the same lease id, so the leader keeps it while alive."""
+        db = self._require_db()
+        lease_id = uuid.uuid4()
+        while True:
+            try:
+                grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id,
+                                              int(self.janitor_interval * 3000))
+                if grant.acquired:
+                    counts = await db.run_cleanup()
+                    if any(counts.values()):
+                        log.info("janitor: %s", counts)
+            except AgentRuntimeError as exc:
+                log.warning("janitor round failed: %s", exc)
+            await anyio.sleep(self.janitor_interval * random.uniform(0.9, 1.1))
+
+    async def _inbox_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consumes this agent's inbox: replies complete pending requests, requests go to the
+        request handler, anything else to :meth:`inbox`."""
+        async with Subscription[Any](self, f"agent:{self.agent_id}", "direct", payload_type=None, batch_size=100,
+                                     visibility=None, start="earliest", poll_interval=self.poll_interval) as sub:
+            task_status.started()
+            async for msg in sub:
+                kind = msg.headers.get("ar")
+                if kind in ("reply", "error") and msg.correlation_id is not None:
+                    waiter = self._pending_replies.get(msg.correlation_id)
+                    if waiter is not None:
+                        waiter[1].append(msg.raw)
+                        waiter[0].set()
+                    await msg.ack()  # a late reply to a request that gave up is dropped
+                elif kind == "request" and self._request_handler is not None:
+                    self._begin()
+                    self._start_task(self._answer, self._request_handler, msg)
+                else:
+                    await self._inbox_send.send(msg)
+
+    def _begin(self) -> None:
+        self._in_flight += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def _answer(self, handler: Handler, msg: Message[Any]) -> None:
+        try:
+            try:
+                result = await handler(msg)
+            except Exception as exc:
+                log.exception("request handler failed on %r", msg)
+                await self._reply(msg.raw, {"error": f"{type(exc).__name__}: {exc}"}, kind="error")
+            else:
+                await self._reply(msg.raw, result)
+            await msg.ack()
+        finally:
+            self._end()
+
+    # ------------------------------------------------------------------ presence
+
+    async def agents(self, capability: str | None = None, *, include_offline: bool = False) -> list[AgentInfo]:
+        """Agents that are online now (by the database clock), optionally with a capability."""
+        return await self._require_db().list_agents(capability, online_only=not include_offline)
+
+    async def set_status(self, status: AgentStatus, *, load: float | None = None) -> AgentInfo:
+        """Set this agent's status (online, busy, away) and load (0..1); others see a status event."""
+        self.info = await self._require_db().heartbeat(self.agent_id, status=status, load=load)
+        return self.info
+
+    def presence_events(self) -> AbstractAsyncContextManager[AsyncIterator[PresenceEvent]]:
+        """``async with rt.presence_events() as events: async for ev in events: ...``"""
+        return self._presence.listen()
+
+    # ------------------------------------------------------------------ channels and messages
+
+    async def channel(self, name: str, kind: ChannelKind = "broadcast", *, retention: float | None = None,
+                      message_ttl: float | None = None, max_attempts: int | None = None,
+                      visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
+                      metadata: dict[str, Any] | None = None) -> ChannelInfo:
+        """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
+        def ms(v: float | None) -> int | None:
+            return None if v is None else int(v * 1000)
+        return await self._require_db().ensure_channel(
+            self.agent_id, name, kind, retention_ms=ms(retention), message_ttl_ms=ms(message_ttl),
+            max_attempts=max_attempts, visibility_timeout_ms=ms(visibility_timeout),
+            max_payload_bytes=max_payload_bytes, metadata=metadata)
+
+    async def channels(self) -> list[ChannelInfo]:
+        return await self._require_db().list_channels()
+
+    @overload
+    def subscribe(self, channel: str, *, type: None = None, kind: ChannelKind | None = None, start: str = "latest",
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[Any]: ...
+    @overload
+    def subscribe(self, channel: str, *, type: type[T], kind: ChannelKind | None = None, start: str = "latest",
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[T]: ...
+    def subscribe(self, channel: str, *, type: type[T] | None = None, kind: ChannelKind | None = None,
+                  start: str = "latest", batch_size: int = 100,
+                  visibility_timeout: float | None = None) -> _SubscribeCM[Any]:
+        """Subscribe to a channel (created as ``kind`` if missing, default broadcast).
+
+        Durable: the subscription (per agent id and channel) keeps its cursor, so an agent that
+        comes back with the same id receives what it missed. ``start``: where a new broadcast
+        subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
+        type msgspec can convert to) the payloads are validated and decoded into; a payload that
+        does not fit goes to the dead letters with the reason."""
+        return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
+
+    def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
+           start: str = "latest", concurrency: int = 1,
+           visibility_timeout: float | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: run ``handler(msg)`` for each message on ``channel``; it is acked when the
+        handler returns and nacked (redelivered with backoff) when it raises. ``concurrency`` > 1
+        runs competing consumers (queues only: broadcast keeps per-channel order)."""
+        def register(handler: Handler) -> Handler:
+            self.handle(channel, handler, type=type, kind=kind, start=start, concurrency=concurrency,
+                        visibility_timeout=visibility_timeout)
+            return handler
+        return register
+
+    def handle(self, channel: str, handler: Handler, *, type: type[Any] | None = None,
+               kind: ChannelKind | None = None, start: str = "latest", concurrency: int = 1,
+               visibility_timeout: float | None = None) -> None:
+        """Start a handler task on ``channel`` (see :meth:`on`)."""
+        if concurrency < 1:
+            raise InvalidInput("concurrency must be at least 1")
+        for _ in range(concurrency):
+            self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout,
+                             max(1, 10 // concurrency))
+
+    async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
+                            kind: ChannelKind | None, start: str, visibility: float | None, batch: int) -> None:
+        async with self.subscribe(channel, type=payload_type, kind=kind, start=start, batch_size=batch,
+                                  visibility_timeout=visibility) as sub:
+            async for msg in sub:
+                self._begin()
+                try:
+                    await self._run_handler(handler, msg)
+                finally:
+                    self._end()
+
+    async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
+        started = anyio.current_time()
+        try:
+            await handler(msg)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                await msg.nack(delay=0, reason="handler cancelled (shutdown)")
+            raise
+        except Exception as exc:
+            log.warning("handler for %s failed on %r: %s", msg.channel, msg, exc)
+            await msg.nack(reason=f"{type(exc).__name__}: {exc}")
+        else:
+            await msg.ack()
+        finally:
+            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
+
+    async def publish(self, channel: str, payload: Any, *, headers: dict[str, Any] | None = None,
+                      idempotency_key: str | None = None, ttl: float | None = None,
+                      delay: float | None = None) -> SendResult:
+        """Send one message. With an ``idempotency_key``, sending the same key again (from this
+        agent) is a no-op that returns the original message's id with ``duplicate=True``."""
+        results = await self.publish_many(channel, [payload], headers=headers, ttl=ttl, delay=delay,
+                                          idempotency_keys=[idempotency_key] if idempotency_key else None)
+        return results[0]
+
+    async def publish_many(self, channel: str, payloads: Sequence[Any], *, headers: dict[str, Any] | None = None,
+                           idempotency_keys: Sequence[str | None] | None = None, ttl: float | None = None,
+                           delay: float | None = None) -> list[SendResult]:
+        """Send a batch in one round trip (all or nothing), in order."""
+        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
+            raise InvalidInput("idempotency_keys must match payloads one to one")
+        messages = []
+        for i, payload in enumerate(payloads):
+            entry: dict[str, Any] = {"payload": _to_builtins(payload)}
+            if headers:
+                entry["headers"] = headers
+            if idempotency_keys is not None and idempotency_keys[i]:
+                entry["idempotency_key"] = idempotency_keys[i]
+            if ttl is not None:
+                entry["ttl_ms"] = int(ttl * 1000)
+            if delay is not None:
+                entry["delay_ms"] = int(delay * 1000)
+            messages.append(entry)
+        return await self._send(channel, messages)
+
+    async def _send(self, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
+        results = await self._require_db().send_batch(self.agent_id, channel, messages)
+        sent = sum(1 for r in results if not r.duplicate)
+        if sent:
+            self.metrics.increment("messages.sent", sent, channel=channel)
+        return results
+
+    async def send(self, agent_id: str, payload: Any, *, headers: dict[str, Any] | None = None,
+                   idempotency_key: str | None = None, ttl: float | None = None) -> SendResult:
+        """Send straight to another agent's inbox."""
+        return await self.publish(_inbox(agent_id), payload, headers=headers, idempotency_key=idempotency_key,
+                                  ttl=ttl)
+
+    def inbox(self) -> AsyncIterator[Message[Any]]:
+        """Direct messages to this agent that are not replies (nor requests, when a request
+        handler is set). Ack them like any message."""
+        return self._inbox_receive.__aiter__()
+
+    def on_request(self, handler: Handler) -> Handler:
+        """Decorator: answer requests sent to this agent; the handler's return value is the reply
+        (an exception becomes a :class:`RemoteError` at the requester)."""
+        self._request_handler = handler
+        return handler
+
+    async def request(self, agent_id: str, payload: Any, *, timeout: float = 30.0,  # noqa: ASYNC109 (the API)
+                      headers: dict[str, Any] | None = None) -> Any:
+        """Send a request to an agent's inbox and wait for its reply's payload.
+
+        Raises :class:`RequestTimeout` after ``timeout`` seconds (the request also expires then,
+        so it is not handled after the requester gave up), :class:`RemoteError` if the handler raised."""
+        correlation_id = str(uuid.uuid4())
+        arrived = anyio.Event()
+        replies: list[RawMessage] = []
+        self._pending_replies[correlation_id] = (arrived, replies)
+        try:
+            await self._send(_inbox(agent_id), [{
+                "payload": _to_builtins(payload), "headers": {**(headers or {}), "ar": "request"},
+                "correlation_id": correlation_id, "reply_to": f"agent:{self.agent_id}",
+                "ttl_ms": max(int(timeout * 1000), 1)}])
+            with anyio.move_on_after(timeout):
+                await arrived.wait()
+        finally:
+            del self._pending_replies[correlation_id]
+        if not replies:
+            raise RequestTimeout(f"no reply from {agent_id} within {timeout}s")
+        reply = replies[0]
+        if reply.headers.get("ar") == "error":
+            error = reply.payload.get("error") if isinstance(reply.payload, dict) else reply.payload
+            raise RemoteError(f"{agent_id} failed: {error}")
+        return reply.payload
+
+    async def _reply(self, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
+        if not request.reply_to or not request.correlation_id:
+            raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
+        await self._send(request.reply_to, [{"payload": _to_builtins(payload), "headers": {"ar": kind},
+                                             "correlation_id": request.correlation_id}])
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letters(self, channel: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        return await self._require_db().list_dead_letters(channel, limit)
+
+    async def replay_dead_letters(self, message_ids: Sequence[int]) -> int:
+        """Deliver dead letters again (fresh attempts); returns how many were replayed."""
+        return await self._require_db().replay_dead_letters(self.agent_id, message_ids)
+
+    # ------------------------------------------------------------------ locks
+
+    def lock(self, key: str, *, ttl: float = 10.0,
+             wait: float | None = None) -> AbstractAsyncContextManager[_locks.Lease]:
+        """``async with rt.lock(key) as lease:`` holds a lease (renewed at ttl/3) with a fencing token.
+
+        ``wait``: seconds to wait for it (None: as long as it takes); :class:`LockTimeout` when it
+        runs out. If the lease is lost while held (renewal refused or impossible before expiry),
+        the block is cancelled and :class:`LockLost` is raised from the ``async with``."""
+        return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
+
+    def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
+        """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
+        return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
+
+    async def locks(self) -> list[Any]:
+        return await self._require_db().list_locks()
+
+    # ------------------------------------------------------------------ metrics and topology
+
+    async def read_metrics(self, *, agent_id: str | None = None, metric: str | None = None,
+                           since: float = 3600) -> list[MetricSummary]:
+        """Metrics flushed so far (all agents unless ``agent_id``), summed over ``since`` seconds."""
+        return await self._require_db().get_metrics(agent_id, metric, int(since * 1000))
+
+    async def flush_metrics(self) -> None:
+        await self.metrics.flush(self._require_db(), self.agent_id)
+
+    async def topology(self, *, window: float = 300, include_offline: bool = False) -> Topology:
+        """Agents with presence, channels, subscriptions, message flows over ``window`` seconds, locks."""
+        return await self._require_db().topology(int(window * 1000), include_offline)
+
+
+class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
+    """Ensures the channel (when a kind is known), then opens the subscription."""
+
+    def __init__(self, rt: AgentRuntime, channel: str, kind: ChannelKind | None, payload_type: type[T] | None,
+                 start: str, batch_size: int, visibility: float | None) -> None:
+        self._rt, self._channel, self._kind = rt, channel, kind
+        self._type, self._start, self._batch, self._visibility = payload_type, start, batch_size, visibility
+        self._sub: Subscription[T] | None = None
+
+    async def __aenter__(self) -> Subscription[T]:
+        if self._channel.startswith("agent:"):
+            kind: ChannelKind = "direct"
+        else:
+            info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
+            kind = info.kind if info else await self._existing_kind()
+        self._sub = Subscription(self._rt, self._channel, kind, payload_type=self._type, batch_size=self._batch,
+                                 visibility=self._visibility, start=self._start, poll_interval=self._rt.poll_interval)
+        return await self._sub.__aenter__()
+
+    async def _existing_kind(self) -> ChannelKind:
+        for info in await self._rt.channels():
+            if info.name == self._channel:
+                return info.kind
+        return (await self._rt.channel(self._channel, "broadcast")).kind
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+
+
+@asynccontextmanager
+async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -> AsyncIterator[_locks.Lease]:
+    async with cm as lease:
+        assert lease is not None  # hold() raises LockTimeout rather than yield None here
+        yield lease
+
+
+def _inbox(agent_id: str) -> str:
+    return agent_id if agent_id.startswith("agent:") else f"agent:{agent_id}"
+
+
+def _to_builtins(payload: Any) -> Any:
+    """Structs, dataclasses, datetimes... become JSON-ready builtins (msgspec's rules)."""
+    try:
+        return msgspec.to_builtins(payload)
+    except TypeError as exc:
+        raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
