@@ -8,6 +8,10 @@ sorted order: ruff's RUF022 checks it).
 
 from __future__ import annotations
 
+from ._locks import Lease
+from ._metrics import Metrics
+from ._presence import PresenceEvent
+from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
     ChannelKindMismatch,
@@ -49,10 +53,12 @@ from .models import (
     TopologyChannel,
 )
 from .network import Network
+from .runtime import AgentRuntime
 from .topology import to_dot, to_json, to_mermaid, to_table
 
 __all__ = [
     "AgentInfo",
+    "AgentRuntime",
     "AgentRuntimeError",
     "AgentStatus",
     "ChannelInfo",
@@ -66,23 +72,28 @@ __all__ = [
     "InvalidInput",
     "InvalidName",
     "InvalidPayload",
+    "Lease",
     "LockError",
     "LockGrant",
     "LockInfo",
     "LockLost",
     "LockNotHeld",
     "LockTimeout",
+    "Message",
     "MetricSummary",
+    "Metrics",
     "NackResult",
     "Network",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PresenceEvent",
     "RawMessage",
     "RemoteError",
     "RequestTimeout",
     "SendResult",
     "StaleFencingToken",
+    "Subscription",
     "SubscriptionEdge",
     "Topology",
     "TopologyChannel",

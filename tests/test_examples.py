@@ -1,0 +1,28 @@
+"""Every example runs to completion against a fresh database and prints what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+EXPECTED = {
+    "ping_pong.py": "ping 4 -> {'pong': 4}",
+    "worker_pool.py": "dead letters: [({'job': 13}, 'ValueError: job 13 always fails')]",
+    "leader_election.py": "terms: [",
+    "chat_room.py": "alice reads: bob: hi everyone",
+    "typed_messages.py": "warehouse ships 1 x gadget for order 2",
+}
+
+
+@pytest.mark.parametrize("example", sorted(EXPECTED))
+def test_example_runs(example: str, db_url: str) -> None:
+    """The example exits 0 and prints its expected line."""
+    result = subprocess.run([sys.executable, str(EXAMPLES / example), "--url", db_url],
+                            capture_output=True, text=True, timeout=90, cwd=EXAMPLES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert EXPECTED[example] in result.stdout, result.stdout
