@@ -98,10 +98,12 @@ class Database:
         return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids)))
 
     async def nack(self, agent_id: str, message_id: int, *, delay_ms: int, reason: str | None,
-                   dead: bool = False) -> NackResult:
+                   dead: bool = False, release: bool = False) -> NackResult:
+        # p_release is passed only when set: plain nacks keep working on a database migrated before it.
+        args: dict[str, Any] = {"p_release": True} if release else {}
         return _as(NackResult, await self._call(
             "nack_message", p_agent_id=agent_id, p_message_id=message_id, p_delay_ms=delay_ms,
-            p_reason=reason, p_dead=dead))
+            p_reason=reason, p_dead=dead, **args))
 
     async def extend_visibility(self, agent_id: str, message_ids: Sequence[int], visibility_ms: int) -> int:
         return int(await self._call("extend_visibility", p_agent_id=agent_id, p_message_ids=list(message_ids),

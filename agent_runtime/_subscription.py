@@ -127,8 +127,9 @@ class Subscription(Generic[T]):
                 await self._flush_acks()
                 if self.kind != "broadcast":
                     db = self._runtime._require_db()
-                    for raw in self._buffer:
-                        await db.nack(self._runtime.agent_id, raw.id, delay_ms=0, reason="subscriber closed")
+                    for raw in self._buffer:  # never handed out: not a failed attempt
+                        await db.nack(self._runtime.agent_id, raw.id, delay_ms=0, reason="subscriber closed",
+                                      release=True)
                 self._buffer.clear()
             except AgentRuntimeError as exc:
                 log.warning("closing subscription to %s: %s (messages will be redelivered)", self.channel, exc)
@@ -170,13 +171,20 @@ class Subscription(Generic[T]):
     async def _refill(self) -> None:
         """Fetch the next batch, or wait for a wake-up (or the safety poll) if there is none."""
         wake = self._wake = anyio.Event()
+        batch: list[RawMessage] | None = None
         try:
-            await self._flush_acks()
-            batch = await self._fetch()
+            # Shielded (and bounded): a batch the database has claimed must reach the buffer, to be
+            # handled or handed back by close(), not vanish with a call cancelled by shutdown and
+            # sit in flight until its visibility timeout. Likewise acks being written.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
+                await self._flush_acks()
+                batch = await self._fetch()
         except ConnectionLost as exc:
             log.warning("fetching from %s: %s; retrying", self.channel, exc)
             await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
             return
+        if batch is None:
+            return  # the database did not answer in time: try again
         if batch:
             self._buffer.extend(batch)
             return
@@ -200,7 +208,7 @@ class Subscription(Generic[T]):
             ids = [m.id for m in pending]
         try:
             await db.ack(self._runtime.agent_id, ids)
-        except AgentRuntimeError:
+        except BaseException:  # failed or cancelled: keep them for the next flush
             self._pending_acks[:0] = pending
             raise
         self._runtime.metrics.increment("messages.acked", len(pending), channel=self.channel)

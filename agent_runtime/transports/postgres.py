@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -77,12 +77,13 @@ class PostgresTransport:
             _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
         ]
         with translate_errors():
-            try:
-                raw = await self._pool.fetchval(self._statement(function, names), *values)
-            except (asyncpg.DataError, TypeError, ValueError) as exc:
-                if isinstance(exc, asyncpg.PostgresError):
-                    raise
-                raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
+            async with _connection(self._pool) as con:
+                try:
+                    raw = await con.fetchval(self._statement(function, names), *values)
+                except (asyncpg.DataError, TypeError, ValueError) as exc:
+                    if isinstance(exc, asyncpg.PostgresError):
+                        raise
+                    raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         return None if raw is None else _decoder.decode(raw)
 
     async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -92,7 +93,11 @@ class PostgresTransport:
             try:
                 with translate_errors():
                     conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
-            except ConnectionLost as exc:
+            except AgentRuntimeError as exc:
+                # Once running, any refusal while reconnecting (the database restarting, not yet
+                # accepting connections...) is retried: the listener must not take the runtime down.
+                if not started and not exc.retryable:
+                    raise
                 log.warning("LISTEN connection failed (%s); retrying in %.2fs", exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, self._reconnect_max_delay)
@@ -131,6 +136,20 @@ class PostgresTransport:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await pool.close()
             pool.terminate()
+
+
+@asynccontextmanager
+async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection. An error while (re)connecting is the connection failing, whatever
+    the server's reason (not accepting connections, starting up...): ``ConnectionLost``, retryable."""
+    try:
+        con = await pool.acquire()
+    except asyncpg.PostgresError as exc:
+        raise ConnectionLost(f"database connection failed: {exc}") from exc
+    try:
+        yield con
+    finally:
+        await pool.release(con)
 
 
 def _parse(payload: str) -> Event:

@@ -148,7 +148,8 @@ create index message_dead_letters_agent_idx on public.message_dead_letters (agen
 create sequence public.distributed_locks_token_seq;
 
 create table public.distributed_locks (
-  key         text primary key check (key ~ '^[^[:cntrl:]]{1,256}$'),
+  -- (Postgres regexes allow repetition counts up to 255 only, hence char_length.)
+  key         text primary key check (char_length(key) between 1 and 256 and key !~ '[[:cntrl:]]'),
   owner_id    text not null references public.distributed_agents (id) on delete cascade,
   lease_id    uuid not null,
   token       bigint not null,
@@ -348,7 +349,8 @@ begin
   if p_info is not null and jsonb_typeof(p_info) <> 'object' then
     raise exception 'info must be a JSON object' using errcode = 'AR400';
   end if;
-  update distributed_agents set last_seen = now(), status = coalesce(p_status, status)
+  update distributed_agents set last_seen = now(),
+    status = coalesce(p_status, case when status = 'offline' then 'online' else status end)
   where id = p_agent_id returning * into v_agent;
   if not found then
     perform agent_runtime_private.agent_exists(p_agent_id);
@@ -563,7 +565,7 @@ begin
   create temp table if not exists pg_temp.ar_outgoing (
     ord integer, payload jsonb, headers jsonb, size_bytes integer, idempotency_key text,
     correlation_id uuid, reply_to text, ttl interval, delay interval, existing_id bigint,
-    existing_seq bigint
+    existing_seq bigint, dup_of integer
   ) on commit drop;
   truncate pg_temp.ar_outgoing;
 
@@ -574,7 +576,7 @@ begin
            (e.m ->> 'correlation_id')::uuid, e.m ->> 'reply_to',
            agent_runtime_private.ms((e.m ->> 'ttl_ms')::bigint, 'ttl', 1, 315360000000),
            agent_runtime_private.ms((e.m ->> 'delay_ms')::bigint, 'delay', 0, 315360000000),
-           null, null
+           null, null, null
     from jsonb_array_elements(p_messages) with ordinality as e(m, ord);
   exception
     when invalid_text_representation or numeric_value_out_of_range or invalid_parameter_value then
@@ -600,10 +602,13 @@ begin
   from distributed_messages m
   where o.idempotency_key is not null and m.sender_id = p_agent_id
     and m.idempotency_key = o.idempotency_key;
-  -- A key repeated inside one batch is sent once: the first occurrence wins.
-  delete from pg_temp.ar_outgoing o using pg_temp.ar_outgoing f
-  where o.idempotency_key = f.idempotency_key and o.ord > f.ord and o.existing_id is null;
-  select count(*) into v_count from pg_temp.ar_outgoing where existing_id is null;
+  -- A key repeated inside one batch is sent once: the first occurrence wins, and the later ones
+  -- return its id as duplicates (one result per input message).
+  update pg_temp.ar_outgoing o set dup_of = f.first_ord
+  from (select idempotency_key, min(ord) as first_ord from pg_temp.ar_outgoing
+        where idempotency_key is not null group by idempotency_key) f
+  where o.idempotency_key = f.idempotency_key and o.ord > f.first_ord and o.existing_id is null;
+  select count(*) into v_count from pg_temp.ar_outgoing where existing_id is null and dup_of is null;
 
   -- Taking the channel row lock serialises producers on this channel until commit, so seq order
   -- equals commit order.
@@ -613,7 +618,7 @@ begin
 
   with fresh as (
     select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
-    from pg_temp.ar_outgoing o where o.existing_id is null
+    from pg_temp.ar_outgoing o where o.existing_id is null and o.dup_of is null
   ), inserted as (
     insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
                                       correlation_id, reply_to, idempotency_key, expires_at,
@@ -630,6 +635,9 @@ begin
     union all
     select o.ord, jsonb_build_object('id', o.existing_id, 'seq', o.existing_seq, 'duplicate', true)
     from pg_temp.ar_outgoing o where o.existing_id is not null
+    union all
+    select o.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', true)
+    from pg_temp.ar_outgoing o join fresh f on f.ord = o.dup_of join inserted i on i.seq = f.seq
   ) r;
   return coalesce(v_result, '[]'::jsonb);
 exception
@@ -807,9 +815,12 @@ $$;
 -- Negative acknowledgement: the message is redelivered after p_delay_ms, or goes to the dead
 -- letters once it has used the channel's max attempts (or at once with p_dead => true, for a
 -- payload that can never be processed). Returns {state: 'retry'|'dead'|'ignored', attempts,
--- retry_at}. 'ignored' means this agent no longer holds the message.
+-- retry_at}. 'ignored' means this agent no longer holds the message. p_release => true hands back
+-- a queue/inbox message that was claimed but never handed to a handler (a consumer closing with
+-- a prefetched batch): the claim does not count as an attempt, so it can never dead-letter it.
 create function public.nack_message(p_agent_id text, p_message_id bigint, p_delay_ms bigint default 0,
-                                    p_reason text default null, p_dead boolean default false)
+                                    p_reason text default null, p_dead boolean default false,
+                                    p_release boolean default false)
 returns jsonb
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
@@ -832,6 +843,12 @@ begin
     if v_msg.state <> 'inflight' or v_msg.claimed_by is distinct from p_agent_id then
       return jsonb_build_object('state', 'ignored', 'attempts', v_msg.attempts);
     end if;
+    if p_release and not p_dead then
+      update distributed_messages set state = 'ready', claimed_by = null,
+                                      attempts = greatest(attempts - 1, 0), visible_at = now() + v_delay
+      where id = p_message_id returning * into v_msg;
+      return jsonb_build_object('state', 'retry', 'attempts', v_msg.attempts, 'retry_at', v_msg.visible_at);
+    end if;
     if p_dead or v_msg.attempts >= v_channel.max_attempts then
       update distributed_messages set state = 'dead', last_error = v_reason, claimed_by = null
       where id = p_message_id;
@@ -845,7 +862,7 @@ begin
 
   -- Broadcast: a replayed dead letter failing again goes straight back to dead.
   select * into v_dead from message_dead_letters
-  where message_id = p_message_id and agent_id = p_agent_id;
+  where message_id = p_message_id and agent_id = p_agent_id and state = 'replaying';
   if found then
     update message_dead_letters set state = 'dead', attempts = attempts + 1, reason = v_reason,
                                     dead_at = now()
@@ -918,6 +935,9 @@ begin
                                    'reason', m.last_error) as j
       from distributed_messages m join communication_channels c on c.id = m.channel_id
       where m.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+        -- An agent token never sees another agent's inbox (payloads included).
+        and (c.kind <> 'direct' or c.owner_id = agent_runtime_private.jwt_agent_id()
+             or agent_runtime_private.is_trusted())
       union all
       select m.id, dl.dead_at,
              agent_runtime_private.message_json(m, c.name, dl.attempts)
@@ -993,7 +1013,7 @@ begin
   if v_ttl is null or p_lease_id is null then
     raise exception 'lock ttl and lease id are required' using errcode = 'AR400';
   end if;
-  if p_key is null or p_key !~ '^[^[:cntrl:]]{1,256}$' then
+  if p_key is null or char_length(p_key) not between 1 and 256 or p_key ~ '[[:cntrl:]]' then
     raise exception 'invalid lock key: 1-256 printable characters' using errcode = 'AR401';
   end if;
   insert into distributed_locks as l (key, owner_id, lease_id, token, expires_at, metadata)
@@ -1001,12 +1021,15 @@ begin
           coalesce(p_metadata, '{}'::jsonb))
   on conflict (key) do update set
     owner_id = excluded.owner_id, lease_id = excluded.lease_id,
-    token = case when l.lease_id = excluded.lease_id and l.expires_at > now() then l.token
+    token = case when l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id
+                      and l.expires_at > now() then l.token
                  else excluded.token end,
-    acquired_at = case when l.lease_id = excluded.lease_id and l.expires_at > now() then l.acquired_at
+    acquired_at = case when l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id
+                            and l.expires_at > now() then l.acquired_at
                        else now() end,
     renewed_at = now(), expires_at = excluded.expires_at, metadata = excluded.metadata
-  where l.expires_at <= now() or l.lease_id = excluded.lease_id
+  -- The same lease extends only for its own owner: another agent presenting it takes nothing.
+  where l.expires_at <= now() or (l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id)
   returning * into v_lock;
   if found then
     return agent_runtime_private.lock_json(v_lock, true);

@@ -1,0 +1,233 @@
+"""Delivery semantics through the runtime: handlers, retries, dead letters, competing consumers,
+typed payloads, idempotency keys and durable resume."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import asyncpg
+import msgspec
+
+from agent_runtime.runtime import AgentRuntime
+
+RuntimeFactory = Callable[..., AgentRuntime]
+
+
+class Task(msgspec.Struct):
+    id: int
+    title: str
+
+
+async def test_failing_handler_retries_with_backoff_then_dead_letters_then_replays(
+        make_runtime: RuntimeFactory) -> None:
+    """A raising handler is retried with backoff, dead-lettered after max_attempts, and delivered again on replay."""
+    async with make_runtime("worker", retry_base_delay=0.2) as rt:
+        await rt.channel("jobs", "queue", max_attempts=3)
+        attempts: list[tuple[int, float]] = []
+        replayed = anyio.Event()
+        fail = True
+
+        @rt.on("jobs", kind="queue")
+        async def handle(msg: Any) -> None:
+            attempts.append((msg.attempts, anyio.current_time()))
+            if fail:
+                raise RuntimeError("boom")
+            replayed.set()
+
+        sent = await rt.publish("jobs", {"n": 1})
+        with anyio.fail_after(10):
+            while not await rt.dead_letters("jobs"):  # noqa: ASYNC110 (polling the database)
+                await anyio.sleep(0.05)
+        assert [a for a, _ in attempts] == [1, 2, 3]
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(attempts)]
+        # retry_delay(1) ~ 0.2s, retry_delay(2) ~ 0.4s (+-20% jitter): redelivery waits its backoff
+        assert gaps[0] >= 0.15 and gaps[1] >= 0.3, gaps
+        assert gaps[1] > gaps[0]
+
+        [dead] = await rt.dead_letters("jobs")
+        assert dead.id == sent.id and dead.attempts == 3
+        assert dead.reason is not None and "boom" in dead.reason
+        await anyio.sleep(0.3)
+        assert len(attempts) == 3  # a dead message is not delivered again by itself
+
+        fail = False
+        assert await rt.replay_dead_letters([sent.id]) == 1
+        with anyio.fail_after(5):
+            await replayed.wait()
+        assert attempts[-1][0] == 1  # fresh attempts after a replay
+        assert await rt.dead_letters("jobs") == []
+
+
+async def test_competing_consumers_handle_every_message_exactly_once(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Three runtimes on one queue: 200 messages are each handled exactly once, none lost."""
+    handled: dict[str, list[int]] = {}
+    total = 200
+    done = anyio.Event()
+
+    def make_handler(name: str) -> Callable[[Any], Any]:
+        handled[name] = []
+
+        async def handle(msg: Any) -> None:
+            await anyio.sleep(0.002)
+            handled[name].append(msg.payload["n"])
+            if sum(len(v) for v in handled.values()) >= total:
+                done.set()
+        return handle
+
+    async with make_runtime("producer") as producer:
+        await producer.channel("work", "queue")
+        async with make_runtime("c1") as c1, make_runtime("c2") as c2, make_runtime("c3") as c3:
+            for name, rt in (("c1", c1), ("c2", c2), ("c3", c3)):
+                rt.handle("work", make_handler(name), kind="queue")
+            await anyio.sleep(0.2)  # let the handlers subscribe
+            for start in range(0, total, 20):
+                await producer.publish_many("work", [{"n": n} for n in range(start, start + 20)])
+            with anyio.fail_after(20):
+                await done.wait()
+            await anyio.sleep(0.2)  # a duplicate would show up here
+        everything = [n for v in handled.values() for n in v]
+        assert sorted(everything) == list(range(total))  # none lost, none twice
+        assert sum(1 for v in handled.values() if v) >= 2, {k: len(v) for k, v in handled.items()}
+        states = await conn.fetch("select state, count(*) from distributed_messages m "
+                                  "join communication_channels c on c.id = m.channel_id "
+                                  "where c.name = 'work' group by state")
+        assert {r["state"]: r["count"] for r in states} == {"acked": total}
+
+
+async def test_typed_subscription_decodes_and_dead_letters_invalid_payloads(make_runtime: RuntimeFactory) -> None:
+    """A typed subscription decodes Structs; a bad payload is dead-lettered with its reason and the next arrives."""
+    async with make_runtime("pub") as pub, make_runtime("sub") as sub:
+        await pub.channel("typed")
+        async with sub.subscribe("typed", type=Task) as s:
+            await pub.publish("typed", Task(1, "first"))
+            bad = await pub.publish("typed", {"id": "not-a-number"})
+            await pub.publish("typed", {"id": 3, "title": "third"})
+            got: list[Task] = []
+            with anyio.fail_after(5):
+                async for msg in s:
+                    assert isinstance(msg.payload, Task)
+                    got.append(msg.payload)
+                    await msg.ack()
+                    if len(got) == 2:
+                        break
+            assert got == [Task(1, "first"), Task(3, "third")]
+        [dead] = await sub.dead_letters("typed")
+        assert dead.id == bad.id
+        assert dead.subscriber_id == sub.agent_id
+        assert dead.reason is not None and "Task" in dead.reason
+
+
+async def test_typed_queue_handler_dead_letters_invalid_payload(make_runtime: RuntimeFactory) -> None:
+    """On a queue, an undecodable payload goes straight to the dead letters and the handler goes on."""
+    async with make_runtime("w") as rt:
+        await rt.channel("typed-q", "queue", max_attempts=5)
+        seen: list[Task] = []
+        both = anyio.Event()
+
+        @rt.on("typed-q", type=Task, kind="queue")
+        async def handle(msg: Any) -> None:
+            seen.append(msg.payload)
+            if len(seen) == 2:
+                both.set()
+
+        bad = await rt.publish("typed-q", {"title": "no id"})
+        await rt.publish_many("typed-q", [Task(1, "a"), Task(2, "b")])
+        with anyio.fail_after(5):
+            await both.wait()
+        assert seen == [Task(1, "a"), Task(2, "b")]
+        [dead] = await rt.dead_letters("typed-q")
+        assert dead.id == bad.id and dead.attempts == 1  # dead at once, not after 5 attempts
+        assert dead.reason is not None and "id" in dead.reason
+
+
+async def test_idempotency_key_makes_a_resend_a_no_op(make_runtime: RuntimeFactory) -> None:
+    """Publishing twice with one key returns duplicate=True and the subscriber sees one message."""
+    async with make_runtime("pub") as pub, make_runtime("sub") as sub:
+        await pub.channel("orders")
+        async with sub.subscribe("orders") as s:
+            first = await pub.publish("orders", {"order": 1}, idempotency_key="order-1")
+            second = await pub.publish("orders", {"order": 1}, idempotency_key="order-1")
+            assert not first.duplicate and second.duplicate
+            assert second.id == first.id
+            await pub.publish("orders", {"order": 2}, idempotency_key="order-2")
+            got = []
+            with anyio.fail_after(5):
+                async for msg in s:
+                    got.append(msg.payload["order"])
+                    await msg.ack()
+                    if msg.payload["order"] == 2:
+                        break
+            assert got == [1, 2]
+
+
+async def test_durable_subscription_resumes_with_exactly_the_missed_messages(
+        make_runtime: RuntimeFactory) -> None:
+    """An agent that leaves and comes back with the same id receives exactly what it did not ack."""
+    async with make_runtime("pub") as pub:
+        await pub.channel("feed")
+        async with make_runtime("reader", agent_id="reader-1") as reader:
+            async with reader.subscribe("feed") as s:
+                await pub.publish_many("feed", [{"n": n} for n in range(6)])
+                with anyio.fail_after(5):
+                    async for msg in s:
+                        await msg.ack()
+                        if msg.payload["n"] == 2:
+                            break  # 0..2 acked; 3..5 fetched but never handled
+        await pub.publish_many("feed", [{"n": n} for n in range(6, 10)])  # while it is away
+        async with make_runtime("reader", agent_id="reader-1") as reader:
+            assert reader.info is not None and reader.info.resumed
+            got: list[int] = []
+            async with reader.subscribe("feed") as s:
+                with anyio.fail_after(5):
+                    async for msg in s:
+                        got.append(msg.payload["n"])
+                        await msg.ack()
+                        if len(got) == 7:
+                            break
+                await pub.publish("feed", {"n": 10})
+                with anyio.fail_after(5):
+                    nxt = await s.__anext__()
+                assert nxt.payload["n"] == 10  # nothing else was pending
+            assert got == [3, 4, 5, 6, 7, 8, 9]
+
+
+async def test_metrics_are_flushed_and_read_back(make_runtime: RuntimeFactory) -> None:
+    """After traffic and flush_metrics, read_metrics shows sent, received, acked and custom counters."""
+    async with make_runtime("pub", metrics_interval=60) as pub, make_runtime("sub", metrics_interval=60) as sub:
+        await pub.channel("m")
+        async with sub.subscribe("m") as s:
+            await pub.publish_many("m", [{"n": n} for n in range(4)])
+            with anyio.fail_after(5):
+                n = 0
+                async for msg in s:
+                    await msg.ack()
+                    n += 1
+                    if n == 4:
+                        break
+        sub.metrics.increment("my.metric", 3)
+        await pub.flush_metrics()
+        await sub.flush_metrics()
+
+        def figure(rows: list[Any], agent: str, metric: str, channel: str = "m") -> tuple[int, float]:
+            [row] = [r for r in rows if (r.agent_id, r.metric, r.channel) == (agent, metric, channel)]
+            return row.count, row.sum
+
+        rows = await pub.read_metrics()
+        assert figure(rows, pub.agent_id, "messages.sent") == (1, 4)  # one batch of four
+        assert figure(rows, sub.agent_id, "messages.received")[0] == 4
+        assert figure(rows, sub.agent_id, "messages.acked")[1] == 4
+        assert figure(rows, sub.agent_id, "my.metric", "") == (1, 3)
+        latency = [r for r in rows if r.metric == "latency.end_to_end_ms" and r.agent_id == sub.agent_id]
+        assert latency and latency[0].count == 4 and latency[0].min is not None and latency[0].min >= 0
+        # Only this agent's, only that metric:
+        mine = await pub.read_metrics(agent_id=sub.agent_id, metric="my.metric")
+        assert [(r.metric, r.sum) for r in mine] == [("my.metric", 3)]
+        # A second flush adds to the same bucket rather than duplicating rows.
+        sub.metrics.increment("my.metric", 2)
+        await sub.flush_metrics()
+        [again] = await pub.read_metrics(agent_id=sub.agent_id, metric="my.metric")
+        assert (again.count, again.sum) == (2, 5)

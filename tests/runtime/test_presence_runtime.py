@@ -1,0 +1,60 @@
+"""Presence through the runtime: join, status and leave events; capability filters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+
+from agent_runtime._presence import PresenceEvent
+from agent_runtime.runtime import AgentRuntime
+
+RuntimeFactory = Callable[..., AgentRuntime]
+
+
+async def _next_about(events: AsyncIterator[PresenceEvent], agent_id: str) -> PresenceEvent:
+    async for ev in events:
+        if ev.agent_id == agent_id:
+            return ev
+    raise AssertionError("presence stream ended")
+
+
+async def test_presence_events_join_status_leave(make_runtime: RuntimeFactory) -> None:
+    """A listener sees another agent join, turn busy, and leave."""
+    async with make_runtime("watcher") as watcher, watcher.presence_events() as events:
+        with anyio.fail_after(5):
+            async with make_runtime("other") as other:
+                ev = await _next_about(events, other.agent_id)
+                assert (ev.kind, ev.status) == ("join", "online")
+                await other.set_status("busy")
+                ev = await _next_about(events, other.agent_id)
+                assert (ev.kind, ev.status) == ("status", "busy")
+                # heartbeats (0.5s here) are not events: the next one is the leave
+            ev = await _next_about(events, other.agent_id)
+            assert (ev.kind, ev.status) == ("leave", "offline")
+        online = {a.id for a in await watcher.agents()}
+        assert other.agent_id not in online and watcher.agent_id in online
+
+
+async def test_busy_status_survives_heartbeats(make_runtime: RuntimeFactory) -> None:
+    """A status set by the agent is kept by its later heartbeats and seen by others."""
+    async with make_runtime("a") as a, make_runtime("b") as b:
+        await a.set_status("busy", load=0.5)
+        await anyio.sleep(1.2)  # two heartbeats at 0.5s
+        [info] = [x for x in await b.agents() if x.id == a.agent_id]
+        assert info.status == "busy" and info.online and info.load == 0.5
+
+
+async def test_agents_filter_by_capability(make_runtime: RuntimeFactory) -> None:
+    """agents(capability=...) lists only online agents that have it."""
+    async with make_runtime("planner", capabilities=["plan"]) as planner, \
+            make_runtime("coder", capabilities=["code", "test"]) as coder, \
+            make_runtime("tester", capabilities=["test"]) as tester:
+        assert [a.id for a in await planner.agents(capability="plan")] == [planner.agent_id]
+        assert {a.id for a in await planner.agents(capability="test")} == {coder.agent_id, tester.agent_id}
+        assert await planner.agents(capability="deploy") == []
+        async with make_runtime("gone", capabilities=["plan"]) as gone:
+            assert {a.id for a in await planner.agents(capability="plan")} == {planner.agent_id, gone.agent_id}
+        assert [a.id for a in await planner.agents(capability="plan")] == [planner.agent_id]
+        offline = await planner.agents(capability="plan", include_offline=True)
+        assert {a.id for a in offline} == {planner.agent_id, gone.agent_id}

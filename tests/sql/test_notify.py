@@ -1,0 +1,132 @@
+"""Wake-ups: the triggers' pg_notify hints on channel 'agent_runtime' (messages, presence, locks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import asyncpg
+from _helpers import call, listening, register, send
+
+
+async def _setup(conn: asyncpg.Connection) -> None:
+    await register(conn, "a1")
+    await register(conn, "b1")
+    await call(conn, "ensure_channel", agent_id="a1", name="news")
+    await call(conn, "ensure_channel", agent_id="a1", name="jobs", kind="queue")
+
+
+async def test_batch_send_notifies_once_with_max_seq(db_url: str, conn: asyncpg.Connection) -> None:
+    """A batch insert notifies once for its channel, carrying the highest seq."""
+    await _setup(conn)
+    async with listening(db_url) as listener:
+        await call(conn, "send_messages", agent_id="a1", channel="news", messages=[{"payload": i} for i in range(5)])
+        events = await listener.settle(conn)
+    assert events == [{"c": "news", "s": 5, "t": "channel:news", "e": "message"}]
+
+
+async def test_inbox_notifies_on_agent_topic(db_url: str, conn: asyncpg.Connection) -> None:
+    """A message to an inbox is announced on the agent's own topic agent:<id>."""
+    await _setup(conn)
+    async with listening(db_url) as listener:
+        await send(conn, "a1", "agent:b1", {"hi": 1})
+        events = await listener.settle(conn)
+    assert events == [{"c": "agent:b1", "s": 1, "t": "agent:b1", "e": "message"}]
+
+
+async def test_one_notify_per_statement_and_channel(db_url: str, conn: asyncpg.Connection) -> None:
+    """Each insert statement notifies each channel it wrote to once; nothing is sent before commit."""
+    await _setup(conn)
+    async with listening(db_url) as listener:
+        async with conn.transaction():
+            await send(conn, "a1", "news", 1)
+            await send(conn, "a1", "jobs", 1)
+            await send(conn, "a1", "news", 2)
+            await send(conn, "a1", "news", 3)
+            # A notify committed by another session now arrives; ours are still held back.
+            assert await listener.settle(listener.conn) == []
+        events = await listener.settle(conn)
+    assert sorted((e["c"], e["s"]) for e in events) == [("jobs", 1), ("news", 1), ("news", 2), ("news", 3)]
+
+
+async def test_rolled_back_send_notifies_nothing(db_url: str, conn: asyncpg.Connection) -> None:
+    """A send in a transaction that rolls back produces no wake-up."""
+    await _setup(conn)
+    async with listening(db_url) as listener:
+        tr = conn.transaction()
+        await tr.start()
+        await send(conn, "a1", "news", 1)
+        await tr.rollback()
+        assert await listener.settle(conn) == []
+
+
+async def test_nack_and_replay_wake_consumers(db_url: str, conn: asyncpg.Connection) -> None:
+    """A queue nack and a dead-letter replay make a message ready again and notify its channel."""
+    await _setup(conn)
+    sent = await send(conn, "a1", "jobs", 1)
+    await call(conn, "claim_messages", agent_id="b1", channel="jobs")
+    async with listening(db_url) as listener:
+        await call(conn, "nack_message", agent_id="b1", message_id=sent["id"])
+        assert await listener.settle(conn) == [{"c": "jobs", "s": 1, "t": "channel:jobs", "e": "message"}]
+        await call(conn, "claim_messages", agent_id="b1", channel="jobs")
+        assert await listener.settle(conn) == []  # a claim is not news
+        await call(conn, "nack_message", agent_id="b1", message_id=sent["id"], dead=True)
+        assert await listener.settle(conn) == []
+        await call(conn, "replay_dead_letters", agent_id="b1", message_ids=[sent["id"]])
+        assert await listener.settle(conn) == [{"c": "jobs", "s": 1, "t": "channel:jobs", "e": "message"}]
+
+
+async def test_presence_events(db_url: str, conn: asyncpg.Connection) -> None:
+    """Join on register, status on a change, nothing on a plain heartbeat, leave on deregister, join on resume."""
+    async with listening(db_url) as listener:
+        await register(conn, "a1")
+        assert await listener.settle(conn) == [
+            {"a": "a1", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
+        await call(conn, "update_agent_last_seen", agent_id="a1")
+        assert await listener.settle(conn) == []
+        await call(conn, "set_agent_status", agent_id="a1", status="busy")
+        assert await listener.settle(conn) == [
+            {"a": "a1", "k": "status", "st": "busy", "t": "presence", "e": "presence"}]
+        await call(conn, "deregister_agent", agent_id="a1")
+        assert await listener.settle(conn) == [
+            {"a": "a1", "k": "leave", "st": "offline", "t": "presence", "e": "presence"}]
+        await register(conn, "a1")
+        assert await listener.settle(conn) == [
+            {"a": "a1", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
+
+
+async def test_lock_release_notifies(db_url: str, conn: asyncpg.Connection) -> None:
+    """Releasing a lock announces the key on 'locks'; acquiring and renewing do not."""
+    await register(conn, "a1")
+    lease = uuid.uuid4()
+    async with listening(db_url) as listener:
+        await call(conn, "acquire_lock", agent_id="a1", key="job:1", lease_id=lease, ttl_ms=10000)
+        await call(conn, "renew_lock", agent_id="a1", key="job:1", lease_id=lease, ttl_ms=10000)
+        assert await listener.settle(conn) == []
+        await call(conn, "release_lock", agent_id="a1", key="job:1", lease_id=lease)
+        assert await listener.settle(conn) == [{"k": "job:1", "t": "locks", "e": "released"}]
+
+
+async def test_realtime_send_mirrors_the_hint(db_url: str, conn: asyncpg.Connection) -> None:
+    """Every hint is also broadcast through realtime.send as a private message on the same topic."""
+    await _setup(conn)
+    listen = await asyncpg.connect(db_url)
+    got: list[str] = []
+    done = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        got.append(payload)
+        if payload == "end":
+            done.set()
+
+    try:
+        await listen.add_listener("realtime:broadcast", on_notify)
+        await send(conn, "a1", "news", 1)
+        await conn.execute("select pg_notify('realtime:broadcast', 'end')")
+        await asyncio.wait_for(done.wait(), 3)
+    finally:
+        await listen.close()
+    [event] = [json.loads(g) for g in got if g != "end"]
+    assert event["topic"] == "channel:news" and event["event"] == "message" and event["private"] is True
+    assert event["payload"]["c"] == "news" and event["payload"]["s"] == 1

@@ -1,0 +1,342 @@
+"""The `agent-runtime` CLI, run for real as a subprocess (`python -m agent_runtime.cli`) against
+the test database (`--url`) or a private embedded server (a temporary AGENT_RUNTIME_HOME)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from test_topology_render import LOCK_KEY, MARKUP_KEY, build_network, parse_dot, parse_mermaid
+
+import agent_runtime
+from agent_runtime import UnknownChannel, cli, embedded
+from agent_runtime.config import resolve
+
+REPO = Path(__file__).resolve().parent.parent
+BAD_URL = "postgresql://nobody@127.0.0.1:1/nothing"  # nothing listens on port 1: refused at once
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A private AGENT_RUNTIME_HOME, so no test ever touches the user's real data folder."""
+    with tempfile.TemporaryDirectory(prefix="ar-cli-") as tmp:
+        yield Path(tmp)
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_RUNTIME_", "SUPABASE_"))}
+    for name in ("DATABASE_URL", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    env.update(AGENT_RUNTIME_HOME=str(home), COLUMNS="250", PYTHONPATH=str(REPO))
+    return env
+
+
+async def run(home: Path, *args: str) -> Result:
+    """Runs the real CLI; never lets it hang the suite."""
+    with anyio.fail_after(60):
+        done = await anyio.run_process([sys.executable, "-m", "agent_runtime.cli", *args], check=False,
+                                       env=cli_env(home), cwd=REPO)
+    result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert "Traceback" not in result.stderr, result
+    return result
+
+
+async def ok(home: Path, *args: str) -> Result:
+    result = await run(home, *args)
+    assert result.code == 0, result
+    return result
+
+
+def assert_clean_error(result: Result, code: int = 1) -> str:
+    """One 'error: ...' line on stderr, nothing on stdout, the given exit code."""
+    assert result.code == code, result
+    assert result.stdout == "", result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process: help, usage, top-level error handling, public API
+# ---------------------------------------------------------------------------------------------
+
+COMMANDS = [[], ["migrate"], ["local"], ["local", "start"], ["local", "stop"], ["local", "status"],
+            ["local", "url"], ["agents"], ["channels"], ["locks"], ["metrics"], ["dead-letters"],
+            ["dead-letters", "list"], ["dead-letters", "replay"], ["cleanup"], ["topology"]]
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command and action answers --help (exit 0) and the top-level help lists every command."""
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: agent-runtime {' '.join(command)}".rstrip()), (command, text)
+        if command == []:
+            for name in ("migrate", "local", "agents", "channels", "locks", "metrics", "dead-letters", "cleanup",
+                         "topology"):
+                assert f"\n    {name}" in text, name
+        if command in (["agents"], ["topology"], ["metrics"], ["dead-letters", "list"]):
+            assert "--json" in text and "--url" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["frobnicate"], [], ["dead-letters"], ["local"], ["dead-letters", "list", "--limit", "0"],
+    ["dead-letters", "replay"], ["dead-letters", "replay", "x"], ["topology", "--format", "svg"],
+    ["metrics", "--since", "-5"], ["topology", "--json", "--format", "dot"],
+])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad arguments are usage errors: exit code 2 and a usage line, before anything connects."""
+    monkeypatch.setattr(cli, "Network", None)  # connecting would fail loudly
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--url", BAD_URL, *argv])
+    assert exit_info.value.code == 2
+    assert "usage: agent-runtime" in capsys.readouterr().err
+
+
+def test_interrupt_and_unexpected_errors_are_one_line(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C exits 130; runtime errors (even inside an exception group) and unexpected ones are one line, exit 1."""
+    monkeypatch.delenv("AGENT_RUNTIME_DEBUG", raising=False)
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("boom")
+
+    def grouped(args: object) -> int:  # as an anyio task group may wrap a runtime error
+        raise ExceptionGroup("task group", [UnknownChannel("unknown channel x", hint="create it first")])
+
+    monkeypatch.setattr(cli, "_cmd_local_status", interrupted)
+    assert cli.main(["local", "status"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    monkeypatch.setattr(cli, "_cmd_local_status", broken)
+    assert cli.main(["local", "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected ZeroDivisionError: boom") and err.count("\n") == 1
+    assert "Traceback" not in err
+    monkeypatch.setattr(cli, "_cmd_local_status", grouped)
+    assert cli.main(["local", "status"]) == 1
+    assert capsys.readouterr().err == "error: unknown channel x (hint: create it first)\n"
+
+
+def test_public_api_and_cli_imports() -> None:
+    """Every name in agent_runtime.__all__ exists, and the CLI imports no private (_underscore) module or name."""
+    for name in agent_runtime.__all__:
+        assert hasattr(agent_runtime, name), name
+    for name in ("Network", "Topology", "AgentRuntimeError", "to_dot", "to_json", "to_mermaid", "to_table"):
+        assert name in agent_runtime.__all__
+    tree = ast.parse(Path(cli.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("agent_runtime"):
+            assert not any(part.startswith("_") for part in node.module.split(".")), node.module
+            assert not any(alias.name.startswith("_") for alias in node.names), node.module
+        assert not (isinstance(node, ast.ImportFrom) and node.level > 0), "use absolute, public imports"
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocess: errors
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_bad_url_is_a_clean_error(home: Path) -> None:
+    """An unreachable or malformed URL gives one red line with a hint and exit 1, never a traceback."""
+    line = assert_clean_error(await run(home, "--url", BAD_URL, "agents"))
+    assert "connection failed" in line and "hint:" in line
+    line = assert_clean_error(await run(home, "migrate", "--url", BAD_URL))  # --url after the command works too
+    assert "connection failed" in line
+    line = assert_clean_error(await run(home, "--url", "ftp://example.invalid/db", "topology"))
+    assert "unsupported URL" in line and "hint: use postgresql://" in line
+    usage = await run(home, "dead-letters", "replay", "not-a-number")
+    assert usage.code == 2 and "usage:" in usage.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocess: commands on a real network
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_agents_command(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`agents` lists online agents (table and --json), --all adds the one that left, --capability filters."""
+    await build_network(conn)
+    table = await ok(home, "--url", db_url, "agents")
+    assert "planner-1" in table.stdout and "Planner: main/1" in table.stdout and "code, review" in table.stdout
+    assert "gone" not in table.stdout
+    listed = (await ok(home, "agents", "--json", "--url", db_url)).json()
+    assert isinstance(listed, list) and [a["id"] for a in listed] == ["coder.2", "planner-1"]
+    assert all(a["status"] == "online" for a in listed)
+    everyone = (await ok(home, "--url", db_url, "agents", "--all", "--json")).json()
+    assert isinstance(everyone, list) and {a["id"]: a["status"] for a in everyone}["gone"] == "offline"
+    reviewers = (await ok(home, "--url", db_url, "agents", "--capability", "review", "--json")).json()
+    assert isinstance(reviewers, list) and [a["id"] for a in reviewers] == ["coder.2"]
+
+
+async def test_channels_locks_and_metrics_commands(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`channels`, `locks` and `metrics` show what the SQL recorded, as tables and as --json."""
+    await build_network(conn)
+    channels = (await ok(home, "--url", db_url, "channels", "--json")).json()
+    assert isinstance(channels, list)
+    by_name = {c["name"]: c for c in channels}
+    assert by_name["news:global/v1"]["kind"] == "broadcast" and by_name["news:global/v1"]["last_seq"] == 3
+    assert by_name["tasks"]["kind"] == "queue" and by_name["tasks"]["ready"] == 3
+
+    locks_table = (await ok(home, "--url", db_url, "locks")).stdout
+    assert LOCK_KEY in locks_table and MARKUP_KEY in locks_table  # shown literally, not as rich markup
+    locks = (await ok(home, "--url", db_url, "locks", "--json")).json()
+    assert isinstance(locks, list) and {(lk["key"], lk["owner_id"]) for lk in locks} == {
+        (LOCK_KEY, "coder.2"), (MARKUP_KEY, "planner-1")}
+
+    metrics = (await ok(home, "--url", db_url, "metrics", "--agent", "planner-1", "--metric", "messages.sent",
+                        "--since", "600", "--json")).json()
+    assert isinstance(metrics, list) and len(metrics) == 1
+    assert metrics[0]["count"] == 3 and metrics[0]["channel"] == "news:global/v1"
+    assert (await ok(home, "--url", db_url, "metrics", "--agent", "coder.2", "--json")).json() == []
+    assert "messages.sent" in (await ok(home, "--url", db_url, "metrics")).stdout
+
+
+async def test_topology_command_formats(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`topology` renders table, JSON, DOT and Mermaid to stdout or --output FILE; --all adds agents that left."""
+    await build_network(conn)
+    table = (await ok(home, "--url", db_url, "topology")).stdout
+    assert "Agents (2)" in table and "Planner: main/1" in table and LOCK_KEY in table
+
+    doc = (await ok(home, "--url", db_url, "topology", "--format", "json")).json()
+    assert isinstance(doc, dict) and [a["id"] for a in doc["agents"]] == ["coder.2", "planner-1"]
+    short = (await ok(home, "--url", db_url, "topology", "--json")).json()
+    assert isinstance(short, dict) and short | {"generated_at": None} == doc | {"generated_at": None}
+
+    mermaid = parse_mermaid((await ok(home, "--url", db_url, "topology", "--format", "mermaid", "--all")).stdout)
+    assert mermaid.classes[mermaid.node_with_label("Planner: main/1")] == "online"
+    assert mermaid.classes[mermaid.node_with_label("gone")] == "offline"  # --all: listed, with its status
+
+    dot_file = home / "net.dot"
+    written = await ok(home, "--url", db_url, "topology", "--format", "dot", "--output", str(dot_file))
+    assert written.stdout == "" and str(dot_file) in written.stderr
+    graph = parse_dot(dot_file.read_text())
+    assert graph.edge(graph.node_with_label("Planner: main/1"), graph.node_with_label("news:global/v1"))["label"] \
+        == "3 msgs"
+
+    table_file = home / "net.txt"
+    await ok(home, "--url", db_url, "topology", "--output", str(table_file))
+    assert "Subscriptions (3)" in table_file.read_text() and "\x1b[" not in table_file.read_text()
+
+    # A flow window in the future of every message shows no flows.
+    await conn.execute("update distributed_messages set created_at = now() - interval '1 hour'")
+    quiet = (await ok(home, "--url", db_url, "topology", "--json", "--window", "60")).json()
+    assert isinstance(quiet, dict) and quiet["flows"] == [] and quiet["window_ms"] == 60000
+
+    unwritable = await run(home, "--url", db_url, "topology", "--output", str(home / "missing" / "x.dot"))
+    assert "cannot write" in assert_clean_error(unwritable)
+
+
+async def test_dead_letters_list_and_replay(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`dead-letters list` shows a message nacked as dead; `replay` makes it claimable again; replaying twice fails."""
+    await build_network(conn)
+    claimed = json.loads(await conn.fetchval(
+        "select claim_messages(p_agent_id => 'coder.2', p_channel => 'tasks', p_limit => 1)"))
+    message_id = claimed[0]["id"]
+    nacked = json.loads(await conn.fetchval(
+        "select nack_message(p_agent_id => 'coder.2', p_message_id => $1, p_reason => 'poison: \"bad\"', "
+        "p_dead => true)", message_id))
+    assert nacked["state"] == "dead"
+
+    dead = (await ok(home, "--url", db_url, "dead-letters", "list", "--json")).json()
+    assert isinstance(dead, list) and [(d["id"], d["channel"], d["reason"]) for d in dead] == [
+        (message_id, "tasks", 'poison: "bad"')]
+    table = await ok(home, "--url", db_url, "dead-letters", "list", "--channel", "tasks", "--limit", "5")
+    assert 'poison: "bad"' in table.stdout and "replay with" in table.stderr
+    assert (await ok(home, "--url", db_url, "dead-letters", "list", "--channel", "news:global/v1", "--json")
+            ).json() == []
+    unknown = await run(home, "--url", db_url, "dead-letters", "list", "--channel", "nope")
+    assert "unknown channel" in assert_clean_error(unknown)
+
+    replayed = await ok(home, "--url", db_url, "dead-letters", "replay", str(message_id))
+    assert "replayed 1" in replayed.stdout
+    assert (await ok(home, "--url", db_url, "dead-letters", "list", "--json")).json() == []
+    again = json.loads(await conn.fetchval(
+        "select claim_messages(p_agent_id => 'coder.2', p_channel => 'tasks', p_limit => 10)"))
+    assert message_id in [m["id"] for m in again]
+    twice = await run(home, "--url", db_url, "dead-letters", "replay", str(message_id))
+    assert "no dead letter" in assert_clean_error(twice)
+
+
+async def test_cleanup_command(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`cleanup` removes an expired lock and reports the counts (table and --json)."""
+    await build_network(conn)
+    await conn.fetchval("select acquire_lock(p_agent_id => 'coder.2', p_key => 'short', p_lease_id => $1, "
+                        "p_ttl_ms => 100)", uuid.uuid4())
+    await conn.execute("update distributed_locks set expires_at = now() - interval '1 second' where key = 'short'")
+    counts = (await ok(home, "--url", db_url, "cleanup", "--json")).json()
+    assert isinstance(counts, dict) and counts["expired_locks"] == 1
+    assert set(counts) >= {"stale_presence", "expired_locks", "expired_messages", "old_metrics"}
+    assert await conn.fetchval("select count(*) from distributed_locks where key = 'short'") == 0
+    table = (await ok(home, "--url", db_url, "cleanup")).stdout
+    assert "expired locks" in table
+
+
+async def test_migrate_twice(home: Path, db_url: str) -> None:
+    """`migrate` applies the schema to an empty database, and a second run says 'up to date'."""
+    admin = await asyncpg.connect(db_url)
+    name = f"cli_migrate_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f'create database "{name}"')
+        base, query = db_url.split("?", 1)
+        url = f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+        first = await ok(home, "--url", url, "migrate")
+        assert "applied 20261125000000 communication_schema" in first.stdout
+        second = await ok(home, "--url", url, "migrate")
+        assert "up to date" in second.stdout and "applied" not in second.stdout
+        assert (await ok(home, "--url", url, "migrate", "--json")).json() == {
+            "target": resolve(url).describe(), "applied": []}
+        assert (await ok(home, "--url", url, "agents", "--json")).json() == []
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+async def test_local_server_lifecycle(home: Path) -> None:
+    """`local start/status/url/stop` manage a private embedded server that the URL-less commands then use."""
+    data_dir = home / "pgdata"
+    try:
+        status = (await ok(home, "local", "status", "--json")).json()
+        assert status == {"running": False, "url": None, "data_dir": str(data_dir)}
+        assert "local start" in assert_clean_error(await run(home, "local", "url"))
+
+        started = await ok(home, "local", "start")
+        assert "running" in started.stdout and str(data_dir) in started.stdout
+        url = (await ok(home, "local", "url")).stdout.strip()
+        assert url.startswith("postgresql://") and str(data_dir) in url.replace("%2F", "/")
+        status = (await ok(home, "local", "status", "--json")).json()
+        assert status == {"running": True, "url": url, "data_dir": str(data_dir)}
+
+        # Without --url every command uses this embedded server.
+        assert "applied 20261125000000" in (await ok(home, "migrate")).stdout
+        assert "up to date" in (await ok(home, "migrate")).stdout
+        assert (await ok(home, "agents", "--json")).json() == []
+        assert "stopped" in (await ok(home, "local", "stop")).stdout
+        assert "not running" in (await ok(home, "local", "status")).stdout
+    finally:
+        embedded.stop(data_dir)
