@@ -199,6 +199,19 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 # --- local -----------------------------------------------------------------------------------
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    settings = resolve(args.url, args.key)
+    if settings.kind == "supabase":
+        raise ConfigurationError("the demo runs on the embedded database or a postgresql:// URL")
+    url = settings.url
+    if url is None:
+        with _spinner("starting the local PostgreSQL..."):
+            url = embedded.ensure_running().url()
+    return run_demo(url, workers=args.workers, jobs=args.jobs)
+
+
 def _cmd_local_start(args: argparse.Namespace) -> int:
     with _spinner("starting the local PostgreSQL..."):
         server = embedded.ensure_running()
@@ -400,6 +413,16 @@ def _command(commands: Any, name: str, handler: Handler, help: str, *, connects:
     return parser
 
 
+def _add_demo(commands: Any) -> None:
+    p = _command(commands, "demo", _cmd_demo, "run a coordinator, workers and a monitor as separate processes",
+                 lists=False,
+                 description="Starts the database (embedded by default), launches a monitor, workers and a "
+                             "coordinator as separate agent processes, shows progress while the jobs are handed "
+                             "out over a queue, then prints the topology and a metrics summary and stops them.")
+    p.add_argument("--workers", type=_positive_int, default=3, help="worker processes (default: 3)")
+    p.add_argument("--jobs", type=_positive_int, default=60, help="jobs to hand out (default: 60)")
+
+
 def _add_migrate(commands: Any) -> None:
     _command(commands, "migrate", _cmd_migrate, "apply the bootstrap and schema migrations",
              description="Apply the bootstrap (plain Postgres) and the schema migrations that are missing, "
@@ -474,10 +497,9 @@ def _add_topology(commands: Any) -> None:
     p.add_argument("--all", action="store_true", help="include agents that are offline")
 
 
-# The subcommands, in the order `--help` lists them. A `demo` subcommand (a guided multi-agent
-# demonstration) is planned but not written yet: it will be an `_add_demo(commands)` like these,
-# added to this tuple.
+# The subcommands, in the order `--help` lists them.
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_demo,
     _add_migrate,
     _add_local,
     _add_agents,

@@ -90,7 +90,8 @@ def run_demo(url: str, *, workers: int = 3, jobs: int = 60, timeout: float = 45.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    console = Console(stderr=True)  # progress; the results go to standard output
+    out = Console()
     procs: list[subprocess.Popen[str]] = []
     try:
         with console.status("starting the monitor and workers..."):
@@ -120,9 +121,9 @@ def run_demo(url: str, *, workers: int = 3, jobs: int = 60, timeout: float = 45.
                     return 1
         if coordinator_proc.wait(timeout=10) != 0:
             return 1
-        anyio.run(_show_topology, url, console)
+        anyio.run(_show_topology, url, out)
         _stop(procs)  # the agents flush their metrics and leave
-        anyio.run(_show_metrics, url, console)
+        anyio.run(_show_metrics, url, out)
         return 0
     finally:
         _stop(procs)

@@ -340,3 +340,15 @@ async def test_local_server_lifecycle(home: Path) -> None:
         assert "not running" in (await ok(home, "local", "status")).stdout
     finally:
         embedded.stop(data_dir)
+
+
+def test_demo_runs_to_completion(db_url: str) -> None:
+    """`agent-runtime demo` runs coordinator, workers and monitor as processes and exits 0 with all jobs done."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "20",
+                             "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "demo.jobs" in result.stdout  # the topology table lists the job queue
+    assert "messages.acked=" in result.stdout

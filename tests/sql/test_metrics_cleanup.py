@@ -132,19 +132,23 @@ async def test_cleanup_expired_locks(db_url: str, conn: asyncpg.Connection) -> N
 
 
 async def test_cleanup_stale_presence_emits_leave(db_url: str, conn: asyncpg.Connection) -> None:
-    """Stale agents are marked offline (registry and presence) with a 'leave' event; fresh ones are untouched."""
+    """Stale agents go offline with a 'leave' event (fresh ones stay) and rejoin on their next heartbeat."""
     await register(conn, "stale")
     await register(conn, "fresh")
     await conn.execute("update agent_presence set expires_at = now() - interval '1 second' where agent_id = 'stale'")
     async with listening(db_url) as listener:
         assert await call(conn, "cleanup_stale_presence") == 1
         events = await listener.settle(conn)
+        statuses = dict(await conn.fetch("select id, status from distributed_agents"))
+        assert statuses == {"stale": "offline", "fresh": "online"}
+        assert await conn.fetchval("select status from agent_presence where agent_id = 'stale'") == "offline"
         assert await call(conn, "cleanup_stale_presence") == 0
         assert await listener.settle(conn) == []
+        # Its next heartbeat brings it back, with a join event.
+        await call(conn, "update_agent_last_seen", agent_id="stale")
+        rejoined = await listener.settle(conn)
     assert events == [{"a": "stale", "k": "leave", "st": "offline", "t": "presence", "e": "presence"}]
-    statuses = dict(await conn.fetch("select id, status from distributed_agents"))
-    assert statuses == {"stale": "offline", "fresh": "online"}
-    assert await conn.fetchval("select status from agent_presence where agent_id = 'stale'") == "offline"
+    assert rejoined == [{"a": "stale", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
 
 
 async def test_run_cleanup_reports_each_part(conn: asyncpg.Connection) -> None:

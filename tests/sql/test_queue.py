@@ -157,6 +157,24 @@ async def test_replay_revives_an_expired_dead_message(conn: asyncpg.Connection) 
     assert again["id"] == sent["id"] and again["expires_at"] is None
 
 
+async def test_release_hands_back_without_using_an_attempt(conn: asyncpg.Connection) -> None:
+    """nack with p_release returns a prefetched claim at once without counting it, so it never dead-letters."""
+    await _setup(conn, max_attempts=1)
+    sent = await send(conn, "p1", "jobs", {"n": 1})
+    for _ in range(3):
+        [claimed] = await call(conn, "claim_messages", agent_id="c1", channel="jobs")
+        assert claimed["attempts"] == 1
+        result = await call(conn, "nack_message", agent_id="c1", message_id=sent["id"], release=True)
+        assert result["state"] == "retry" and result["attempts"] == 0
+    state = await _state(conn, sent["id"])
+    assert (state["state"], state["attempts"], state["claimed_by"]) == ("ready", 0, None)
+    # Only the holder can hand it back; p_dead wins over p_release.
+    await call(conn, "claim_messages", agent_id="c1", channel="jobs")
+    assert (await call(conn, "nack_message", agent_id="c2", message_id=sent["id"], release=True))["state"] == "ignored"
+    dead = await call(conn, "nack_message", agent_id="c1", message_id=sent["id"], release=True, dead=True)
+    assert dead["state"] == "dead"
+
+
 async def test_nack_dead_immediately(conn: asyncpg.Connection) -> None:
     """nack with p_dead sends the message to the dead letters at once, whatever its attempts."""
     await _setup(conn, max_attempts=10)
