@@ -200,7 +200,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from agent_runtime.demo import run_demo
 
     settings = resolve(args.url, args.key)
     if settings.kind == "supabase":

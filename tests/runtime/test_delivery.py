@@ -231,3 +231,35 @@ async def test_metrics_are_flushed_and_read_back(make_runtime: RuntimeFactory) -
         await sub.flush_metrics()
         [again] = await pub.read_metrics(agent_id=sub.agent_id, metric="my.metric")
         assert (again.count, again.sum) == (2, 5)
+
+
+async def test_late_nack_does_not_undo_another_consumers_claim(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """A nack that races a new claim after the visibility timeout is ignored: the new claimant keeps the message."""
+    async with make_runtime("slow") as slow, make_runtime("other") as other:
+        await slow.channel("vq", "queue")
+        async with slow.subscribe("vq", visibility_timeout=0.2) as sub:
+            await slow.publish("vq", {"n": 1})
+            with anyio.fail_after(5):
+                msg = await sub.__anext__()
+            await anyio.sleep(0.3)  # its visibility timed out: another consumer may claim it now
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                claimed = await conn.fetchval("select claim_messages($1, 'vq', 10, null)::text", other.agent_id)
+                assert str(msg.id) in claimed
+                async with anyio.create_task_group() as tg:
+                    result: list[str] = []
+
+                    async def late_nack() -> None:
+                        result.append((await msg.nack(delay=0)).state)
+
+                    tg.start_soon(late_nack)
+                    await anyio.sleep(0.3)  # the nack now waits for the claim to commit (or got its answer)
+                    await tx.commit()
+            except BaseException:
+                await tx.rollback()
+                raise
+        assert result == ["ignored"]
+        row = await conn.fetchrow("select state, claimed_by from distributed_messages where id = $1", msg.id)
+        assert (row["state"], row["claimed_by"]) == ("inflight", other.agent_id)
