@@ -833,7 +833,9 @@ declare
   v_attempts integer;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  select * into v_msg from distributed_messages where id = p_message_id;
+  -- Locked: a claim by another consumer committing meanwhile is seen (and the nack ignored), not
+  -- overwritten by this late nack.
+  select * into v_msg from distributed_messages where id = p_message_id for update;
   if not found then
     raise exception 'unknown message %', p_message_id using errcode = 'AR406';
   end if;
