@@ -149,11 +149,18 @@ async def _show_topology(url: str, console: Any) -> None:
 
 async def _show_metrics(url: str, console: Any) -> None:
     async with Network(url) as net:
-        totals: dict[str, int] = {}
+        totals: dict[str, float] = {}
+        waits: list[tuple[int, float]] = []
         for m in await net.metrics(since_seconds=600):
-            if m.metric.startswith(("messages.", "lock.")):
-                totals[m.metric] = totals.get(m.metric, 0) + m.count
-        console.print("metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+            if m.metric.startswith("messages."):
+                totals[m.metric] = totals.get(m.metric, 0) + m.sum  # counters: the sum is the total
+            elif m.metric == "lock.wait_ms":
+                waits.append((m.count, m.sum))
+        parts = [f"{k}={int(v)}" for k, v in sorted(totals.items())]
+        acquired = sum(c for c, _ in waits)
+        if acquired:
+            parts.append(f"locks={acquired} (mean wait {sum(s for _, s in waits) / acquired:.1f} ms)")
+        console.print("metrics: " + ", ".join(parts))
 
 
 def _main(argv: list[str]) -> None:
