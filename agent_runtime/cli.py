@@ -41,7 +41,6 @@ from agent_runtime import (
 )
 from agent_runtime.config import resolve
 from agent_runtime.migrations import load_migrations, migrate_url
-from agent_runtime.transports.postgres import translate_errors
 
 PROG = "agent-runtime"
 
@@ -177,12 +176,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         assert settings.url is not None
         url = settings.url
 
-    async def apply() -> list[str]:
-        with translate_errors():
-            return await migrate_url(url)
-
     with _spinner(f"migrating {settings.describe()}..."):
-        applied = anyio.run(apply)
+        applied = anyio.run(migrate_url, url)
     if args.json:
         _write_json({"target": settings.describe(), "applied": applied})
         return 0

@@ -9,7 +9,7 @@ from .config import ConnectionSettings
 from .errors import ConfigurationError
 from .migrations import migrate_url
 from .transports.base import Transport
-from .transports.postgres import PostgresTransport, translate_errors
+from .transports.postgres import PostgresTransport
 
 
 async def postgres_url(settings: ConnectionSettings) -> str:
@@ -22,16 +22,20 @@ async def postgres_url(settings: ConnectionSettings) -> str:
 
 
 async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, pool_size: int = 10) -> Transport:
-    """Connect; for the Postgres kinds, apply missing migrations first (idempotent and cheap)."""
+    """Connect; for the Postgres kinds, apply missing migrations first (idempotent and cheap).
+    A Supabase project is migrated with ``supabase db push``, not from here."""
     if settings.kind == "supabase":
-        raise ConfigurationError(
-            "the Supabase transport is not available in this version",
-            hint="use a postgresql:// URL (Supabase's own database URL works) or the embedded default",
-        )
+        if settings.url is None or settings.key is None:
+            raise ConfigurationError("a Supabase URL needs a key",
+                                     hint="set SUPABASE_SERVICE_ROLE_KEY, or an agent's JWT in SUPABASE_KEY")
+        from .transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
+
+        supabase = SupabaseTransport(settings.url, settings.key, pool_size=pool_size)
+        await supabase.connect()
+        return supabase
     url = await postgres_url(settings)
     if migrate:
-        with translate_errors():
-            await migrate_url(url)
+        await migrate_url(url)
     transport = PostgresTransport(url, max_size=pool_size)
     await transport.connect()
     return transport

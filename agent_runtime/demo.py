@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -33,51 +33,69 @@ def _emit(**event: Any) -> None:
     sys.stdout.flush()
 
 
-async def _until_terminated(cancel: Callable[[], None]) -> None:
+async def _until_signalled(body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` until it returns or SIGTERM/SIGINT arrives. The signal receiver stays installed
+    until the body has left its runtime, so a second signal (Ctrl-C reaches the whole process
+    group, then the demo sends SIGTERM) cannot kill an agent half-way through leaving."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            cancel()
-            return
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop_on_signal)
+            await body()
+            tg.cancel_scope.cancel()
 
 
 async def worker(url: str, index: int) -> None:
-    async with _runtime(f"worker-{index}", "work", url) as rt:
-        await rt.channel(JOBS_CHANNEL, "queue", max_attempts=3)
+    async def body() -> None:
+        async with _runtime(f"worker-{index}", "work", url) as rt:
+            await rt.channel(JOBS_CHANNEL, "queue", max_attempts=3)
 
-        @rt.on(JOBS_CHANNEL, kind="queue")
-        async def work(msg: Message[dict[str, Any]]) -> None:
-            job = msg.payload["job"]
-            async with rt.lock(f"demo.job:{job}", ttl=5) as lease:
-                await anyio.sleep(0.02)  # the work
-                await rt.send(msg.payload["reply_to"], {"job": job, "worker": rt.name, "token": lease.token},
-                              idempotency_key=f"done:{job}")
+            @rt.on(JOBS_CHANNEL, kind="queue")
+            async def work(msg: Message[dict[str, Any]]) -> None:
+                job = msg.payload["job"]
+                async with rt.lock(f"demo.job:{job}", ttl=5) as lease:
+                    await anyio.sleep(0.02)  # the work
+                    await rt.send(msg.payload["reply_to"], {"job": job, "worker": rt.name, "token": lease.token},
+                                  idempotency_key=f"done:{job}")
 
-        _emit(role="worker", event="ready", agent_id=rt.agent_id)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_until_terminated, tg.cancel_scope.cancel)
+            _emit(role="worker", event="ready", agent_id=rt.agent_id)
+            await anyio.sleep_forever()
+
+    await _until_signalled(body)
 
 
 async def monitor(url: str) -> None:
-    async with _runtime("monitor", "monitor", url) as rt:
-        async with rt.presence_events() as events, anyio.create_task_group() as tg:
-            tg.start_soon(_until_terminated, tg.cancel_scope.cancel)
+    async def body() -> None:
+        async with _runtime("monitor", "monitor", url) as rt, rt.presence_events() as events:
             _emit(role="monitor", event="ready", agent_id=rt.agent_id)
             async for event in events:
                 _emit(role="monitor", event=event.kind, agent=event.agent_id, status=event.status)
 
+    await _until_signalled(body)
+
 
 async def coordinator(url: str, jobs: int) -> None:
-    async with _runtime("coordinator", "coordinate", url) as rt:
-        await rt.channel(JOBS_CHANNEL, "queue", max_attempts=3)
-        await rt.publish_many(JOBS_CHANNEL, [{"job": i, "reply_to": rt.agent_id} for i in range(jobs)])
-        done: set[int] = set()
-        async for msg in rt.inbox():
-            done.add(msg.payload["job"])
-            await msg.ack()
-            _emit(role="coordinator", event="done", job=msg.payload["job"], worker=msg.payload["worker"],
-                  count=len(done))
-            if len(done) == jobs:
-                break
+    async def body() -> None:
+        async with _runtime("coordinator", "coordinate", url) as rt:
+            await rt.channel(JOBS_CHANNEL, "queue", max_attempts=3)
+            for start in range(0, jobs, 1000):  # batches: one round trip per thousand jobs
+                await rt.publish_many(JOBS_CHANNEL, [{"job": i, "reply_to": rt.agent_id}
+                                                     for i in range(start, min(start + 1000, jobs))])
+            done: set[int] = set()
+            async for msg in rt.inbox():
+                done.add(msg.payload["job"])
+                await msg.ack()
+                _emit(role="coordinator", event="done", job=msg.payload["job"], worker=msg.payload["worker"],
+                      count=len(done))
+                if len(done) == jobs:
+                    break
+
+    await _until_signalled(body)
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:

@@ -96,18 +96,19 @@ _PORT = 5432
 
 
 def status(data_dir: Path | None = None) -> LocalServer | None:
-    """The running local server, or None."""
-    data_dir = data_dir or default_data_dir()
-    if not (data_dir / "postmaster.pid").exists():
+    """The running local server, or None. Read from postmaster.pid (no subprocess, no side effects):
+    its first line is the postmaster's pid and its eighth the server state."""
+    data_dir = (data_dir or default_data_dir()).expanduser()
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None  # no pid file, a stale one, or a process that is gone
+    state = lines[7].strip() if len(lines) > 7 else ""
+    if state != "ready" or not (data_dir / f".s.PGSQL.{_PORT}").exists():
         return None
-    result = subprocess.run(
-        [*_run_as_postgres_user(), str(_bin_dir() / "pg_ctl"), "status", "-D", str(data_dir)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        return None
-    return LocalServer(data_dir, data_dir, _PORT)
+    return LocalServer(data_dir.resolve(), data_dir.resolve(), _PORT)
 
 
 def ensure_running(data_dir: Path | None = None) -> LocalServer:

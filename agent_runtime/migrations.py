@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
+from .transports.postgres import translate_errors
+
 _LOCK_ID = 0x4147_454E_5452_544D  # arbitrary, fixed: "AGENTRTM"
 _LOCK_KEY = _LOCK_ID - (1 << 64) if _LOCK_ID >= 1 << 63 else _LOCK_ID
 
@@ -82,8 +84,10 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 
 async def migrate_url(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await migrate(conn)
-    finally:
-        await conn.close()
+    """Connect, migrate, disconnect; failures come out as the runtime's own errors."""
+    with translate_errors():
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()

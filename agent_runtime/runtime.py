@@ -129,6 +129,7 @@ class AgentRuntime:
         self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size)
         self._db = Database(self._transport)
         try:
+            self._transport.set_identity(self.agent_id)
             self.info = await self._db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
@@ -154,32 +155,40 @@ class AgentRuntime:
                         tb: TracebackType | None) -> bool | None:
         self._stopping.set()  # 1. stop intake: consumers fetch nothing more
         tg, self._tg = self._tg, None
-        if tg is not None:
-            # 2. in-flight handlers get the grace period; then they are cancelled and their
-            #    messages handed back (nacked) in their own shielded cleanup.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                await self._idle.wait()
-            tg.cancel_scope.cancel()
-            # The task group is exited at the nesting level it was entered at (no scope around it).
-            await tg.__aexit__(None, None, None)
+        try:
+            if tg is not None:
+                # 2. in-flight handlers get the grace period; then they are cancelled and their
+                #    messages handed back (nacked) in their own shielded cleanup.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                    await self._idle.wait()
+                tg.cancel_scope.cancel()
+                # Exited at the nesting level it was entered at (no scope around it). When the
+                # caller is being cancelled (SIGTERM, an outer task group) this re-raises the
+                # cancellation, hence the finally: the agent still leaves in order.
+                await tg.__aexit__(None, None, None)
+        finally:
+            await self._leave()
+        return None
+
+    async def _leave(self) -> None:
+        """Steps 3-6 of shutdown, shielded from cancellation and bounded in time."""
         db = self._db
-        if db is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                for lease in list(self._held):  # 3. locks (normally released by their own blocks)
-                    await _locks.release(self, lease)
-                try:
-                    await self.metrics.flush(db, self.agent_id)  # 4. metrics
-                except AgentRuntimeError as exc:
-                    log.warning("final metrics flush failed: %s", exc)
-                try:
-                    await db.deregister_agent(self.agent_id)  # 5. offline
-                except AgentRuntimeError as exc:
-                    log.warning("marking %s offline failed: %s", self.agent_id, exc)
-        if self._transport is not None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if db is not None:
+                with anyio.move_on_after(self.shutdown_timeout):
+                    for lease in list(self._held):  # 3. locks (normally released by their own blocks)
+                        await _locks.release(self, lease)
+                    try:
+                        await self.metrics.flush(db, self.agent_id)  # 4. metrics
+                    except AgentRuntimeError as exc:
+                        log.warning("final metrics flush failed: %s", exc)
+                    try:
+                        await db.deregister_agent(self.agent_id)  # 5. offline
+                    except AgentRuntimeError as exc:
+                        log.warning("marking %s offline failed: %s", self.agent_id, exc)
+            if self._transport is not None:
                 await self._transport.aclose()  # 6. close
         self._inbox_send.close()
-        return None
 
     def _require_db(self) -> Database:
         if self._db is None:
@@ -239,13 +248,17 @@ class AgentRuntime:
         self._tg.start_soon(wake)
 
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
-        await self._require_db().subscribe(self.agent_id, sub.channel, sub._start)
+        db = self._require_db()
+        await db.subscribe(self.agent_id, sub.channel, sub._start)
+        await db.transport.watch(_wakeup_topic(sub))  # Realtime joins one channel per topic
         self._subscriptions.setdefault(sub.channel, set()).add(sub)
 
     def _close_subscription(self, sub: Subscription[Any]) -> None:
         subs = self._subscriptions.get(sub.channel)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            if self._db is not None:
+                self._db.transport.unwatch(_wakeup_topic(sub))
 
     # ------------------------------------------------------------------ background loops
 
@@ -333,7 +346,9 @@ class AgentRuntime:
 
     async def set_status(self, status: AgentStatus, *, load: float | None = None) -> AgentInfo:
         """Set this agent's status (online, busy, away) and load (0..1); others see a status event."""
-        self.info = await self._require_db().heartbeat(self.agent_id, status=status, load=load)
+        db = self._require_db()
+        self.info = await db.heartbeat(self.agent_id, status=status, load=load)
+        await db.transport.publish_presence(self.info.status)
         return self.info
 
     def presence_events(self) -> AbstractAsyncContextManager[AsyncIterator[PresenceEvent]]:
@@ -587,6 +602,11 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
+
+
+def _wakeup_topic(sub: Subscription[Any]) -> str:
+    """The topic the SQL triggers send a channel's wake-ups on."""
+    return sub.channel if sub.kind == "direct" else f"channel:{sub.channel}"
 
 
 def _inbox(agent_id: str) -> str:

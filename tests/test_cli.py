@@ -352,3 +352,71 @@ def test_demo_runs_to_completion(db_url: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "demo.jobs" in result.stdout  # the topology table lists the job queue
     assert "messages.acked=" in result.stdout
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+def test_demo_ctrl_c_leaves_nothing_running(db_url: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group) mid-demo ends every agent process, each marked offline."""
+    import asyncio
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        # Wait until the coordinator is up and jobs flow (the queue has messages).
+        while time.monotonic() < deadline:
+            count = asyncio.run(_count_messages(db_url))
+            if count > 0:
+                break
+            time.sleep(0.2)
+        assert count > 0, "the demo never started handing out jobs"
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        proc.wait(timeout=40)
+        assert proc.returncode != 0
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+        assert _processes_mentioning(db_url) == []
+        agents = json.loads(asyncio.run(_online_agents(db_url)))
+        assert agents == [], agents
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _processes_mentioning(db_url):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _count_messages(db_url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval("select count(*) from distributed_messages") or 0)
+    finally:
+        await conn.close()
+
+
+async def _online_agents(db_url: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        return str(await conn.fetchval("select list_agents()::text"))
+    finally:
+        await conn.close()

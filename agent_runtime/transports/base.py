@@ -45,3 +45,26 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close every connection; safe to call twice."""
         ...
+
+    # Hooks for transports whose wake-ups are per topic (Supabase Realtime joins one channel per
+    # topic). A transport that hears every topic at once (Postgres LISTEN) makes them no-ops.
+
+    def set_identity(self, agent_id: str) -> None:
+        """The agent this process runs as, given before ``run_listener``: its inbox topic
+        ``agent:<id>`` is listened to, and its presence published. Raises ``ConfigurationError``
+        if the credentials belong to another agent."""
+        ...
+
+    async def watch(self, topic: str) -> None:
+        """Start listening to ``topic`` (``channel:<name>`` or ``agent:<id>``) as well; counted
+        (each ``watch`` is matched by one ``unwatch``). Returns once events on it flow, or after
+        a bounded wait (a later start is followed by ``RECONNECTED``)."""
+        ...
+
+    def unwatch(self, topic: str) -> None:
+        """Undo one :meth:`watch`; never blocks."""
+        ...
+
+    async def publish_presence(self, status: str) -> None:
+        """This agent's status changed (the registry already has it); tell live listeners."""
+        ...

@@ -129,6 +129,19 @@ class PostgresTransport:
             with anyio.fail_after(self._health_interval * 2):
                 await conn.fetchval("select 1")
 
+    # LISTEN hears every topic, and presence is published by the registry's trigger: no-ops.
+    def set_identity(self, agent_id: str) -> None:
+        pass
+
+    async def watch(self, topic: str) -> None:
+        pass
+
+    def unwatch(self, topic: str) -> None:
+        pass
+
+    async def publish_presence(self, status: str) -> None:
+        pass
+
     async def aclose(self) -> None:
         self._closed = True
         pool, self._pool = self._pool, None

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import asyncpg
 
 from agent_runtime.runtime import AgentRuntime
 
@@ -45,3 +46,18 @@ async def test_lock_fencing(make_runtime: RuntimeFactory) -> None:
                 assert none is None
         async with b.lock("k", ttl=2, wait=3) as second:
             assert second.token > first.token
+
+
+async def test_outer_cancellation_still_leaves_in_order(make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Cancelled from outside (as on SIGTERM), the runtime still flushes metrics and marks itself offline."""
+    with anyio.CancelScope() as scope:
+        async with make_runtime("cancelled") as rt:
+            rt.metrics.increment("custom.thing")
+            scope.cancel()
+            await anyio.sleep(10)
+    assert scope.cancelled_caught
+    status = await conn.fetchval("select status from agent_presence where agent_id = $1", rt.agent_id)
+    assert status == "offline"
+    flushed = await conn.fetchval(
+        "select sum(sum) from communication_metrics where agent_id = $1 and metric = 'custom.thing'", rt.agent_id)
+    assert flushed == 1
