@@ -8,7 +8,7 @@ from . import embedded
 from .config import ConnectionSettings
 from .errors import ConfigurationError
 from .migrations import migrate_url
-from .transports.base import Transport
+from .transports.base import AccessTokenProvider, Transport
 from .transports.postgres import PostgresTransport
 
 
@@ -21,7 +21,8 @@ async def postgres_url(settings: ConnectionSettings) -> str:
     return settings.url
 
 
-async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, pool_size: int = 10) -> Transport:
+async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, pool_size: int = 10,
+                         access_token_provider: AccessTokenProvider | None = None) -> Transport:
     """Connect; for the Postgres kinds, apply missing migrations first (idempotent and cheap).
     A Supabase project is migrated with ``supabase db push``, not from here."""
     if settings.kind == "supabase":
@@ -30,7 +31,8 @@ async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, 
                                      hint="set SUPABASE_SERVICE_ROLE_KEY, or an agent's JWT in SUPABASE_KEY")
         from .transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
 
-        supabase = SupabaseTransport(settings.url, settings.key, pool_size=pool_size)
+        supabase = SupabaseTransport(settings.url, settings.key, access_token=settings.access_token,
+                                     access_token_provider=access_token_provider, pool_size=pool_size)
         await supabase.connect()
         return supabase
     url = await postgres_url(settings)

@@ -3,7 +3,7 @@ wake-up events. A transport knows nothing of agents, locks or messages."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -21,6 +21,9 @@ class Event(msgspec.Struct, frozen=True):
 
 
 RECONNECTED = Event("*", "reconnected", {})
+
+# Returns a fresh access token (JWT) for an agent, sync or async; called before the current expires.
+AccessTokenProvider = Callable[[], str | Awaitable[str]]
 
 
 class EventSink(Protocol):
