@@ -85,14 +85,19 @@ class Database:
         return _as(list[SendResult], await self._call(
             "send_messages", p_agent_id=agent_id, p_channel=channel, p_messages=messages))
 
-    async def fetch(self, agent_id: str, channel: str, limit: int) -> list[RawMessage]:
+    # ``ack_ids``: acknowledged in the same call, before fetching (one round trip for both).
+    async def fetch(self, agent_id: str, channel: str, limit: int,
+                    ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
+        acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
         return _as(list[RawMessage], await self._call(
-            "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit))
+            "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit, **acks))
 
-    async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None) -> list[RawMessage]:
+    async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None,
+                    ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
+        acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
         return _as(list[RawMessage], await self._call(
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
-            p_visibility_ms=visibility_ms))
+            p_visibility_ms=visibility_ms, **acks))
 
     async def ack(self, agent_id: str, message_ids: Sequence[int]) -> int:
         return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids)))

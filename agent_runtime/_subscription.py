@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Message(Generic[T]):
@@ -103,6 +105,7 @@ class Subscription(Generic[T]):
         self._buffer: deque[RawMessage] = deque()
         self._pending_acks: list[RawMessage] = []
         self._wake = anyio.Event()
+        self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
 
     # Wake-ups (called from the runtime's event dispatch; never blocks)
@@ -169,49 +172,65 @@ class Subscription(Generic[T]):
         return Message(self, raw, payload)
 
     async def _refill(self) -> None:
-        """Fetch the next batch, or wait for a wake-up (or the safety poll) if there is none."""
-        wake = self._wake = anyio.Event()
-        batch: list[RawMessage] | None = None
-        try:
-            # Shielded (and bounded): a batch the database has claimed must reach the buffer, to be
-            # handled or handed back by close(), not vanish with a call cancelled by shutdown and
-            # sit in flight until its visibility timeout. Likewise acks being written.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
-                await self._flush_acks()
-                batch = await self._fetch()
-        except ConnectionLost as exc:
-            log.warning("fetching from %s: %s; retrying", self.channel, exc)
-            await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
-            return
-        if batch is None:
-            return  # the database did not answer in time: try again
-        if batch:
-            self._buffer.extend(batch)
-            return
-        with anyio.move_on_after(self._poll_interval):
-            await self._runtime._wait_unless_stopping(wake)
+        """Fetch the next batch, or wait for a wake-up (or the safety poll) if there is none.
+        Pending acks ride along with the fetch (one round trip, one transaction). Consumers of one
+        subscription fetch one at a time and wait for news on the same event."""
+        async with self._fetching:
+            if self._buffer:
+                return  # another consumer fetched meanwhile
+            if self._wake.is_set():  # (a wake-up from now on is news the fetch below may miss)
+                self._wake = anyio.Event()
+            wake = self._wake
+            batch: list[RawMessage] | None = None
+            try:
+                # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
+                # be handled or handed back by close(), not vanish with a call cancelled by shutdown
+                # and sit in flight until its visibility timeout. Likewise acks being written.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
+                    batch = await self._with_acks(self._fetch)
+            except ConnectionLost as exc:
+                log.warning("fetching from %s: %s; retrying", self.channel, exc)
+                await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
+                return
+            if batch is None:
+                return  # the database did not answer in time: try again
+            if batch:
+                self._buffer.extend(batch)
+                wake.set()  # consumers waiting for news: here it is
+                return
+        if not self._runtime._stopping.is_set():  # shutdown wakes every subscription
+            with anyio.move_on_after(self._poll_interval):
+                await wake.wait()
 
-    async def _fetch(self) -> list[RawMessage]:
+    async def _fetch(self, ack_ids: list[int] | None) -> list[RawMessage]:
         db = self._runtime._require_db()
         if self.kind == "broadcast":
-            return await db.fetch(self._runtime.agent_id, self.channel, self._batch_size)
-        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms)
+            return await db.fetch(self._runtime.agent_id, self.channel, self._batch_size, ack_ids)
+        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids)
 
     async def _flush_acks(self) -> None:
-        if not self._pending_acks:
-            return
+        if self._pending_acks:
+            db = self._runtime._require_db()
+            await self._with_acks(lambda ids: db.ack(self._runtime.agent_id, ids or []))
+
+    async def _with_acks(self, call: Callable[[list[int] | None], Awaitable[R]]) -> R:
+        """``call(ack_ids)`` writes the pending acks (None: there are none) in its transaction. If it
+        fails or is cancelled they are kept for the next time."""
         pending, self._pending_acks = self._pending_acks, []
-        db = self._runtime._require_db()
-        if self.kind == "broadcast":
-            ids = [max(pending, key=lambda m: m.seq).id] + [m.id for m in pending if m.attempts > 1]
-        else:
-            ids = [m.id for m in pending]
+        ids = None
+        if pending:
+            if self.kind == "broadcast":  # cumulative: the highest seq, and retried ones
+                ids = [max(pending, key=lambda m: m.seq).id] + [m.id for m in pending if m.attempts > 1]
+            else:
+                ids = [m.id for m in pending]
         try:
-            await db.ack(self._runtime.agent_id, ids)
-        except BaseException:  # failed or cancelled: keep them for the next flush
+            result = await call(ids)
+        except BaseException:
             self._pending_acks[:0] = pending
             raise
-        self._runtime.metrics.increment("messages.acked", len(pending), channel=self.channel)
+        if pending:
+            self._runtime.metrics.increment("messages.acked", len(pending), channel=self.channel)
+        return result
 
     async def _nack(self, raw: RawMessage, *, delay: float | None, reason: str | None, dead: bool) -> NackResult:
         # Everything acked before this message must be written first (broadcast acks are cumulative

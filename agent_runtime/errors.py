@@ -133,6 +133,10 @@ _SQLSTATE_ERRORS: dict[str, type[AgentRuntimeError]] = {
 
 # Classes of SQLSTATE that mean the connection, not the request, failed.
 _RETRYABLE_CLASSES = ("08", "57P", "53")
+# Classes that mean the request's values were refused, for the codes not mapped above: data
+# exceptions (a NUL character in text, a number out of range...) and program limits (JSON nested
+# too deep for the server).
+_INPUT_CLASSES = ("22", "54")
 
 
 def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> AgentRuntimeError:
@@ -140,5 +144,10 @@ def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = N
     code = sqlstate or ""
     cls = _SQLSTATE_ERRORS.get(code)
     if cls is None:
-        cls = ConnectionLost if code.startswith(_RETRYABLE_CLASSES) else AgentRuntimeError
+        if code.startswith(_RETRYABLE_CLASSES):
+            cls = ConnectionLost
+        elif code.startswith(_INPUT_CLASSES):
+            cls = InvalidInput
+        else:
+            cls = AgentRuntimeError
     return cls(message, sqlstate=sqlstate, hint=hint)

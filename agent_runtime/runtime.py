@@ -8,6 +8,7 @@ back), release locks, flush metrics, mark the agent offline, close connections."
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -40,7 +41,7 @@ from .models import (
     SendResult,
     Topology,
 )
-from .transports.base import Event, Transport
+from .transports.base import AccessTokenProvider, Event, Transport
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class AgentRuntime:
     ``url``: ``postgresql://...`` for a Postgres database, nothing for the embedded local one
     (environment: ``AGENT_RUNTIME_URL``). ``agent_id``: give a stable id to resume the same agent
     after a restart (its subscriptions and cursors too); by default a fresh one is made from the name.
+
+    Supabase: ``url="https://<ref>.supabase.co"`` with ``key`` (the service role key, or the anon
+    key with the agent's own JWT as ``access_token``, whose ``agent_id`` claim is then this
+    agent's id); ``access_token_provider`` returns a fresh JWT before the current one expires.
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class AgentRuntime:
         metadata: dict[str, Any] | None = None,
         url: str | None = None,
         key: str | None = None,
+        access_token: str | None = None,
+        access_token_provider: AccessTokenProvider | None = None,
         heartbeat_interval: float = 5.0,
         heartbeat_ttl: float | None = None,
         janitor: bool = True,
@@ -88,12 +95,14 @@ class AgentRuntime:
         pool_size: int = 10,
     ) -> None:
         self.name = name
-        self.agent_id = agent_id or _default_agent_id(name)
+        self.settings: ConnectionSettings = resolve(url, key, access_token)
+        # An agent's own token names its agent: that is who this runtime is, unless told otherwise.
+        self.agent_id = agent_id or self.settings.claimed_agent_id or _default_agent_id(name)
         self.capabilities = list(capabilities)
         self.kind = kind
         self.version = version
         self.metadata = dict(metadata or {})
-        self.settings: ConnectionSettings = resolve(url, key)
+        self._access_token_provider = access_token_provider
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else max(3 * heartbeat_interval, 1.0)
         self.janitor_enabled = janitor
@@ -126,7 +135,8 @@ class AgentRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> AgentRuntime:
-        self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size)
+        self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
+                                               access_token_provider=self._access_token_provider)
         self._db = Database(self._transport)
         try:
             self._transport.set_identity(self.agent_id)
@@ -154,6 +164,7 @@ class AgentRuntime:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
         self._stopping.set()  # 1. stop intake: consumers fetch nothing more
+        self._wake_subscriptions()  # (those waiting for news see it now)
         tg, self._tg = self._tg, None
         try:
             if tg is not None:
@@ -204,14 +215,10 @@ class AgentRuntime:
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
 
-    async def _wait_unless_stopping(self, event: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-            async def stop_on_shutdown() -> None:
-                await self._stopping.wait()
-                tg.cancel_scope.cancel()
-            tg.start_soon(stop_on_shutdown)
-            await event.wait()
-            tg.cancel_scope.cancel()
+    def _wake_subscriptions(self) -> None:
+        for subs in self._subscriptions.values():
+            for sub in subs:
+                sub.wake()
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
@@ -231,9 +238,7 @@ class AgentRuntime:
         elif event.event == "released":
             self._lock_waiters.released(str(event.data.get("k")))
         elif event.event == "reconnected":
-            for subs in self._subscriptions.values():
-                for sub in subs:
-                    sub.wake()
+            self._wake_subscriptions()
             self._lock_waiters.wake_all()
             self._presence.publish(PresenceEvent("resync"))
 
@@ -362,12 +367,11 @@ class AgentRuntime:
                       visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
                       metadata: dict[str, Any] | None = None) -> ChannelInfo:
         """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
-        def ms(v: float | None) -> int | None:
-            return None if v is None else int(v * 1000)
         return await self._require_db().ensure_channel(
-            self.agent_id, name, kind, retention_ms=ms(retention), message_ttl_ms=ms(message_ttl),
-            max_attempts=max_attempts, visibility_timeout_ms=ms(visibility_timeout),
-            max_payload_bytes=max_payload_bytes, metadata=metadata)
+            self.agent_id, name, kind, retention_ms=_ms(retention, "retention"),
+            message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
+            visibility_timeout_ms=_ms(visibility_timeout, "visibility_timeout"),
+            max_payload_bytes=max_payload_bytes, metadata=None if metadata is None else _to_builtins(metadata))
 
     async def channels(self) -> list[ChannelInfo]:
         return await self._require_db().list_channels()
@@ -388,6 +392,7 @@ class AgentRuntime:
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
+        _seconds(visibility_timeout, "visibility_timeout")
         return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
@@ -408,20 +413,27 @@ class AgentRuntime:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
         if concurrency < 1:
             raise InvalidInput("concurrency must be at least 1")
-        for _ in range(concurrency):
-            self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout,
-                             max(1, 10 // concurrency))
+        _seconds(visibility_timeout, "visibility_timeout")
+        self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
 
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
-                            kind: ChannelKind | None, start: str, visibility: float | None, batch: int) -> None:
-        async with self.subscribe(channel, type=payload_type, kind=kind, start=start, batch_size=batch,
-                                  visibility_timeout=visibility) as sub:
-            async for msg in sub:
-                self._begin()
-                try:
-                    await self._run_handler(handler, msg)
-                finally:
-                    self._end()
+                            kind: ChannelKind | None, start: str, visibility: float | None,
+                            concurrency: int) -> None:
+        # Concurrent handlers share one subscription: one claim (and one ack write) serves them all.
+        # Broadcast keeps per-channel order: one handler at a time.
+        async with self.subscribe(channel, type=payload_type, kind=kind, start=start,
+                                  batch_size=max(10, concurrency), visibility_timeout=visibility) as sub:
+            async with anyio.create_task_group() as tg:
+                for _ in range(1 if sub.kind == "broadcast" else concurrency):
+                    tg.start_soon(self._handle_each, sub, handler)
+
+    async def _handle_each(self, sub: Subscription[Any], handler: Handler) -> None:
+        async for msg in sub:
+            self._begin()
+            try:
+                await self._run_handler(handler, msg)
+            finally:
+                self._end()
 
     async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
         started = anyio.current_time()
@@ -455,16 +467,18 @@ class AgentRuntime:
         if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
             raise InvalidInput("idempotency_keys must match payloads one to one")
         messages = []
+        ttl_ms, delay_ms = _ms(ttl, "ttl"), _ms(delay, "delay")
+        headers = _to_builtins(headers) if headers else None
         for i, payload in enumerate(payloads):
             entry: dict[str, Any] = {"payload": _to_builtins(payload)}
             if headers:
                 entry["headers"] = headers
             if idempotency_keys is not None and idempotency_keys[i]:
                 entry["idempotency_key"] = idempotency_keys[i]
-            if ttl is not None:
-                entry["ttl_ms"] = int(ttl * 1000)
-            if delay is not None:
-                entry["delay_ms"] = int(delay * 1000)
+            if ttl_ms is not None:
+                entry["ttl_ms"] = ttl_ms
+            if delay_ms is not None:
+                entry["delay_ms"] = delay_ms
             messages.append(entry)
         return await self._send(channel, messages)
 
@@ -498,15 +512,17 @@ class AgentRuntime:
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (the request also expires then,
         so it is not handled after the requester gave up), :class:`RemoteError` if the handler raised."""
+        timeout_ms = _ms(_seconds(timeout, "timeout", optional=False), "timeout")
+        assert timeout_ms is not None
         correlation_id = str(uuid.uuid4())
         arrived = anyio.Event()
         replies: list[RawMessage] = []
         self._pending_replies[correlation_id] = (arrived, replies)
         try:
             await self._send(_inbox(agent_id), [{
-                "payload": _to_builtins(payload), "headers": {**(headers or {}), "ar": "request"},
+                "payload": _to_builtins(payload), "headers": {**_to_builtins(headers or {}), "ar": "request"},
                 "correlation_id": correlation_id, "reply_to": f"agent:{self.agent_id}",
-                "ttl_ms": max(int(timeout * 1000), 1)}])
+                "ttl_ms": max(timeout_ms, 1)}])
             with anyio.move_on_after(timeout):
                 await arrived.wait()
         finally:
@@ -543,10 +559,13 @@ class AgentRuntime:
         ``wait``: seconds to wait for it (None: as long as it takes); :class:`LockTimeout` when it
         runs out. If the lease is lost while held (renewal refused or impossible before expiry),
         the block is cancelled and :class:`LockLost` is raised from the ``async with``."""
+        _seconds(ttl, "ttl", optional=False)
+        _seconds(wait, "wait", allow_inf=True)
         return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
 
     def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
         """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
+        _seconds(ttl, "ttl", optional=False)
         return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
     async def locks(self) -> list[Any]:
@@ -614,8 +633,48 @@ def _inbox(agent_id: str) -> str:
 
 
 def _to_builtins(payload: Any) -> Any:
-    """Structs, dataclasses, datetimes... become JSON-ready builtins (msgspec's rules)."""
+    """Structs, dataclasses, datetimes... become JSON-ready builtins (msgspec's rules). What has no
+    JSON form is refused: unsupported types, nesting too deep, and NaN or infinities (which the
+    encoder would silently write as null)."""
     try:
-        return msgspec.to_builtins(payload)
-    except TypeError as exc:
+        value = msgspec.to_builtins(payload)
+        if b"null" in _encoder.encode(value) and _has_non_finite(value):
+            raise InvalidInput("payload is not JSON-serialisable: NaN and infinity have no JSON form")
+        return value
+    except (TypeError, ValueError, RecursionError) as exc:  # ValueError: a lone surrogate in a string
         raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def _seconds(value: float | None, what: str, *, allow_inf: bool = False, optional: bool = True) -> float | None:
+    """A duration given by the caller, checked before it becomes milliseconds: NaN, infinities
+    (unless ``allow_inf``) and non-numbers (None too unless ``optional``) are refused with
+    InvalidInput, never a ValueError."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
+            math.isinf(value) and not allow_inf):
+        raise InvalidInput(f"{what} must be a finite number of seconds (got {value!r})")
+    return value
+
+
+def _ms(value: float | None, what: str) -> int | None:
+    seconds = _seconds(value, what)
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds * 1000):  # a float near the maximum overflows in milliseconds
+        raise InvalidInput(f"{what} is out of range (got {value!r} seconds)")
+    return int(seconds * 1000)

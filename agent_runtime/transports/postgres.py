@@ -56,6 +56,11 @@ class PostgresTransport:
                 self.url, min_size=self._min_size, max_size=self._max_size,
                 # Hung connections must fail, not hang a runtime forever.
                 command_timeout=60, timeout=10,
+                # The pool's connections carry no session state (they only run function calls, in
+                # autocommit), so asyncpg's reset query on every release (RESET ALL, UNLISTEN *...)
+                # would be one more round trip per call for nothing. An open transaction is still
+                # rolled back by the pool.
+                reset=_keep_session,
             )
 
     def _statement(self, function: str, names: tuple[str, ...]) -> str:
@@ -73,9 +78,12 @@ class PostgresTransport:
         if self._pool is None:
             raise ConnectionLost("the transport is not connected")
         names = tuple(args)
-        values = [
-            _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
-        ]
+        try:
+            values = [
+                _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
+            ]
+        except (TypeError, ValueError, RecursionError) as exc:  # no JSON form (ValueError: a lone surrogate)
+            raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         with translate_errors():
             async with _connection(self._pool) as con:
                 try:
@@ -149,6 +157,10 @@ class PostgresTransport:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await pool.close()
             pool.terminate()
+
+
+async def _keep_session(_con: asyncpg.Connection) -> None:
+    return None
 
 
 @asynccontextmanager
