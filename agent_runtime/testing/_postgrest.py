@@ -40,7 +40,7 @@ select p.proname,
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type rt on rt.oid = p.prorettype
-where n.nspname = $1 and p.proname = $2 and p.prokind = 'f'
+where n.nspname = $1::text and p.proname::text = $2::text and p.prokind = 'f'  -- (text: any name, too long ones too)
 """
 
 _REQUEST_GUCS_SQL = """
@@ -271,9 +271,14 @@ class PostgrestRpc:
     async def _functions(self, schema: str, name: str, *, refresh: bool = False) -> list[_Function]:
         key = (schema, name)
         if refresh or key not in self._cache:
+            if "\x00" in schema + name:  # no such name; Postgres text cannot even carry it
+                return []
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(_FUNCTIONS_SQL, schema, name)
-            self._cache[key] = [self._function(schema, r) for r in rows]
+            found = [self._function(schema, r) for r in rows]
+            if not found:
+                return found  # misses are not cached: any name a client sends would stay in memory
+            self._cache[key] = found
         return self._cache[key]
 
     @staticmethod

@@ -192,7 +192,7 @@ class SupabaseStandIn:
                                                       name="standin-broadcast-listener")
             app = web.Application(client_max_size=64 * 1024 * 1024)
             for method in ("POST", "GET", "HEAD"):
-                app.router.add_route(method, "/rest/v1/rpc/{function}", rpc.handle)
+                app.router.add_route(method, "/rest/v1/rpc/{function:[^/]+}", rpc.handle)  # any name: PGRST202 if unknown
             app.router.add_route("*", "/rest/v1/{tail:.*}", _not_implemented)
             app.router.add_get("/realtime/v1/websocket", hub.handle_websocket)
             app.router.add_post("/realtime/v1/api/broadcast", hub.handle_rest_broadcast)
