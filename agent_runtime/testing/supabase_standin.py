@@ -191,8 +191,8 @@ class SupabaseStandIn:
             self._listener_task = asyncio.create_task(self._supervise_listener(hub, listener),
                                                       name="standin-broadcast-listener")
             app = web.Application(client_max_size=64 * 1024 * 1024)
-            for method in ("POST", "GET", "HEAD"):
-                app.router.add_route(method, "/rest/v1/rpc/{function:[^/]+}", rpc.handle)  # any name: PGRST202 if unknown
+            for method in ("POST", "GET", "HEAD"):  # any name routes to RPC: PGRST202 if there is no such function
+                app.router.add_route(method, "/rest/v1/rpc/{function:[^/]+}", rpc.handle)
             app.router.add_route("*", "/rest/v1/{tail:.*}", _not_implemented)
             app.router.add_get("/realtime/v1/websocket", hub.handle_websocket)
             app.router.add_post("/realtime/v1/api/broadcast", hub.handle_rest_broadcast)
