@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import msgspec
 
+from ._durations import required_ms, to_ms
 from .errors import AgentRuntimeError, ConnectionLost, InvalidPayload
 from .models import ChannelKind, NackResult, RawMessage
 
@@ -99,7 +100,7 @@ class Subscription(Generic[T]):
         self.kind = kind
         self._type = payload_type
         self._batch_size = batch_size
-        self._visibility_ms = None if visibility is None else int(visibility * 1000)
+        self._visibility_ms = to_ms(visibility, "visibility_timeout")
         self._start = start
         self._poll_interval = poll_interval
         self._buffer: deque[RawMessage] = deque()
@@ -239,7 +240,7 @@ class Subscription(Generic[T]):
         if delay is None:
             delay = self._runtime.retry_delay(raw.attempts)
         result = await self._runtime._require_db().nack(
-            self._runtime.agent_id, raw.id, delay_ms=int(delay * 1000), reason=reason, dead=dead)
+            self._runtime.agent_id, raw.id, delay_ms=required_ms(delay, "delay"), reason=reason, dead=dead)
         metric = "messages.dead" if result.state == "dead" else "messages.nacked"
         self._runtime.metrics.increment(metric, channel=self.channel)
         if self.kind == "broadcast":

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from ._db import Database
+from ._durations import required_ms
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
 from .models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, Topology
@@ -53,7 +54,7 @@ class Network:
 
     async def metrics(self, agent_id: str | None = None, metric: str | None = None,
                       since_seconds: float = 3600) -> list[MetricSummary]:
-        return await self.db.get_metrics(agent_id, metric, int(since_seconds * 1000))
+        return await self.db.get_metrics(agent_id, metric, required_ms(since_seconds, "since_seconds"))
 
     async def dead_letters(self, channel: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return await self.db.list_dead_letters(channel, limit)
@@ -65,4 +66,4 @@ class Network:
         return await self.db.run_cleanup()
 
     async def topology(self, *, window_seconds: float = 300, include_offline: bool = False) -> Topology:
-        return await self.db.topology(int(window_seconds * 1000), include_offline)
+        return await self.db.topology(required_ms(window_seconds, "window_seconds"), include_offline)

@@ -24,6 +24,9 @@ from anyio.abc import TaskGroup
 
 from . import _locks
 from ._db import Database
+from ._durations import required_ms
+from ._durations import seconds as _seconds
+from ._durations import to_ms as _ms
 from ._metrics import Metrics
 from ._presence import PresenceEvent, PresenceHub
 from ._subscription import Message, Subscription
@@ -392,7 +395,7 @@ class AgentRuntime:
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
-        _seconds(visibility_timeout, "visibility_timeout")
+        _ms(visibility_timeout, "visibility_timeout")
         return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
@@ -413,7 +416,7 @@ class AgentRuntime:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
         if concurrency < 1:
             raise InvalidInput("concurrency must be at least 1")
-        _seconds(visibility_timeout, "visibility_timeout")
+        _ms(visibility_timeout, "visibility_timeout")
         self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
 
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
@@ -512,8 +515,7 @@ class AgentRuntime:
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (the request also expires then,
         so it is not handled after the requester gave up), :class:`RemoteError` if the handler raised."""
-        timeout_ms = _ms(_seconds(timeout, "timeout", optional=False), "timeout")
-        assert timeout_ms is not None
+        timeout_ms = required_ms(timeout, "timeout")
         correlation_id = str(uuid.uuid4())
         arrived = anyio.Event()
         replies: list[RawMessage] = []
@@ -559,13 +561,13 @@ class AgentRuntime:
         ``wait``: seconds to wait for it (None: as long as it takes); :class:`LockTimeout` when it
         runs out. If the lease is lost while held (renewal refused or impossible before expiry),
         the block is cancelled and :class:`LockLost` is raised from the ``async with``."""
-        _seconds(ttl, "ttl", optional=False)
+        required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
         return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
 
     def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
         """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
-        _seconds(ttl, "ttl", optional=False)
+        required_ms(ttl, "ttl")
         return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
     async def locks(self) -> list[Any]:
@@ -576,14 +578,14 @@ class AgentRuntime:
     async def read_metrics(self, *, agent_id: str | None = None, metric: str | None = None,
                            since: float = 3600) -> list[MetricSummary]:
         """Metrics flushed so far (all agents unless ``agent_id``), summed over ``since`` seconds."""
-        return await self._require_db().get_metrics(agent_id, metric, int(since * 1000))
+        return await self._require_db().get_metrics(agent_id, metric, required_ms(since, "since"))
 
     async def flush_metrics(self) -> None:
         await self.metrics.flush(self._require_db(), self.agent_id)
 
     async def topology(self, *, window: float = 300, include_offline: bool = False) -> Topology:
         """Agents with presence, channels, subscriptions, message flows over ``window`` seconds, locks."""
-        return await self._require_db().topology(int(window * 1000), include_offline)
+        return await self._require_db().topology(required_ms(window, "window"), include_offline)
 
 
 class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
@@ -658,23 +660,3 @@ def _has_non_finite(value: Any) -> bool:
             stack.extend(item)
     return False
 
-
-def _seconds(value: float | None, what: str, *, allow_inf: bool = False, optional: bool = True) -> float | None:
-    """A duration given by the caller, checked before it becomes milliseconds: NaN, infinities
-    (unless ``allow_inf``) and non-numbers (None too unless ``optional``) are refused with
-    InvalidInput, never a ValueError."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or (
-            math.isinf(value) and not allow_inf):
-        raise InvalidInput(f"{what} must be a finite number of seconds (got {value!r})")
-    return value
-
-
-def _ms(value: float | None, what: str) -> int | None:
-    seconds = _seconds(value, what)
-    if seconds is None:
-        return None
-    if not math.isfinite(seconds * 1000):  # a float near the maximum overflows in milliseconds
-        raise InvalidInput(f"{what} is out of range (got {value!r} seconds)")
-    return int(seconds * 1000)

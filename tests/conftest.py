@@ -4,13 +4,17 @@ built once, and a fresh clone of it per test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 from agent_runtime import embedded
+from agent_runtime.runtime import AgentRuntime
 from agent_runtime.testing import TestDatabases
+
+RuntimeFactory = Callable[..., AgentRuntime]
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +50,19 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+def make_runtime(db_url: str) -> RuntimeFactory:
+    """AgentRuntime on the test's database, with fast timers so tests stay short."""
+
+    def make(name: str, **kwargs: Any) -> AgentRuntime:
+        options: dict[str, Any] = {
+            "url": db_url, "heartbeat_interval": 0.5, "janitor": False, "metrics_interval": 0.5,
+            "poll_interval": 2.0, "shutdown_timeout": 3.0, "retry_base_delay": 0.05, "migrate": False,
+            "pool_size": 4,
+        }
+        options.update(kwargs)
+        return AgentRuntime(name, **options)
+
+    return make

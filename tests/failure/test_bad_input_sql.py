@@ -11,11 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from db_state import snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-TABLES = ("distributed_agents", "agent_presence", "communication_channels", "channel_subscriptions",
-          "distributed_messages", "message_dead_letters", "distributed_locks", "communication_metrics")
 FUNCTIONS = (
     "register_agent", "update_agent_last_seen", "set_agent_status", "deregister_agent", "list_agents",
     "ensure_channel", "list_channels", "subscribe_channel", "unsubscribe_channel", "send_messages", "send_message",
@@ -32,15 +31,6 @@ def _refused_as_documented(sqlstate: str) -> bool:
     """AR4xx (the schema's own), 22xxx (data exception), 23xxx (integrity); 54001 is the server's
     JSON parser refusing nesting deeper than its stack before any function runs."""
     return sqlstate.startswith(("AR4", "22", "23")) or sqlstate == "54001"
-
-
-async def _snapshot(conn: asyncpg.Connection) -> dict[str, tuple[int, str | None]]:
-    state = {}
-    for table in TABLES:
-        row = await conn.fetchrow(f"select count(*) as n, md5(string_agg(t::text, '|' order by t::text)) as h "
-                                  f"from public.{table} t")
-        state[table] = (row["n"], row["h"])
-    return state
 
 
 # Values that reach past the first checks (existing agents, channels, keys, leases, message ids),
@@ -149,10 +139,10 @@ async def test_sql_functions_refuse_bad_input_with_documented_sqlstates_and_chan
     sql = "select public.{}({})::text".format(
         name, ", ".join(f"{param} => ${i}{CASTS.get(type_, '::' + type_)}" for i, (param, type_, _) in
                         enumerate(args, 1)))
-    before = await _snapshot(conn)
+    before = await snapshot(conn)
     try:
         await conn.fetchval(sql, *(value for _, _, value in args))
     except asyncpg.PostgresError as exc:
         assert exc.sqlstate is not None and _refused_as_documented(exc.sqlstate), (
             f"{name} refused with {exc.sqlstate}: {exc}; args {args!r:.500}")
-        assert await _snapshot(conn) == before, f"{name} was refused ({exc.sqlstate}) but changed tables"
+        assert await snapshot(conn) == before, f"{name} was refused ({exc.sqlstate}) but changed tables"

@@ -15,6 +15,7 @@ import aiohttp
 import anyio
 import asyncpg
 import pytest
+from db_state import snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +25,6 @@ from agent_runtime.testing import SupabaseStandIn
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")
 
-TABLES = ("distributed_agents", "agent_presence", "communication_channels", "channel_subscriptions",
-          "distributed_messages", "message_dead_letters", "distributed_locks", "communication_metrics")
 FUNCTIONS = ("register_agent", "send_message", "send_messages", "fetch_messages", "claim_messages", "ack_messages",
              "acquire_lock", "release_lock", "record_communication_metrics", "get_network_topology", "list_agents")
 PARAMS = ("p_agent_id", "p_channel", "p_payload", "p_messages", "p_limit", "p_key", "p_lease_id", "p_ttl_ms",
@@ -68,15 +67,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def _snapshot(conn: asyncpg.Connection) -> dict[str, tuple[int, str | None]]:
-    state = {}
-    for table in TABLES:
-        row = await conn.fetchrow(f"select count(*) as n, md5(string_agg(t::text, '|' order by t::text)) as h "
-                                  f"from public.{table} t")
-        state[table] = (row["n"], row["h"])
-    return state
-
-
 @st.composite
 def rpc_calls(draw: st.DrawFn, keys: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
     """(path, headers, body): a function name (ours or anything), project keys and bearer tokens
@@ -112,7 +102,7 @@ async def test_rest_wire_refuses_bad_calls_with_postgrest_errors_and_changes_not
 
     async def one(call: tuple[str, dict[str, str], bytes]) -> None:
         path, headers, body = call
-        before = await _snapshot(conn)
+        before = await snapshot(conn)
         async with http.post(standin.url + path, data=body, headers=headers) as resp:
             text = await resp.text()
             status = resp.status
@@ -122,7 +112,7 @@ async def test_rest_wire_refuses_bad_calls_with_postgrest_errors_and_changes_not
         assert isinstance(error, dict) and isinstance(error.get("message"), str), text
         # Only the server's own limits (a JSON document nested past its stack: 54001) are 5xx.
         assert status < 500 or str(error.get("code", "")).startswith("54"), f"{status} {text} for {path} {body!r:.200}"
-        assert await _snapshot(conn) == before, f"refused ({status} {text}) but changed tables: {path} {body!r:.200}"
+        assert await snapshot(conn) == before, f"refused ({status} {text}) but changed tables: {path} {body!r:.200}"
 
     await _explore(rpc_calls(keys), one)
     # Still serving: a good call works.

@@ -4,60 +4,19 @@ passes on after its TTL with a higher fencing token, and the dead holder's token
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
+from agent_processes import children
 
 from agent_runtime.errors import StaleFencingToken
 from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 SCRIPT = Path(__file__).with_name("_agent_proc.py")
-
-
-class Child:
-    def __init__(self, process: Process, stderr: Path) -> None:
-        self.process = process
-        self.stderr = stderr
-        assert process.stdout is not None
-        self._out = BufferedByteReceiveStream(process.stdout)
-
-    async def line(self) -> str:
-        try:
-            return (await self._out.receive_until(b"\n", 10_000)).decode()
-        except (anyio.EndOfStream, anyio.IncompleteRead):
-            raise AssertionError(f"child exited early; its stderr:\n{self.stderr.read_text()[-3000:]}") from None
-
-
-@asynccontextmanager
-async def children(*argvs: list[str]) -> AsyncIterator[list[Child]]:
-    """Start child processes; whatever happens, none is left running afterwards."""
-    started: list[Child] = []
-    logs = Path(tempfile.mkdtemp(prefix="ar-proc-"))
-    try:
-        for i, argv in enumerate(argvs):
-            err = logs / f"{i}.stderr"
-            with err.open("wb") as errf:
-                proc = await anyio.open_process([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE,
-                                                stderr=errf)
-            started.append(Child(proc, err))
-        yield started
-    finally:
-        with anyio.CancelScope(shield=True):
-            for child in started:
-                if child.process.returncode is None:
-                    child.process.kill()
-                await child.process.wait()
-                await child.process.aclose()
 
 
 async def test_worker_processes_consume_a_queue_without_loss(
@@ -67,7 +26,8 @@ async def test_worker_processes_consume_a_queue_without_loss(
     await conn.execute("create table proc_handled (message_id bigint, n int, agent_id text)")
     async with make_runtime("producer") as producer:
         await producer.channel("proc-jobs", "queue")
-        async with children(*(["worker", db_url, "proc-jobs"] for _ in range(3))) as workers:
+        async with children(SCRIPT) as procs:
+            workers = [await procs.start("worker", db_url, "proc-jobs") for _ in range(3)]
             with anyio.fail_after(20):
                 for w in workers:
                     assert (await w.line()).startswith("ready ")
@@ -96,7 +56,8 @@ async def test_killed_lock_holder_is_succeeded_with_a_higher_token(
         make_runtime: RuntimeFactory, db_url: str) -> None:
     """After SIGKILL of the holder, another agent gets the lock within TTL + a renewal, with a higher token."""
     ttl = 2.0
-    async with children(["hold", db_url, "proc-lock", str(ttl)]) as [holder]:
+    async with children(SCRIPT) as procs:
+        holder = await procs.start("hold", db_url, "proc-lock", str(ttl))
         with anyio.fail_after(20):
             kind, token, holder_id = (await holder.line()).split()
         assert kind == "token"
