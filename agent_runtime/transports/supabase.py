@@ -162,7 +162,6 @@ class SupabaseTransport:
         self._presence_dirty = anyio.Event()  # (re)track presence
         self._refresh_lock = anyio.Lock()
         self._listening: _Listening | None = None
-        self._presence_seen: dict[str, str] = {}
 
     # ------------------------------------------------------------------ identity and calls
 
@@ -421,25 +420,11 @@ class SupabaseTransport:
             post(_Signal("event", topic, event=event))
 
         channel.on_broadcast("*", on_broadcast)
-        if presence:
-            # Realtime Presence reports joins, leaves and status changes of the agents' sockets.
-            # These may repeat what the presence table's trigger already said: both are hints,
-            # and _process_signals drops an event that does not change what was last reported.
-            def on_join(key: str, current: list[Any], new: list[Any]) -> None:
-                for meta in new:
-                    kind = "status" if current else "join"
-                    post(_Signal("event", topic, event=Event("presence", "presence", {
-                        "a": str(meta.get("agent_id") or key), "k": kind, "st": str(meta.get("status") or "online")})))
-
-            def on_leave(key: str, remaining: list[Any], left: list[Any]) -> None:
-                if remaining or not left:
-                    return  # an update (re-track) rather than a leave
-                meta = left[-1]
-                post(_Signal("event", topic, event=Event("presence", "presence", {
-                    "a": str(meta.get("agent_id") or key), "k": "leave", "st": "offline"})))
-
-            channel.on_presence_join(on_join)
-            channel.on_presence_leave(on_leave)
+        # Realtime Presence is tracked (publish_presence) so that any Realtime client sees the
+        # agents online, but what it reports is not turned into presence events: a presence key
+        # and its metadata are whatever a client chose, and any agent allowed on the topic could
+        # announce another agent joining or leaving. Presence events come from the agent_presence
+        # table's trigger instead (only an agent itself, or the janitor, changes its row).
         return topic
 
     async def _join(self, listening: _Listening, topic: _Topic) -> None:
@@ -488,8 +473,6 @@ class SupabaseTransport:
                 if topic is not None and listening.topics.get(topic.name) is not topic:
                     continue  # a channel we left or replaced
                 if signal.kind == "event" and signal.event is not None:
-                    if signal.event.event == "presence" and not self._presence_changes(signal.event):
-                        continue
                     try:
                         listening.sink(signal.event)
                     except Exception:
@@ -497,15 +480,6 @@ class SupabaseTransport:
                 elif signal.kind == "state" and topic is not None:
                     self._on_state(listening, topic, signal.state, signal.error)
                     listening.state_changed.set()
-
-    def _presence_changes(self, event: Event) -> bool:
-        """True if the event changes what this transport last said about the agent."""
-        agent = str(event.data.get("a", ""))
-        state = "offline" if event.data.get("k") == "leave" else str(event.data.get("st", ""))
-        if self._presence_seen.get(agent) == state:
-            return False
-        self._presence_seen[agent] = state
-        return True
 
     def _on_state(self, listening: _Listening, topic: _Topic, state: RealtimeSubscribeStates | None,
                   error: str | None) -> None:
