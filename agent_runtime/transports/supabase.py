@@ -16,6 +16,13 @@ only ever hears about what it may read. Realtime does not guarantee delivery, so
 only wake-ups: the tables are the truth, and after every (re)join the runtime catches up by RPC
 (``RECONNECTED``).
 
+Why no ephemeral (client-to-client) broadcast: a publisher would have to send on the
+receivers' topics, over the socket (which needs a join, and joining another agent's inbox or a
+channel one does not subscribe to is refused by the read policies, as it must be: the wake-ups
+carry what only subscribers may read) or by ``http_send`` (a new HTTP connection per call in
+realtime-py, slower than the database's own broadcast it would race). The broadcast from the
+database is sent at commit by the trigger, so there is no earlier moment a client could use.
+
 Requires the asyncio backend (the realtime client is asyncio-only).
 """
 
