@@ -29,6 +29,12 @@ def _as(kind: type[T], raw: Any) -> T:
     return msgspec.convert(raw, kind, strict=False)
 
 
+def messages_from_json(raw: Any) -> list[RawMessage]:
+    """Messages as fetch_messages and claim_messages return them (decoded JSON), and as a broadcast
+    wake-up carries them: one decoding for all. Raises ``msgspec.ValidationError`` if malformed."""
+    return msgspec.convert(raw, list[RawMessage], strict=False)
+
+
 class Database:
     """Every SQL operation the runtime uses, with named arguments and typed results."""
 
@@ -89,13 +95,13 @@ class Database:
     async def fetch(self, agent_id: str, channel: str, limit: int,
                     ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
         acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
-        return _as(list[RawMessage], await self._call(
+        return messages_from_json(await self._call(
             "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit, **acks))
 
     async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None,
                     ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
         acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
-        return _as(list[RawMessage], await self._call(
+        return messages_from_json(await self._call(
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
             p_visibility_ms=visibility_ms, **acks))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from ._db import Database
 from .errors import AgentRuntimeError
@@ -21,8 +22,10 @@ class _Figure:
     def add(self, value: float, count: int) -> None:
         self.count += count
         self.sum += value
-        self.min = value if self.min is None else min(self.min, value)
-        self.max = value if self.max is None else max(self.max, value)
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
 
     def merge(self, other: _Figure) -> None:
         self.count += other.count
@@ -43,6 +46,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self._figures: dict[tuple[str, str], _Figure] = {}
+        # Per channel: the figures of messages.received, bytes.received, latency.end_to_end_ms.
+        self._received: dict[str, tuple[_Figure, _Figure, _Figure]] = {}
 
     def increment(self, metric: str, value: float = 1, *, channel: str = "") -> None:
         """Add ``value`` to a counter (count grows by one per call, sum by ``value``)."""
@@ -51,6 +56,21 @@ class Metrics:
     def observe(self, metric: str, value: float, *, channel: str = "") -> None:
         """Record one measurement (a latency, a size): count, sum, min and max are kept."""
         self._figure(metric, channel).add(value, 1)
+
+    def received(self, channel: str, size_bytes: int, created_at: datetime | None) -> None:
+        """One message handed to the application: ``messages.received``, ``bytes.received`` and
+        (from its ``created_at``) ``latency.end_to_end_ms``, as increment/observe would record them."""
+        figures = self._received.get(channel)
+        if figures is None:
+            figures = self._received[channel] = (
+                self._figure("messages.received", channel), self._figure("bytes.received", channel),
+                self._figure("latency.end_to_end_ms", channel))
+        count, size, latency = figures
+        count.add(1, 1)
+        size.add(size_bytes, 1)
+        if created_at is not None:
+            ms = (datetime.now(UTC) - created_at).total_seconds() * 1000
+            latency.add(ms if ms > 0.0 else 0.0, 1)
 
     def _figure(self, metric: str, channel: str) -> _Figure:
         key = (metric, channel)
@@ -67,6 +87,7 @@ class Metrics:
         if not self._figures:
             return 0
         batch, self._figures = self._figures, {}
+        self._received.clear()  # (its figures are in the batch)
         rows = [
             {"metric": metric, "channel": channel, "count": f.count, "sum": f.sum, "min": f.min, "max": f.max}
             for (metric, channel), f in batch.items()

@@ -2,7 +2,20 @@
 
 Wake-ups are hints; the fetch (broadcast cursor) or claim (queue, inbox) decides what arrives.
 A subscriber fetches in batches and falls back to a slow safety poll, so a lost notification
-costs latency, never a message."""
+costs latency, never a message.
+
+One shortcut, on broadcast channels only: a wake-up may carry the new messages themselves (few and
+small ones; see the migration ``messages_in_wakeups``), and a subscription may deliver them without
+a fetch. It does so only when they continue exactly where it stands, so that a fetch made now would
+have returned them first: its frontier (the seq of the last message it took in order, from a
+fetch, an earlier wake-up, or the cursor ``subscribe_channel`` reported) is the first one's seq - 1,
+no fetch is owed (its first catch-up, a plain hint, a full batch), and what it handed out is
+settled (a message neither acked nor nacked is fetched again; a nack rewinds the cursor, and the
+frontier is unknown until the next fetch). Wake-ups that arrive during a fetch are decided by its
+answer. Anything else (a gap, a lost or repeated wake-up, a retry, a delayed or big batch) is a
+plain wake-up: fetch. Such a subscriber's acks ride along with its next fetch, which comes within
+``ACK_FLUSH_DELAY`` (or as soon as a batch of them is pending); that fetch also picks up what no
+wake-up announces (replayed dead letters)."""
 
 from __future__ import annotations
 
@@ -10,7 +23,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -35,13 +47,14 @@ class Message(Generic[T]):
     A message neither acked nor nacked is redelivered after its visibility timeout (queues) or on
     the next fetch (broadcast, whose acks are cumulative: acking a message acks those before it)."""
 
-    __slots__ = ("_done", "_sub", "payload", "raw")
+    __slots__ = ("_done", "_round", "_sub", "payload", "raw")
 
     def __init__(self, sub: Subscription[T], raw: RawMessage, payload: T) -> None:
         self._sub = sub
         self.raw = raw
         self.payload = payload
         self._done = False
+        self._round = sub._round
 
     @property
     def id(self) -> int:
@@ -71,7 +84,11 @@ class Message(Generic[T]):
         """Mark handled. Acks are batched and written before the next fetch (and on exit)."""
         if not self._done:
             self._done = True
-            self._sub._pending_acks.append(self.raw)
+            sub = self._sub
+            if not sub._pending_acks:
+                sub._acks_since = anyio.current_time()
+            sub._pending_acks.append(self.raw)
+            sub._settled(self)
 
     async def nack(self, *, delay: float | None = None, reason: str | None = None, dead: bool = False) -> NackResult:
         """Have it redelivered after ``delay`` seconds (default: exponential backoff by attempt),
@@ -79,7 +96,10 @@ class Message(Generic[T]):
         if self._done:
             return NackResult("ignored", self.attempts)
         self._done = True
-        return await self._sub._nack(self.raw, delay=delay, reason=reason, dead=dead)
+        try:
+            return await self._sub._nack(self.raw, delay=delay, reason=reason, dead=dead)
+        finally:
+            self._sub._settled(self)
 
     async def reply(self, payload: Any) -> None:
         """Answer a request: sends ``payload`` to the requester's inbox with this correlation id."""
@@ -88,6 +108,12 @@ class Message(Generic[T]):
     def __repr__(self) -> str:
         return (f"Message(channel={self.channel!r}, seq={self.raw.seq}, sender={self.sender_id!r}, "
                 f"attempts={self.attempts})")
+
+
+# Acks of messages taken from wake-ups wait at most this long for a fetch to carry them.
+ACK_FLUSH_DELAY = 0.1
+# Messages taken from wake-ups while a subscription's buffer is full are left to a fetch.
+_MIN_BUFFER = 16
 
 
 class Subscription(Generic[T]):
@@ -105,13 +131,89 @@ class Subscription(Generic[T]):
         self._poll_interval = poll_interval
         self._buffer: deque[RawMessage] = deque()
         self._pending_acks: list[RawMessage] = []
+        self._acks_since = 0.0  # when the oldest pending ack was made
         self._wake = anyio.Event()
         self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
+        # Broadcast bookkeeping for messages taken straight from wake-ups (see the module doc).
+        self._news = True  # a fetch is owed: the database may have what no wake-up brought
+        self._frontier: int | None = None  # seq of the last message taken in order; None: unknown
+        self._round = 0  # counts fetches: messages handed out before the last one are its business
+        self._unsettled = 0  # handed out in this round, neither acked nor nacked
+        self._in_fetch = False
+        # Carried messages that arrived during a fetch, or while a handed-out message was unsettled.
+        self._offered: list[tuple[int, list[RawMessage]]] = []
+        self.taken_from_wakeups = 0  # messages delivered without a fetch (diagnostics, tests)
 
-    # Wake-ups (called from the runtime's event dispatch; never blocks)
+    # Wake-ups (called from the runtime's event dispatch; never block)
     def wake(self) -> None:
+        """News: fetch (or claim)."""
+        self._news = True
         self._wake.set()
+
+    def offer(self, first: int, messages: list[RawMessage]) -> None:
+        """A broadcast wake-up carrying its messages (seqs ``first``, ``first + 1``...): taken if
+        they continue exactly where this subscription stands, otherwise a plain wake-up."""
+        if self.kind != "broadcast":
+            self.wake()
+        elif self._in_fetch or (self._unsettled and not self._buffer):
+            # Decided once the fetch has answered, or once what was handed out is settled (if it
+            # is not, the next fetch delivers it again, and these after it).
+            self._offered.append((first, messages))
+            if len(self._offered) > _MIN_BUFFER:
+                self._offered.clear()
+                self.wake()
+        elif self._take(first, messages):
+            self._wake.set()
+        else:
+            self.wake()
+
+    def _take(self, first: int, messages: list[RawMessage]) -> bool:
+        """Take what continues the frontier; False if a fetch is needed instead (one is owed
+        already, or the pending acks are due to be written)."""
+        frontier = self._frontier
+        if self._closed or frontier is None or not messages or self._news or self._acks_due():
+            return False
+        last = first + len(messages) - 1
+        if last <= frontier:
+            return True  # already here (fetched first)
+        if first > frontier + 1:
+            return False  # a gap: something in between was missed
+        fresh = messages[frontier + 1 - first:]
+        if len(self._buffer) + len(fresh) > max(self._batch_size, _MIN_BUFFER):
+            return False  # a slow consumer: its next fetch brings them
+        self._buffer.extend(fresh)
+        self._frontier = last
+        self.taken_from_wakeups += len(fresh)
+        return True
+
+    def _take_offered(self) -> None:
+        offered, self._offered = self._offered, []
+        for first, messages in offered:
+            if self._take(first, messages):
+                self._wake.set()
+            else:
+                self.wake()
+
+    def _settled(self, message: Message[T]) -> None:
+        """``message`` was acked or nacked (its nack written)."""
+        if message._round == self._round:
+            self._unsettled -= 1
+            if not self._unsettled and self._offered and not self._in_fetch:
+                self._take_offered()
+
+    def _acks_due(self) -> bool:
+        """Pending acks wait for a fetch at most ACK_FLUSH_DELAY, and at most a batch of them."""
+        return bool(self._pending_acks) and (
+            len(self._pending_acks) >= self._batch_size
+            or anyio.current_time() - self._acks_since >= ACK_FLUSH_DELAY)
+
+    def _fetch_needed(self) -> bool:
+        """Queues and inboxes always claim. A broadcast subscriber that took its last messages from
+        wake-ups, with nothing unsettled and no news, waits for the next wake-up instead (its
+        acks are carried by a fetch within ACK_FLUSH_DELAY, or at once when a batch is pending)."""
+        return (self.kind != "broadcast" or self._news or self._frontier is None or self._unsettled > 0
+                or self._acks_due())
 
     async def __aenter__(self) -> Subscription[T]:
         await self._runtime._open_subscription(self)
@@ -142,35 +244,29 @@ class Subscription(Generic[T]):
         return self
 
     async def __anext__(self) -> Message[T]:
+        buffer = self._buffer
         while True:
             if self._closed or self._runtime._stopping.is_set():
                 raise StopAsyncIteration
-            if not self._buffer:
+            if not buffer:
                 await self._refill()
                 continue
-            raw = self._buffer.popleft()
-            message = await self._decode(raw)
-            if message is not None:
-                return message
-
-    async def _decode(self, raw: RawMessage) -> Message[T] | None:
-        metrics = self._runtime.metrics
-        metrics.increment("messages.received", channel=self.channel)
-        metrics.observe("bytes.received", raw.size_bytes, channel=self.channel)
-        if raw.created_at is not None:
-            latency = (datetime.now(UTC) - raw.created_at).total_seconds() * 1000
-            metrics.observe("latency.end_to_end_ms", max(latency, 0.0), channel=self.channel)
-        if self._type is None:
-            return Message(self, raw, raw.payload)
-        try:
-            payload = msgspec.convert(raw.payload, self._type, strict=False)
-        except (msgspec.ValidationError, TypeError) as exc:
-            # An undecodable payload can never succeed: dead-letter it with the reason, keep going.
-            error = InvalidPayload(f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")
-            log.warning("%s", error)
-            await self._nack(raw, delay=0, reason=str(error), dead=True)
-            return None
-        return Message(self, raw, payload)
+            raw = buffer.popleft()
+            self._runtime.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+            if self._type is None:
+                payload = raw.payload
+            else:
+                try:
+                    payload = msgspec.convert(raw.payload, self._type, strict=False)
+                except (msgspec.ValidationError, TypeError) as exc:
+                    # An undecodable payload can never succeed: dead-letter it with the reason, keep going.
+                    error = InvalidPayload(
+                        f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")
+                    log.warning("%s", error)
+                    await self._nack(raw, delay=0, reason=str(error), dead=True)
+                    continue
+            self._unsettled += 1  # until acked or nacked
+            return Message(self, raw, payload)
 
     async def _refill(self) -> None:
         """Fetch the next batch, or wait for a wake-up (or the safety poll) if there is none.
@@ -182,26 +278,64 @@ class Subscription(Generic[T]):
             if self._wake.is_set():  # (a wake-up from now on is news the fetch below may miss)
                 self._wake = anyio.Event()
             wake = self._wake
-            batch: list[RawMessage] | None = None
-            try:
-                # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
-                # be handled or handed back by close(), not vanish with a call cancelled by shutdown
-                # and sit in flight until its visibility timeout. Likewise acks being written.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
-                    batch = await self._with_acks(self._fetch)
-            except ConnectionLost as exc:
-                log.warning("fetching from %s: %s; retrying", self.channel, exc)
-                await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
-                return
-            if batch is None:
-                return  # the database did not answer in time: try again
-            if batch:
-                self._buffer.extend(batch)
-                wake.set()  # consumers waiting for news: here it is
-                return
+            timeout = self._poll_interval
+            if not self._fetch_needed():
+                if self._pending_acks:  # (then the fetch that writes them)
+                    timeout = min(self._acks_since + ACK_FLUSH_DELAY - anyio.current_time(), timeout)
+            else:
+                self._news = False
+                batch: list[RawMessage] | None = None
+                self._in_fetch = True
+                try:
+                    # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
+                    # be handled or handed back by close(), not vanish with a call cancelled by shutdown
+                    # and sit in flight until its visibility timeout. Likewise acks being written.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
+                        batch = await self._with_acks(self._fetch)
+                except ConnectionLost as exc:
+                    log.warning("fetching from %s: %s; retrying", self.channel, exc)
+                    self._news = True
+                    self._after_fetch(None)
+                    await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
+                    return
+                except BaseException:
+                    self._news = True
+                    self._after_fetch(None)
+                    raise
+                self._after_fetch(batch)
+                if batch is None:
+                    self._news = True
+                    return  # the database did not answer in time: try again
+                if self._buffer:
+                    wake.set()  # consumers waiting for news: here it is
+                    return
         if not self._runtime._stopping.is_set():  # shutdown wakes every subscription
-            with anyio.move_on_after(self._poll_interval):
+            with anyio.move_on_after(timeout) as waited:
                 await wake.wait()
+            if waited.cancelled_caught:
+                self._news = True  # the safety poll (or the acks' flush) is due
+
+    def _after_fetch(self, batch: list[RawMessage] | None) -> None:
+        """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
+        self._in_fetch = False
+        if batch is None:
+            if self._offered:
+                self._offered.clear()
+                self.wake()
+            return
+        # What was handed out before is settled by this fetch: acked (cumulatively), or fetched again.
+        self._round += 1
+        self._unsettled = 0
+        if batch:
+            self._buffer.extend(batch)
+            if len(batch) >= self._batch_size:
+                self._news = True  # there may be more
+            if self.kind == "broadcast":
+                # The highest seq, not the last message's: replayed dead letters come first, and
+                # have lower seqs than the cursor.
+                top = max(m.seq for m in batch)
+                self._frontier = top if self._frontier is None else max(self._frontier, top)
+        self._take_offered()
 
     async def _fetch(self, ack_ids: list[int] | None) -> list[RawMessage]:
         db = self._runtime._require_db()
@@ -244,8 +378,13 @@ class Subscription(Generic[T]):
         metric = "messages.dead" if result.state == "dead" else "messages.nacked"
         self._runtime.metrics.increment(metric, channel=self.channel)
         if self.kind == "broadcast":
-            # The cursor moved back: whatever was fetched after this message comes again in order.
+            # The cursor moved back: whatever was fetched after this message comes again in order,
+            # from a fetch (where the cursor now stands is the database's business).
             self._buffer.clear()
-        if result.state == "retry":
+            self._frontier = None
+            self.wake()
+            if result.state == "retry" and delay > 0:
+                self._runtime._wake_later(self, delay)  # when the retry is due
+        elif result.state == "retry":
             self._runtime._wake_later(self, delay)
         return result

@@ -23,7 +23,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from . import _locks
-from ._db import Database
+from ._db import Database, messages_from_json
 from ._durations import required_ms
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
@@ -232,9 +232,17 @@ class AgentRuntime:
 
     def _dispatch(self, event: Event) -> None:
         if event.event == "message":
-            channel = event.data.get("c")
-            for sub in self._subscriptions.get(str(channel), ()):
-                sub.wake()
+            channel = str(event.data.get("c"))
+            subs = self._subscriptions.get(channel)
+            if not subs:
+                return
+            messages = _carried(event, channel)
+            if messages is None:
+                for sub in subs:
+                    sub.wake()
+            else:
+                for sub in subs:
+                    sub.offer(messages[0].seq, messages)
         elif event.event == "presence":
             self._presence.publish(PresenceEvent(event.data.get("k", "status"), str(event.data.get("a", "")),
                                                  str(event.data.get("st", ""))))
@@ -257,7 +265,9 @@ class AgentRuntime:
 
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
         db = self._require_db()
-        await db.subscribe(self.agent_id, sub.channel, sub._start)
+        state = await db.subscribe(self.agent_id, sub.channel, sub._start)
+        if sub.kind == "broadcast" and isinstance(state.get("cursor"), int):
+            sub._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
         await db.transport.watch(_wakeup_topic(sub))  # Realtime joins one channel per topic
         self._subscriptions.setdefault(sub.channel, set()).add(sub)
 
@@ -623,6 +633,25 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
+
+
+def _carried(event: Event, channel: str) -> list[RawMessage] | None:
+    """The messages a broadcast wake-up carries (``f``: the first seq, ``m``: the messages as
+    fetch_messages returns them), or None if it carries none or they do not hold together: on the
+    channel's own topic, of that channel, seqs ``f``, ``f + 1``... A subscription takes them only if
+    they continue where it stands (Subscription.offer); anything else is a plain wake-up."""
+    data = event.data
+    carried, first = data.get("m"), data.get("f")
+    if carried is None or type(first) is not int or event.topic != f"channel:{channel}":
+        return None
+    try:
+        messages = messages_from_json(carried)
+    except (msgspec.ValidationError, TypeError):
+        log.warning("ignoring the messages of a malformed wake-up on %s", channel)
+        return None
+    if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
+        return None
+    return messages
 
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:

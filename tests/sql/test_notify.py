@@ -18,12 +18,18 @@ async def _setup(conn: asyncpg.Connection) -> None:
 
 
 async def test_batch_send_notifies_once_with_max_seq(db_url: str, conn: asyncpg.Connection) -> None:
-    """A batch insert notifies once for its channel, carrying the highest seq."""
+    """A batch insert notifies once for its channel, carrying the highest seq (on a broadcast
+    channel, small batches also carry their messages: see test_wakeup_messages.py)."""
     await _setup(conn)
     async with listening(db_url) as listener:
         await call(conn, "send_messages", agent_id="a1", channel="news", messages=[{"payload": i} for i in range(5)])
+        await call(conn, "send_messages", agent_id="a1", channel="jobs", messages=[{"payload": i} for i in range(5)])
         events = await listener.settle(conn)
-    assert events == [{"c": "news", "s": 5, "t": "channel:news", "e": "message"}]
+    assert [{k: e[k] for k in ("c", "s", "t", "e")} for e in events] == [
+        {"c": "news", "s": 5, "t": "channel:news", "e": "message"},
+        {"c": "jobs", "s": 5, "t": "channel:jobs", "e": "message"}]
+    assert [m["payload"] for m in events[0]["m"]] == [0, 1, 2, 3, 4]
+    assert events[1] == {"c": "jobs", "s": 5, "t": "channel:jobs", "e": "message"}  # a queue's: a bare hint
 
 
 async def test_inbox_notifies_on_agent_topic(db_url: str, conn: asyncpg.Connection) -> None:

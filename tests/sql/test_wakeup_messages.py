@@ -1,0 +1,164 @@
+"""Broadcast wake-ups that carry their messages (migration messages_in_wakeups): what qualifies,
+that the messages are exactly what fetch_messages returns, that every wake-up fits pg_notify,
+and that the functions which keep generic plans stay on their indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+from _helpers import call, listening, register
+
+BARE_KEYS = {"c", "s", "t", "e"}
+
+
+async def _setup(conn: asyncpg.Connection) -> None:
+    await register(conn, "a1")
+    await register(conn, "b1")
+    await call(conn, "ensure_channel", agent_id="a1", name="news")
+    await call(conn, "ensure_channel", agent_id="a1", name="jobs", kind="queue")
+    await call(conn, "subscribe_channel", agent_id="b1", channel="news", **{"from": "earliest"})
+
+
+async def _realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any) -> list[dict[str, Any]]:
+    """What the bootstrap's realtime.send broadcast (pg_notify on 'realtime:broadcast') during ``action``."""
+    listen = await asyncpg.connect(db_url)
+    got: list[str] = []
+    done = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        got.append(payload)
+        if payload == "end":
+            done.set()
+
+    try:
+        await listen.add_listener("realtime:broadcast", on_notify)
+        await action()
+        await conn.execute("select pg_notify('realtime:broadcast', 'end')")
+        await asyncio.wait_for(done.wait(), 3)
+    finally:
+        await listen.close()
+    return [json.loads(g) for g in got if g != "end"]
+
+
+async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """A few small messages visible now: the wake-up carries them (f: first seq, m: messages), and
+    'm' is what fetch_messages returns for them (same documents, attempts 1); Realtime gets the same."""
+    await _setup(conn)
+    messages = [
+        {"payload": {"n": 1, "text": "héllo"}, "headers": {"k": [1, 2]}},
+        {"payload": None, "correlation_id": "8f7c2b36-3c52-4a5e-9bd1-2f0e6c1d4a10", "reply_to": "agent:a1"},
+        {"payload": [1.5, "x"], "ttl_ms": 60000},
+    ]
+    async with listening(db_url) as listener:
+        sent = await call(conn, "send_messages", agent_id="a1", channel="news", messages=messages)
+        [event] = await listener.settle(conn)
+    fetched = await call(conn, "fetch_messages", agent_id="b1", channel="news")
+    assert {k: event[k] for k in ("c", "s", "f", "t", "e")} == {
+        "c": "news", "s": 3, "f": 1, "t": "channel:news", "e": "message"}
+    assert event["m"] == fetched
+    assert [m["id"] for m in event["m"]] == [r["id"] for r in sent]
+    assert [m["attempts"] for m in event["m"]] == [1, 1, 1]
+    assert event["m"][1]["correlation_id"] == messages[1]["correlation_id"]
+    assert event["m"][2]["expires_at"] is not None
+
+    async def again() -> None:
+        await call(conn, "send_messages", agent_id="a1", channel="news", messages=messages[:1])
+    [broadcast] = await _realtime_payloads(db_url, conn, again)
+    assert broadcast["topic"] == "channel:news" and broadcast["private"] is True
+    payload = broadcast["payload"]
+    assert (payload["c"], payload["s"], payload["f"]) == ("news", 4, 4)
+    assert payload["m"] == (await call(conn, "fetch_messages", agent_id="b1", channel="news"))[3:]
+
+
+@pytest.mark.parametrize("case", ["delayed", "seventeen", "big payload", "big headers", "queue", "inbox"])
+async def test_wakeup_is_a_bare_hint_unless_the_batch_qualifies(
+        db_url: str, conn: asyncpg.Connection, case: str) -> None:
+    """Messages ride along only on a broadcast channel, at most 16 of them, none delayed, under
+    6000 bytes of JSON: anything else is the bare hint {c, s}."""
+    await _setup(conn)
+    channel, messages = {
+        "delayed": ("news", [{"payload": 1}, {"payload": 2, "delay_ms": 50}]),
+        "seventeen": ("news", [{"payload": n} for n in range(17)]),
+        "big payload": ("news", [{"payload": "x" * 5990}]),
+        "big headers": ("news", [{"payload": 1, "headers": {"h": "y" * 6000}}]),
+        "queue": ("jobs", [{"payload": 1}]),
+        "inbox": ("agent:b1", [{"payload": 1}]),
+    }[case]
+    async with listening(db_url) as listener:
+        await call(conn, "send_messages", agent_id="a1", channel=channel, messages=messages)
+        [event] = await listener.settle(conn)
+    assert set(event) == BARE_KEYS
+    assert event["c"] == channel and event["s"] == len(messages)
+
+
+async def test_every_wakeup_fits_pg_notify(db_url: str, conn: asyncpg.Connection) -> None:
+    """Batches of 1 to 16 messages whose JSON is just under the cap are carried, and every
+    notification (ours and realtime.send's) stays well under pg_notify's 8000 bytes."""
+    await _setup(conn)
+    channel = f"n{'x' * 120}"  # a long name: long topics, and long messages
+    await call(conn, "ensure_channel", agent_id="a1", name=channel)
+    await call(conn, "subscribe_channel", agent_id="b1", channel=channel)
+    await call(conn, "send_messages", agent_id="a1", channel=channel, messages=[{"payload": "", "headers": {"i": 1}}])
+    [probe] = await call(conn, "fetch_messages", agent_id="b1", channel=channel)
+    overhead = len(json.dumps(probe, separators=(",", ":")).encode()) + 6  # a message's document besides its payload
+    sizes: list[int] = []
+    carried = 0
+    for n in range(1, 17):
+        text = "z" * max(1, (5950 - overhead * n) // n)  # just under 6000 bytes of JSON in all
+
+        async def batch(n: int = n, text: str = text) -> None:
+            await call(conn, "send_messages", agent_id="a1", channel=channel,
+                       messages=[{"payload": text, "headers": {"i": i}} for i in range(n)])
+
+        async with listening(db_url) as listener:
+            realtime = await _realtime_payloads(db_url, conn, batch)
+            events = await listener.settle(conn)
+        [event] = events
+        carried += "m" in event
+        sizes.append(len(json.dumps(event).encode()))
+        sizes += [len(json.dumps(r).encode()) for r in realtime]
+    assert carried >= 14, carried
+    assert max(sizes) < 7500
+
+
+async def test_plans_cached_on_empty_tables_stay_on_their_indexes(db_url: str, conn: asyncpg.Connection) -> None:
+    """fetch_messages, ack_messages and send_messages keep generic plans: a session that planned them
+    while the tables were empty must not scan a table that has grown since (index tuples read by a
+    fetch of 10 with acks and a send stay small)."""
+    await _setup(conn)
+    session = await asyncpg.connect(db_url)
+    try:
+        for _ in range(8):  # plans made (and kept) on empty tables
+            await session.fetchval("select fetch_messages('b1', 'news', 10, array[1]::bigint[])")
+            await session.fetchval("select send_messages('a1', 'jobs', '[]'::jsonb)")
+            await session.fetchval("select ack_messages('b1', array[1]::bigint[])")
+        for _ in range(10):
+            await call(conn, "send_messages", agent_id="a1", channel="news",
+                       messages=[{"payload": n} for n in range(1000)])
+        await conn.execute("select pg_stat_force_next_flush()")
+
+        async def tuples_read() -> int:
+            await asyncio.sleep(0.05)
+            await conn.execute("select pg_stat_clear_snapshot()")
+            return int(await conn.fetchval(
+                "select coalesce(sum(idx_tup_read), 0) + (select coalesce(seq_tup_read, 0) from pg_stat_user_tables"
+                " where relname = 'distributed_messages') from pg_stat_user_indexes"
+                " where relname = 'distributed_messages'"))
+
+        before = await tuples_read()
+        got = json.loads(await session.fetchval("select fetch_messages('b1', 'news', 10)::text"))
+        ids = [m["id"] for m in got]
+        await session.fetchval("select fetch_messages('b1', 'news', 10, $1::bigint[])", [ids[-1]])
+        await session.fetchval("select ack_messages('b1', $1::bigint[])", ids)
+        await session.fetchval("select send_messages('a1', 'news', '[{\"payload\": 1}]'::jsonb)")
+        await session.execute("select pg_stat_force_next_flush()")
+        read = await tuples_read() - before
+    finally:
+        await session.close()
+    assert len(ids) == 10
+    assert read < 500, read  # a scan of the grown table would read ~10,000
