@@ -239,6 +239,12 @@ begin
     raise exception 'payload of message #% is % bytes; channel % allows %', v_oversized,
       v_out[v_oversized].size_bytes, v_channel.name, v_channel.max_payload_bytes using errcode = 'AR413';
   end if;
+  -- A broadcast channel delivers every message in order as soon as it is sent: a delay there would
+  -- either be ignored or hold back everything after it, so it is refused (new in this migration).
+  if v_channel.kind = 'broadcast' and exists (select 1 from unnest(v_out) o where o.delay > interval '0') then
+    raise exception 'delay is for queue and direct channels; channel % is a broadcast channel', v_channel.name
+      using errcode = 'AR400';
+  end if;
 
   -- Taking the channel row lock serialises producers on this channel until commit, so seq order
   -- equals commit order. Everything above ran without it; what follows holds it until commit.

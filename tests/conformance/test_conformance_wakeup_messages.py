@@ -1,6 +1,6 @@
 """Broadcast wake-ups that carry their messages, on every transport: a subscriber that stands
 exactly before them delivers them without a fetch; anything else (a lost wake-up, a nack, a
-delayed or big batch, a restart) falls back to fetching, and nothing is lost, repeated or
+big batch, a restart) falls back to fetching, and nothing is lost, repeated or
 reordered.
 
 Whether a message came with its wake-up is observed at the transport: the messages returned by
@@ -17,6 +17,7 @@ import pytest
 
 from agent_runtime import _subscription
 from agent_runtime._subscription import Subscription
+from agent_runtime.errors import InvalidInput
 from agent_runtime.runtime import AgentRuntime
 from agent_runtime.transports.base import Event
 
@@ -155,9 +156,9 @@ async def test_a_nack_rewinds_and_the_retry_comes_first(make_runtime: RuntimeFac
         assert fetched.seqs == [seq3, seq3 + 1]  # the retry and the one after it
 
 
-async def test_delayed_big_and_oversized_sends_come_by_fetch(make_runtime: RuntimeFactory) -> None:
-    """Wake-ups carry only small batches of messages visible now: a delayed message, a batch of
-    more than 16 and a large payload are announced bare and fetched, in order, once each."""
+async def test_big_batches_and_payloads_come_by_fetch(make_runtime: RuntimeFactory) -> None:
+    """Wake-ups carry only small batches: a batch of more than 16 and a large payload are
+    announced bare and fetched, in order, once each (a delay is refused on broadcast)."""
     async with make_runtime("pub") as pub, make_runtime("sub", poll_interval=NO_POLL) as rt:
         await pub.channel("news")
         fetched = Fetched(rt)
@@ -165,10 +166,10 @@ async def test_delayed_big_and_oversized_sends_come_by_fetch(make_runtime: Runti
             start = await _warm_up(pub, sub)
             fetched.seqs.clear()
             got = []
-            await pub.publish("news", {"n": 0}, delay=0.01)
-            got.append(await _next(sub))
-            await pub.publish_many("news", [{"n": n} for n in range(1, 21)])
-            got += [await _next(sub) for _ in range(20)]
+            with pytest.raises(InvalidInput):  # broadcast delivers in order at once: no delay there
+                await pub.publish("news", {"n": -1}, delay=0.01)
+            await pub.publish_many("news", [{"n": n} for n in range(21)])
+            got += [await _next(sub) for _ in range(21)]
             await pub.publish("news", {"n": 21, "blob": "x" * 7000})
             got.append(await _next(sub))
             await pub.publish("news", {"n": 22})

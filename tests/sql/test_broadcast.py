@@ -202,3 +202,13 @@ async def test_fetch_refusals(conn: asyncpg.Connection) -> None:
     await refused_unchanged(conn, "AR405", "fetch_messages", agent_id="p1", channel="news")
     await refused_unchanged(conn, "AR400", "fetch_messages", agent_id="s1", channel="news", limit=0)
     await expect_error("AR400", call(conn, "fetch_messages", agent_id="s1", channel="news", limit=None))
+
+
+
+async def test_delay_is_refused_on_a_broadcast_channel(conn: asyncpg.Connection) -> None:
+    """Broadcast delivers in order at once: a delayed message there is refused, and nothing is sent."""
+    await _setup(conn)
+    await refused_unchanged(conn, "AR400", "send_messages", agent_id="p1", channel="news",
+                            messages=[{"payload": {"n": 1}}, {"payload": {"n": 2}, "delay_ms": 400}])
+    await send(conn, "p1", "news", {"n": 0}, delay_ms=0)  # no delay is no delay
+    assert await _fetch(conn, "s1") == [(1, 1)]

@@ -75,14 +75,13 @@ async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
     assert payload["m"] == (await call(conn, "fetch_messages", agent_id="b1", channel="news"))[3:]
 
 
-@pytest.mark.parametrize("case", ["delayed", "seventeen", "big payload", "big headers", "queue", "inbox"])
+@pytest.mark.parametrize("case", ["seventeen", "big payload", "big headers", "queue", "inbox"])
 async def test_wakeup_is_a_bare_hint_unless_the_batch_qualifies(
         db_url: str, conn: asyncpg.Connection, case: str) -> None:
-    """Messages ride along only on a broadcast channel, at most 16 of them, none delayed, under
-    6000 bytes of JSON: anything else is the bare hint {c, s}."""
+    """Messages ride along only on a broadcast channel (where a delay is refused), at most 16 of
+    them, under 6000 bytes of JSON: anything else is the bare hint {c, s}."""
     await _setup(conn)
     channel, messages = {
-        "delayed": ("news", [{"payload": 1}, {"payload": 2, "delay_ms": 50}]),
         "seventeen": ("news", [{"payload": n} for n in range(17)]),
         "big payload": ("news", [{"payload": "x" * 5990}]),
         "big headers": ("news", [{"payload": 1, "headers": {"h": "y" * 6000}}]),
