@@ -92,7 +92,7 @@ begin
     where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
   end if;
 
-  if v_sub.retry_at is null or v_sub.retry_at <= now() then
+  if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
     select json_agg(agent_runtime_private.message_row(
              m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
            order by m.seq)
@@ -111,6 +111,19 @@ begin
 end
 $$;
 
+-- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
+-- they run (clock_timestamp()), not with now().
+--
+-- now() is the claiming transaction's start time, and it may be earlier than the start of a sender
+-- whose commit the claim's snapshot already sees: a claim made right after a wake-up then skipped
+-- the message it was woken for (visible_at, the sender's now(), looked a few milliseconds in the
+-- future), and since that wake-up was the only one, the message waited for the next safety poll.
+-- Seen in tests/failure/test_bad_input_api.py: a claim whose now() was 9 ms before the sender's
+-- visible_at, with statement_timestamp() and clock_timestamp() after it and the sender's xid
+-- committed in its snapshot. The same holds for a nack with no delay (visible_at is the nacker's
+-- now()). clock_timestamp() in the statement is read after its snapshot was taken, so after every
+-- commit it sees, and so after the start of every sender it sees.
+--
 -- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
 -- A claimed message whose visibility timed out is claimable again; one that has used up its
 -- attempts goes to the dead letters instead. SKIP LOCKED: concurrent consumers never get the same
@@ -145,12 +158,12 @@ begin
   -- Timed-out claims that used up their attempts die here, before anyone can claim them again.
   update distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
                                   claimed_by = null
-  where channel_id = v_channel.id and state = 'inflight' and visible_at <= now()
+  where channel_id = v_channel.id and state = 'inflight' and visible_at <= clock_timestamp()
     and attempts >= v_channel.max_attempts;
 
   with picked as (
     select id from distributed_messages
-    where channel_id = v_channel.id and state in ('ready', 'inflight') and visible_at <= now()
+    where channel_id = v_channel.id and state in ('ready', 'inflight') and visible_at <= clock_timestamp()
       and (expires_at is null or expires_at > now())
     order by seq
     limit p_limit

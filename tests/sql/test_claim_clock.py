@@ -1,4 +1,4 @@
-"""claim_messages and a sender whose commit it sees although it started after the claim's transaction.
+"""claim_messages (and fetch_messages) and a sender whose commit they see although it started later.
 
 A claim made right after a wake-up must get the message it was woken for. Its transaction's now() is
 not a bound on the senders it can see (a consumer once found now() 9 ms earlier than the visible_at of
@@ -40,3 +40,19 @@ async def test_claim_gets_a_message_nacked_without_delay_after_its_transaction_b
         await call(conn, "nack_message", agent_id="c1", message_id=sent["id"], delay_ms=0)
         claimed = await call(claimer, "claim_messages", agent_id="c1", channel="jobs")
     assert [(m["id"], m["attempts"]) for m in claimed] == [(sent["id"], 2)]
+
+
+async def test_fetch_gets_a_broadcast_retry_nacked_without_delay_after_its_transaction_began(
+        conn: asyncpg.Connection, db_url: str) -> None:
+    """The same for a broadcast subscriber: its head-of-line retry (retry_at, the nacker's now()) is due."""
+    await register(conn, "p1")
+    await register(conn, "s1")
+    await call(conn, "ensure_channel", agent_id="p1", name="news")
+    await call(conn, "subscribe_channel", agent_id="s1", channel="news")
+    sent = await send(conn, "p1", "news", {"n": 1})
+    assert [m["id"] for m in await call(conn, "fetch_messages", agent_id="s1", channel="news")] == [sent["id"]]
+    async with connections(db_url, 1) as (fetcher,), fetcher.transaction():
+        await fetcher.fetchval("select now()")
+        await call(conn, "nack_message", agent_id="s1", message_id=sent["id"], delay_ms=0)
+        fetched = await call(fetcher, "fetch_messages", agent_id="s1", channel="news")
+    assert [(m["id"], m["attempts"]) for m in fetched] == [(sent["id"], 2)]
