@@ -53,6 +53,8 @@ async def test_presence_events_join_status_leave(make_runtime: RuntimeFactory) -
                 assert (ev.kind, ev.status) == ("status", "busy")
             ev = await _next_about(events, other.agent_id)
             assert (ev.kind, ev.status) == ("leave", "offline")
+        online = {a.id for a in await watcher.agents()}
+        assert other.agent_id not in online and watcher.agent_id in online
 
 
 async def test_bad_input_gets_typed_errors(make_runtime: RuntimeFactory) -> None:
