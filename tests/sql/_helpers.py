@@ -167,3 +167,24 @@ async def connections(db_url: str, n: int) -> AsyncIterator[list[asyncpg.Connect
         yield list(conns)
     finally:
         await asyncio.gather(*(c.close() for c in conns))
+
+
+async def realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any) -> list[dict[str, Any]]:
+    """What the bootstrap's realtime.send broadcast (pg_notify on 'realtime:broadcast') during ``action``."""
+    listen = await asyncpg.connect(db_url)
+    got: list[str] = []
+    done = asyncio.Event()
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        got.append(payload)
+        if payload == "end":
+            done.set()
+
+    try:
+        await listen.add_listener("realtime:broadcast", on_notify)
+        await action()
+        await conn.execute("select pg_notify('realtime:broadcast', 'end')")
+        await asyncio.wait_for(done.wait(), 3)
+    finally:
+        await listen.close()
+    return [json.loads(g) for g in got if g != "end"]

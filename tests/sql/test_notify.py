@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 
 import asyncpg
-from _helpers import call, listening, register, send
+from _helpers import call, listening, realtime_payloads, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
@@ -117,22 +115,9 @@ async def test_lock_release_notifies(db_url: str, conn: asyncpg.Connection) -> N
 async def test_realtime_send_mirrors_the_hint(db_url: str, conn: asyncpg.Connection) -> None:
     """Every hint is also broadcast through realtime.send as a private message on the same topic."""
     await _setup(conn)
-    listen = await asyncpg.connect(db_url)
-    got: list[str] = []
-    done = asyncio.Event()
-
-    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        got.append(payload)
-        if payload == "end":
-            done.set()
-
-    try:
-        await listen.add_listener("realtime:broadcast", on_notify)
+    async def send_one() -> None:
         await send(conn, "a1", "news", 1)
-        await conn.execute("select pg_notify('realtime:broadcast', 'end')")
-        await asyncio.wait_for(done.wait(), 3)
-    finally:
-        await listen.close()
-    [event] = [json.loads(g) for g in got if g != "end"]
+
+    [event] = await realtime_payloads(db_url, conn, send_one)
     assert event["topic"] == "channel:news" and event["event"] == "message" and event["private"] is True
     assert event["payload"]["c"] == "news" and event["payload"]["s"] == 1

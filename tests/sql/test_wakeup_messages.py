@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import asyncpg
 import pytest
-from _helpers import call, listening, register
+from _helpers import call, listening, realtime_payloads, register
 
 BARE_KEYS = {"c", "s", "t", "e"}
 
@@ -21,27 +20,6 @@ async def _setup(conn: asyncpg.Connection) -> None:
     await call(conn, "ensure_channel", agent_id="a1", name="news")
     await call(conn, "ensure_channel", agent_id="a1", name="jobs", kind="queue")
     await call(conn, "subscribe_channel", agent_id="b1", channel="news", **{"from": "earliest"})
-
-
-async def _realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any) -> list[dict[str, Any]]:
-    """What the bootstrap's realtime.send broadcast (pg_notify on 'realtime:broadcast') during ``action``."""
-    listen = await asyncpg.connect(db_url)
-    got: list[str] = []
-    done = asyncio.Event()
-
-    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        got.append(payload)
-        if payload == "end":
-            done.set()
-
-    try:
-        await listen.add_listener("realtime:broadcast", on_notify)
-        await action()
-        await conn.execute("select pg_notify('realtime:broadcast', 'end')")
-        await asyncio.wait_for(done.wait(), 3)
-    finally:
-        await listen.close()
-    return [json.loads(g) for g in got if g != "end"]
 
 
 async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
@@ -68,7 +46,7 @@ async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
 
     async def again() -> None:
         await call(conn, "send_messages", agent_id="a1", channel="news", messages=messages[:1])
-    [broadcast] = await _realtime_payloads(db_url, conn, again)
+    [broadcast] = await realtime_payloads(db_url, conn, again)
     assert broadcast["topic"] == "channel:news" and broadcast["private"] is True
     payload = broadcast["payload"]
     assert (payload["c"], payload["s"], payload["f"]) == ("news", 4, 4)
@@ -115,7 +93,7 @@ async def test_every_wakeup_fits_pg_notify(db_url: str, conn: asyncpg.Connection
                        messages=[{"payload": text, "headers": {"i": i}} for i in range(n)])
 
         async with listening(db_url) as listener:
-            realtime = await _realtime_payloads(db_url, conn, batch)
+            realtime = await realtime_payloads(db_url, conn, batch)
             events = await listener.settle(conn)
         [event] = events
         carried += "m" in event
