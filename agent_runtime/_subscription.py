@@ -163,8 +163,12 @@ class Subscription(Generic[T]):
             if len(self._offered) > _MIN_BUFFER:
                 self._offered.clear()
                 self.wake()
-        elif self._take(first, messages):
-            self._wake.set()
+        else:
+            self._take_or_wake(first, messages)
+
+    def _take_or_wake(self, first: int, messages: list[RawMessage]) -> None:
+        if self._take(first, messages):
+            self._wake.set()  # (messages in the buffer: no fetch owed)
         else:
             self.wake()
 
@@ -190,10 +194,7 @@ class Subscription(Generic[T]):
     def _take_offered(self) -> None:
         offered, self._offered = self._offered, []
         for first, messages in offered:
-            if self._take(first, messages):
-                self._wake.set()
-            else:
-                self.wake()
+            self._take_or_wake(first, messages)
 
     def _settled(self, message: Message[T]) -> None:
         """``message`` was acked or nacked (its nack written)."""

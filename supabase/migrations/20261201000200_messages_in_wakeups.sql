@@ -26,7 +26,11 @@
 --   outside any subtransaction (only batches with keys need the unique_violation handler).
 -- * ack_messages skips the queue update (and its statement trigger) when none of the messages is
 --   in flight for the agent, which a broadcast subscriber's never are.
--- Nothing here changes what the functions mean, nor their errors.
+-- * fetch_messages and claim_messages take p_ack_ids (new): a consumer's acks ride along with its
+--   next fetch, one round trip instead of two. send_messages keeps a batch in an array of a
+--   composite type instead of a temporary table (catalog writes and re-plans on every call).
+-- * Two changes of meaning: a delay on a broadcast channel is refused (it used to be ignored), and
+--   claims compare visible_at with clock_timestamp() (see claim_messages).
 
 create type agent_runtime_private.message_wire as (
   id bigint, channel text, seq bigint, sender_id text, payload jsonb, headers jsonb, size_bytes integer,
@@ -49,8 +53,8 @@ returns jsonb language sql stable as $$
   select to_jsonb(agent_runtime_private.message_row(m, p_channel, p_attempts))
 $$;
 
-drop function public.fetch_messages(text, text, integer, bigint[]);
-drop function public.claim_messages(text, text, integer, bigint, bigint[]);
+drop function public.fetch_messages(text, text, integer);
+drop function public.claim_messages(text, text, integer, bigint);
 
 -- Broadcast: the next messages after this subscriber's cursor, in seq order, replayed dead letters
 -- first. Head-of-line retry: while a nacked message waits for its retry time nothing is returned.
@@ -179,6 +183,14 @@ begin
   return coalesce(v_result, '[]'::json);
 end
 $$;
+
+-- One message of a batch being sent, parsed (send_messages keeps the batch in an array of these:
+-- a temporary table would cost catalog writes and a re-plan of every statement on each call).
+create type agent_runtime_private.outgoing_message as (
+  ord integer, payload jsonb, headers jsonb, size_bytes integer, idempotency_key text,
+  correlation_id uuid, reply_to text, ttl interval, delay interval, existing_id bigint,
+  existing_seq bigint, dup_of integer
+);
 
 -- Sends a batch to one channel. p_messages is a JSON array of objects with 'payload' and optional
 -- 'headers', 'idempotency_key', 'correlation_id', 'reply_to', 'ttl_ms', 'delay_ms'. A message whose
