@@ -38,6 +38,8 @@ class Figure:
     limit: float | None = None  # an absolute bound on value (at most, for times; at least, for rates)
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Peer systems measured in the same run, doing the same work: name -> value (same unit).
+    peers: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -95,12 +97,18 @@ class Settings:
     idle_subscriptions: int = 100
     supabase_latency_samples: int = 200
     supabase_throughput_messages: int = 1000  # per publisher
+    reqreply_samples: int = 300
+    queue_depths: tuple[int, ...] = (1000, 100_000, 1_000_000)
+    queue_take: int = 10_000  # messages claimed and acked per depth
+    jobs: int = 5000
+    job_starts: int = 100
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(latency_samples=100, throughput_messages=1000, queue_messages=2000, lock_iterations=300,
                    lock_contended_seconds=1.5, heartbeat_seconds=5.0, topology_runs=3,
-                   supabase_latency_samples=50, supabase_throughput_messages=300)
+                   supabase_latency_samples=50, supabase_throughput_messages=300, reqreply_samples=50,
+                   queue_depths=(1000, 10_000), queue_take=2000, jobs=1000, job_starts=20)
 
 
 _TEMPLATE = "bench_template"

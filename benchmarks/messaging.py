@@ -136,9 +136,13 @@ class _RawLatency:
 
 
 async def latency(bench: Bench, subscribers: int) -> list[Figure]:
+    from .peers import nats_latency
+
     async with bench.fresh_db() as url:
-        return await latency_on(url, url, bench.settings.latency_samples, bench.settings.latency_gap, subscribers,
-                                f"latency 1->{subscribers}")
+        figures = await latency_on(url, url, bench.settings.latency_samples, bench.settings.latency_gap,
+                                   subscribers, f"latency 1->{subscribers}")
+    figures[0].peers.update(await nats_latency(subscribers, bench.settings.latency_samples))
+    return figures
 
 
 async def latency_on(db_url: str, runtime_url: str, samples: int, gap: float, subscribers: int, section: str,

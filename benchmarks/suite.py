@@ -24,7 +24,7 @@ from rich.table import Table
 
 from agent_runtime import embedded
 
-from . import locks, memory, messaging, presence, supabase
+from . import locks, memory, messaging, peers, presence, supabase
 from ._common import Bench, Figure, Settings
 
 Section = Callable[[Bench], Awaitable[list[Figure]]]
@@ -38,6 +38,7 @@ SECTIONS: dict[str, Section] = {
     "heartbeats": presence.heartbeats,
     "topology": presence.topology,
     "memory": memory.memory,
+    **peers.SECTIONS,
 }
 
 
@@ -101,10 +102,15 @@ def _target(f: Figure) -> str:
     return ", ".join(parts)
 
 
+def _peers(f: Figure) -> str:
+    return ", ".join(f"{name} {value:,.3g}" for name, value in f.peers.items())
+
+
 def table(figures: list[Figure], slot: dict[str, Any]) -> Table:
     out = Table(title="agent_runtime vs raw asyncpg on the same database, same run", show_lines=False)
     for column, justify in [("figure", "left"), ("agent_runtime", "right"), ("baseline", "right"),
-                            ("ratio", "right"), ("target", "left"), ("met", "center"), ("baseline is", "left")]:
+                            ("ratio", "right"), ("target", "left"), ("met", "center"), ("peers", "left"),
+                            ("baseline is", "left")]:
         out.add_column(column, justify=justify)  # type: ignore[arg-type]
     section = ""
     for f in figures:
@@ -114,9 +120,10 @@ def table(figures: list[Figure], slot: dict[str, Any]) -> Table:
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[f.met]
         out.add_row(f"  {f.name}", f"{f.value:,.3g} {f.unit}" if f.value is not None else "-",
                     f"{f.baseline:,.3g} {f.unit}" if f.baseline is not None else "-",
-                    _ratio(f), _target(f), met, f"[dim]{f.baseline_what}[/dim]")
+                    _ratio(f), _target(f), met, _peers(f), f"[dim]{f.baseline_what}[/dim]")
     if not slot.get("available"):
-        out.add_row("[bold]supabase transport[/bold]", "-", "-", "", "", "", f"[dim]{slot.get('reason', '')}[/dim]")
+        out.add_row("[bold]supabase transport[/bold]", "-", "-", "", "", "", "",
+                    f"[dim]{slot.get('reason', '')}[/dim]")
     return out
 
 
