@@ -1,7 +1,7 @@
 """A protocol-level stand-in for Supabase's REST (PostgREST RPC) and Realtime endpoints, backed
 by a real Postgres, for testing code that uses the official ``supabase`` / ``realtime`` clients.
 
-It follows /work/shared/realtime-protocol.md (the contract) for what supabase-py and realtime-py
+It follows ``realtime-protocol.md`` beside this module (the contract) for what supabase-py and realtime-py
 2.34.1 send and what the servers answer::
 
     async with SupabaseStandIn(db_url) as standin:
