@@ -1,6 +1,7 @@
-"""``/realtime/v1/websocket``: Supabase Realtime's Phoenix protocol (vsn 1.0.0, JSON object
-frames) as the official Python client 2.34.1 speaks it, plus the REST broadcast endpoints and
-broadcast from the database (realtime-protocol.md §1-6).
+"""``/realtime/v1/websocket``: Supabase Realtime's Phoenix protocol, vsn 1.0.0 (JSON object
+frames, the official Python client 2.34.1) and vsn 2.0.0 (JSON array frames and binary broadcast
+frames, supabase-js's default), plus the REST broadcast endpoints and broadcast from the
+database (realtime-protocol.md §1-6; the serializers are in ``_phoenix.py``).
 
 State lives in one event loop: every socket has a reader (frames handled in arrival order) and a
 writer fed by a queue (frames leave in the order they were produced), and the topic table maps
@@ -26,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from . import _jwt
 from ._common import Keys, StandInStats, dumps, json_response
+from ._phoenix import Broadcast, FrameError, Incoming, Outgoing, Serializer, UserBroadcast, UserBroadcastPush, negotiate
 from ._realtime_auth import Authorizer, PolicyError
 
 log = logging.getLogger("agent_runtime.testing.realtime")
@@ -33,8 +35,6 @@ log = logging.getLogger("agent_runtime.testing.realtime")
 _TOPIC_PREFIX = "realtime:"
 _MAX_FRAME = 5_000_000
 _socket_ids = itertools.count(1)
-
-Frame = dict[str, Any]
 
 
 def _phx_ref() -> str:
@@ -67,25 +67,30 @@ def _realtime_reason(exc: _jwt.TokenError) -> str:
 class _Socket:
     """One websocket connection."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, apikey: str, stats: StandInStats) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, apikey: str, stats: StandInStats,
+                 serializer: Serializer) -> None:
         self.id = next(_socket_ids)
         self.ws = ws
         self.request = request
         self.apikey = apikey
+        self.serializer = serializer
         self.channels: dict[str, _Join] = {}
         self.done = asyncio.Event()
         self._stats = stats
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         self._open = True
 
-    def push(self, frame: Frame) -> None:
-        if self._open:
-            self._outbox.put_nowait(dumps(frame))
-
-    def push_text(self, text: str) -> None:
+    def send(self, frame: Outgoing) -> None:
         """A frame already encoded (one encoding shared by every recipient of a fan-out)."""
         if self._open:
-            self._outbox.put_nowait(text)
+            self._outbox.put_nowait(frame)
+
+    def message(self, topic: str, event: str, payload: dict[str, Any], *, ref: str | None = None,
+                join_ref: str | None = None) -> None:
+        self.send(self.serializer.message(topic, event, payload, ref=ref, join_ref=join_ref))
+
+    def reply(self, topic: str, ref: str | None, join_ref: str | None, status: str, response: dict[str, Any]) -> None:
+        self.send(self.serializer.reply(topic, status, response, ref=ref, join_ref=join_ref))
 
     def finish(self) -> None:
         self._open = False
@@ -93,11 +98,14 @@ class _Socket:
 
     async def run_writer(self) -> None:
         while True:
-            text = await self._outbox.get()
-            if text is None:
+            frame = await self._outbox.get()
+            if frame is None:
                 return
             try:
-                await self.ws.send_str(text)
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_str(frame)
             except Exception as exc:  # the peer went away; the reader cleans up
                 log.debug("socket %s: send failed: %s", self.id, exc)
                 self._open = False
@@ -169,10 +177,10 @@ class RealtimeHub:
         if refused is not None:
             self._stats.ws_refused += 1
             return refused
-        vsn = request.query.get("vsn", "1.0.0")
-        if not vsn.startswith("1."):
+        serializer = negotiate(request.query.get("vsn", "1.0.0"))
+        if serializer is None:  # Phoenix refuses a vsn no serializer matches (~> 1.0.0, ~> 2.0.0)
             self._stats.ws_refused += 1
-            return json_response({"error": f"The stand-in speaks Phoenix vsn 1.0.0 only (got {vsn})"}, status=400)
+            return json_response({"error": "unsupported vsn"}, status=403)
         apikey = request.headers.get("x-api-key") or request.query.get("apikey") or ""
         try:
             _jwt.decode(apikey, self._keys.secret, require_role_exp=True)
@@ -186,7 +194,7 @@ class RealtimeHub:
 
         ws = web.WebSocketResponse(receive_timeout=self._idle_timeout, max_msg_size=_MAX_FRAME, timeout=2.0)
         await ws.prepare(request)
-        sock = _Socket(ws, request, apikey, self._stats)
+        sock = _Socket(ws, request, apikey, self._stats, serializer)
         self.sockets.add(sock)
         self._stats.ws_connections += 1
         self._stats.ws_open += 1
@@ -198,7 +206,7 @@ class RealtimeHub:
                 except TimeoutError:
                     log.info("socket %s: no data for %.0f s, closing", sock.id, self._idle_timeout)
                     break
-                if msg.type is WSMsgType.TEXT:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     self._stats.ws_frames_in += 1
                     try:
                         await self._on_frame(sock, msg.data)
@@ -244,49 +252,40 @@ class RealtimeHub:
 
     # -- frames ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _reply(sock: _Socket, topic: str, ref: str | None, status: str, response: dict[str, Any]) -> None:
-        sock.push({"topic": topic, "event": "phx_reply", "payload": {"status": status, "response": response},
-                   "ref": ref})
-
-    async def _on_frame(self, sock: _Socket, text: str) -> None:
+    async def _on_frame(self, sock: _Socket, data: str | bytes) -> None:
         try:
-            frame = json.loads(text)
-        except ValueError:
-            log.warning("socket %s: not JSON: %r", sock.id, text[:200])
+            frame: Incoming = sock.serializer.decode(data)
+        except FrameError as exc:
+            log.warning("socket %s: %s: %r", sock.id, exc, data[:200])
             return
-        if not isinstance(frame, dict):
-            log.warning("socket %s: not a vsn 1.0.0 object frame: %r", sock.id, text[:200])
-            return
-        topic, event = frame.get("topic"), frame.get("event")
-        if not isinstance(topic, str) or not isinstance(event, str):
-            return
-        raw_ref = frame.get("ref")
-        ref = raw_ref if raw_ref is None or isinstance(raw_ref, str) else str(raw_ref)
-        payload = frame.get("payload")
-        if not isinstance(payload, dict):
+        topic, event, ref = frame.topic, frame.event, frame.ref
+        payload = frame.payload
+        if not isinstance(payload, dict | UserBroadcastPush):
             payload = {}
 
         if topic == "phoenix":
             if event == "heartbeat":
-                self._reply(sock, topic, ref, "ok", {})
+                sock.reply(topic, ref, None, "ok", {})
             return
         if event == "phx_join":
-            raw_join_ref = frame.get("join_ref")
-            join_ref = ref if raw_join_ref is None else str(raw_join_ref)
-            await self._join(sock, topic, ref, join_ref, payload)
+            join_ref = ref if frame.join_ref is None else frame.join_ref
+            await self._join(sock, topic, ref, join_ref, payload if isinstance(payload, dict) else {})
             return
         join = sock.channels.get(topic)
         if join is None:
             if event == "phx_leave":
-                self._reply(sock, topic, ref, "ok", {})
+                sock.reply(topic, ref, frame.join_ref, "ok", {})
             else:
-                self._reply(sock, topic, ref, "error", {"reason": "unmatched topic"})
+                sock.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
             return
+        if frame.join_ref is not None and join.join_ref is not None and frame.join_ref != join.join_ref:
+            return  # a stale message to an earlier join of this topic: Phoenix ignores it
         if event == "phx_leave":
-            self._reply(sock, topic, ref, "ok", {})
-            sock.push({"topic": topic, "event": "phx_close", "payload": {}, "ref": join.join_ref})
+            sock.reply(topic, ref, join.join_ref, "ok", {})
+            self._close(join)
             self._remove(join)
+        elif isinstance(payload, UserBroadcastPush):
+            await self._client_broadcast(join, ref, payload)
         elif event == "access_token":
             await self._access_token(join, payload)
         elif event == "broadcast":
@@ -301,17 +300,17 @@ class RealtimeHub:
     async def _join(self, sock: _Socket, topic: str, ref: str | None, join_ref: str | None,
                     payload: dict[str, Any]) -> None:
         if not topic.startswith(_TOPIC_PREFIX):
-            self._reply(sock, topic, ref, "error", {"reason": "unmatched topic"})
+            sock.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
             return
         old = sock.channels.get(topic)
         if old is not None:  # Phoenix closes the old channel of a duplicate join, then joins again
-            sock.push({"topic": topic, "event": "phx_close", "payload": {}, "ref": old.join_ref})
+            self._close(old)
             self._remove(old)
         sub_topic = topic[len(_TOPIC_PREFIX):]
 
         def refuse(reason: str) -> None:
             self._stats.joins_refused += 1
-            self._reply(sock, topic, ref, "error", {"reason": reason})
+            sock.reply(topic, ref, join_ref, "error", {"reason": reason})
 
         if not sub_topic:
             refuse("TopicNameRequired: You must provide a topic name")
@@ -362,16 +361,15 @@ class RealtimeHub:
         self.topics.setdefault(join.key, []).append(join)
         self._stats.joins += 1
         echoed = [{**b, "id": _binding_id(b)} if isinstance(b, dict) else b for b in bindings]
-        self._reply(sock, topic, ref, "ok", {"postgres_changes": echoed})
+        sock.reply(topic, ref, join_ref, "ok", {"postgres_changes": echoed})
         if presence_enabled and (not private or presence_read):
-            sock.push({"topic": topic, "event": "presence_state", "payload": self._presence_state(join.key),
-                       "ref": None})
+            sock.message(topic, "presence_state", self._presence_state(join.key), join_ref=join_ref)
         if bindings:
-            sock.push({"topic": topic, "event": "system", "ref": None, "payload": {
+            sock.message(topic, "system", join_ref=join_ref, payload={
                 "channel": sub_topic, "extension": "postgres_changes", "status": "error",
                 "message": "Unable to subscribe to changes with given parameters: postgres_changes is not "
                            "implemented by the agent_runtime Supabase stand-in (use broadcast from the database)",
-            }})
+            })
         self._schedule_expiry(join)
 
     def _remove(self, join: _Join) -> None:
@@ -393,10 +391,15 @@ class RealtimeHub:
 
     def _shutdown(self, join: _Join, message: str) -> None:
         """A server-side channel shutdown: ``system`` error, then ``phx_close``."""
-        join.socket.push({"topic": join.topic, "event": "system", "ref": None, "payload": {
-            "channel": join.sub_topic, "extension": "system", "message": message, "status": "error"}})
-        join.socket.push({"topic": join.topic, "event": "phx_close", "payload": {}, "ref": join.join_ref})
+        join.socket.message(join.topic, "system", join_ref=join.join_ref, payload={
+            "channel": join.sub_topic, "extension": "system", "message": message, "status": "error"})
+        self._close(join)
         self._remove(join)
+
+    @staticmethod
+    def _close(join: _Join) -> None:
+        """``phx_close`` for a channel that ends (its ref is the join_ref, as Phoenix sends it)."""
+        join.socket.message(join.topic, "phx_close", {}, ref=join.join_ref, join_ref=join.join_ref)
 
     def _current(self, join: _Join) -> bool:
         return join.socket in self.sockets and join.socket.channels.get(join.topic) is join
@@ -448,21 +451,31 @@ class RealtimeHub:
 
     # -- broadcast -------------------------------------------------------------------------
 
-    def _deliver(self, key: tuple[bool, str], payload: dict[str, Any], *, skip: _Join | None = None) -> int:
+    def _deliver(self, key: tuple[bool, str], msg: Broadcast | UserBroadcast, *, skip: _Join | None = None) -> int:
+        """Fan a broadcast out to the topic's joins, encoded once per serializer (the server's
+        ``MessageDispatcher``); joins without broadcast read are skipped."""
         joins = self.topics.get(key)
         if not joins:
             return 0
-        text = dumps({"topic": _TOPIC_PREFIX + key[1], "event": "broadcast", "payload": payload, "ref": None})
+        encoded: dict[str, Outgoing | None] = {}
         n = 0
         for join in joins:
             if join is skip or (join.private and not join.broadcast_read):
                 continue
-            join.socket.push_text(text)
+            serializer = join.socket.serializer
+            if serializer.vsn not in encoded:
+                encoded[serializer.vsn] = serializer.fastlane(msg)
+            frame = encoded[serializer.vsn]
+            if frame is None:
+                continue
+            join.socket.send(frame)
             n += 1
         self._stats.broadcasts_delivered += n
         return n
 
-    async def _client_broadcast(self, join: _Join, ref: str | None, payload: dict[str, Any]) -> None:
+    async def _client_broadcast(
+        self, join: _Join, ref: str | None, payload: dict[str, Any] | UserBroadcastPush
+    ) -> None:
         self._stats.client_broadcasts += 1
         if join.private:
             if join.broadcast_write is None:
@@ -472,13 +485,20 @@ class RealtimeHub:
                 join.broadcast_write = allowed
             if not join.broadcast_write:
                 return  # denied writes are dropped silently, ack or not
-        if len(dumps(payload).encode()) > self._max_payload:
+        msg: Broadcast | UserBroadcast
+        if isinstance(payload, UserBroadcastPush):  # a vsn 2.0.0 binary push stays a user broadcast
+            size = len(payload.user_payload)
+            msg = UserBroadcast(join.topic, payload.user_event, payload.user_payload, payload.json_encoded)
+        else:
+            size = len(dumps(payload).encode())
+            msg = Broadcast(join.topic, "broadcast", payload)
+        if size > self._max_payload:
             if join.ack_broadcast:
-                self._reply(join.socket, join.topic, ref, "error", {"error": "payload_size_exceeded"})
+                join.socket.reply(join.topic, ref, join.join_ref, "error", {"error": "payload_size_exceeded"})
             return
-        self._deliver(join.key, payload, skip=None if join.self_broadcast else join)
+        self._deliver(join.key, msg, skip=None if join.self_broadcast else join)
         if join.ack_broadcast:
-            self._reply(join.socket, join.topic, ref, "ok", {})
+            join.socket.reply(join.topic, ref, join.join_ref, "ok", {})
 
     def deliver_db_broadcast(self, raw: str) -> None:
         """A ``realtime:broadcast`` notification (the plain-Postgres ``realtime.send``)."""
@@ -497,8 +517,9 @@ class RealtimeHub:
         message_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(message_id, str):
             message_id = str(uuid.uuid4())
-        self._deliver((private, topic), {"event": event, "type": "broadcast", "meta": {"id": message_id},
-                                         "payload": payload})
+        # The server sends the row's payload column as it is, with the row id as metadata.
+        self._deliver((private, topic), UserBroadcast(_TOPIC_PREFIX + topic, event, dumps(payload).encode(), True,
+                                                      {"id": message_id}))
 
     async def _rest_token_claims(self, request: web.Request) -> dict[str, Any] | None:
         auth = request.headers.get("Authorization", "")
@@ -520,7 +541,7 @@ class RealtimeHub:
             body: dict[str, Any] = {"event": m["event"], "payload": m["payload"], "type": "broadcast"}
             if m.get("id") is not None:
                 body["meta"] = {"id": str(m["id"])}
-            self._deliver((private, topic), body)
+            self._deliver((private, topic), Broadcast(_TOPIC_PREFIX + topic, "broadcast", body))
 
     async def handle_rest_broadcast(self, request: web.Request) -> web.StreamResponse:
         """``POST /realtime/v1/api/broadcast`` (batch)."""
@@ -574,13 +595,18 @@ class RealtimeHub:
         return state
 
     def _presence_diff(self, key: tuple[bool, str], joins: dict[str, Any], leaves: dict[str, Any]) -> None:
-        text = dumps({"topic": _TOPIC_PREFIX + key[1], "event": "presence_diff",
-                      "payload": {"joins": joins, "leaves": leaves}, "ref": None})
+        diff = Broadcast(_TOPIC_PREFIX + key[1], "presence_diff", {"joins": joins, "leaves": leaves})
         self._stats.presence_diffs += 1
+        encoded: dict[str, Outgoing | None] = {}
         for join in self.topics.get(key, ()):
             if join.private and not join.presence_read:
                 continue
-            join.socket.push_text(text)
+            serializer = join.socket.serializer
+            if serializer.vsn not in encoded:
+                encoded[serializer.vsn] = serializer.fastlane(diff)
+            frame = encoded[serializer.vsn]
+            if frame is not None:
+                join.socket.send(frame)
 
     async def _presence(self, join: _Join, ref: str | None, payload: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -594,14 +620,14 @@ class RealtimeHub:
         event = str(payload.get("event", "")).lower()
         sock = join.socket
         if event == "untrack":
-            self._reply(sock, join.topic, ref, "ok", {})
+            sock.reply(join.topic, ref, join.join_ref, "ok", {})
             if join.presence_payload is not None:
                 old_meta = join.presence_meta()
                 join.presence_payload = join.presence_ref = None
                 self._presence_diff(join.key, {}, {join.presence_key: {"metas": [old_meta]}})
             return
         if event != "track":
-            self._reply(sock, join.topic, ref, "error", {})
+            sock.reply(join.topic, ref, join.join_ref, "error", {})
             return
         if join.private:
             if join.presence_read is None:
@@ -615,14 +641,14 @@ class RealtimeHub:
             if not self._current(join):
                 return
             if not join.presence_write:
-                self._reply(sock, join.topic, ref, "error", {})
+                sock.reply(join.topic, ref, join.join_ref, "error", {})
                 return
         data = payload.get("payload", {})
         if not isinstance(data, dict):
-            self._reply(sock, join.topic, ref, "error", {"reason": "Presence track payload must be a map"})
+            sock.reply(join.topic, ref, join.join_ref, "error", {"reason": "Presence track payload must be a map"})
             return
         if join.presence_payload is not None and data == join.presence_payload:
-            self._reply(sock, join.topic, ref, "ok", {})
+            sock.reply(join.topic, ref, join.join_ref, "ok", {})
             return
         new_ref = _phx_ref()
         meta: dict[str, Any] = {**data, "phx_ref": new_ref}
@@ -632,5 +658,5 @@ class RealtimeHub:
             meta["phx_ref_prev"] = join.presence_ref
         join.presence_payload, join.presence_ref = data, new_ref
         join.presence_enabled = True
-        self._reply(sock, join.topic, ref, "ok", {})
+        sock.reply(join.topic, ref, join.join_ref, "ok", {})
         self._presence_diff(join.key, {join.presence_key: {"metas": [meta]}}, leaves)

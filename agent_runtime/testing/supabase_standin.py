@@ -30,7 +30,10 @@ Departures from the protocol document (and from the real servers):
   ``sb_publishable_``/``sb_secret_`` keys). The API gateway's key-auth is enforced: the
   ``apikey`` header / query parameter must be the stand-in's anon or service_role key (an agent
   JWT goes in ``Authorization`` for REST and ``realtime.set_auth()`` for Realtime).
-* **Realtime vsn 1.0.0 only** (JSON object frames). A ``vsn=2.x`` handshake is refused with 400.
+* **Realtime vsn 1.0.0 and 2.0.0** (``_phoenix.py``): JSON objects, or JSON arrays plus the
+  binary ``user_broadcast`` frames for client and database broadcasts, as the server mounts
+  them. Any other ``vsn`` is refused with 403 before the upgrade. A binary push that is not a
+  broadcast is ignored.
 * **No tenant limits** (messages, joins, channels, connections per second), except the
   per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
   with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does.
@@ -243,6 +246,10 @@ class SupabaseStandIn:
     def websocket_count(self) -> int:
         """Realtime sockets open now."""
         return len(self._hub.sockets) if self._hub is not None else 0
+
+    def websocket_versions(self) -> list[str]:
+        """The protocol version (``vsn``) of each Realtime socket open now."""
+        return sorted(s.serializer.vsn for s in self._hub.sockets) if self._hub is not None else []
 
     def joined_topics(self) -> list[str]:
         """The channel joins open now, as ``private:<sub topic>`` / ``public:<sub topic>``."""
