@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 from . import _jwt
 from ._common import Keys, StandInStats, dumps, json_response
 from ._phoenix import Broadcast, FrameError, Incoming, Outgoing, Serializer, UserBroadcast, UserBroadcastPush, negotiate
+from ._rate import RateCounter
 from ._realtime_auth import Authorizer, PolicyError
 
 log = logging.getLogger("agent_runtime.testing.realtime")
@@ -159,6 +160,8 @@ class RealtimeHub:
         presence_max_calls: int = 5,
         presence_window: float = 30.0,
         max_payload_bytes: int = 3_000_000,
+        max_events_per_second: float | None = None,
+        rate_tick: float = 5.0,
     ) -> None:
         self._keys = keys
         self._stats = stats
@@ -169,6 +172,16 @@ class RealtimeHub:
         self._max_payload = max_payload_bytes + 500
         self.sockets: set[_Socket] = set()
         self.topics: dict[tuple[bool, str], list[_Join]] = {}
+        # The tenant's events-per-second limit (off unless given), counted as the server counts.
+        self.events: RateCounter | None = None
+        if max_events_per_second is not None:
+            self.events = RateCounter(max_events_per_second, tick=rate_tick)
+            self.events.start()
+
+    def stop(self) -> None:
+        """Stop the rate counter's ticks."""
+        if self.events is not None:
+            self.events.stop()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -458,6 +471,7 @@ class RealtimeHub:
         if not joins:
             return 0
         encoded: dict[str, Outgoing | None] = {}
+        over_limit: list[_Join] = []
         n = 0
         for join in joins:
             if join is skip or (join.private and not join.broadcast_read):
@@ -470,6 +484,13 @@ class RealtimeHub:
                 continue
             join.socket.send(frame)
             n += 1
+            if self.events is not None:  # each delivery counts (:update_rate_counter), and past the
+                self.events.add()        # limit the receiving channel is shut down
+                if self.events.triggered:
+                    over_limit.append(join)
+        for join in over_limit:
+            self._stats.rate_limited_channels += 1
+            self._shutdown(join, "Too many messages per second")
         self._stats.broadcasts_delivered += n
         return n
 
@@ -492,6 +513,8 @@ class RealtimeHub:
         else:
             size = len(dumps(payload).encode())
             msg = Broadcast(join.topic, "broadcast", payload)
+        if self.events is not None:
+            self.events.add()
         if size > self._max_payload:
             if join.ack_broadcast:
                 join.socket.reply(join.topic, ref, join.join_ref, "error", {"error": "payload_size_exceeded"})
@@ -513,6 +536,11 @@ class RealtimeHub:
         topic, event, payload = note.get("topic"), note.get("event"), note.get("payload")
         if not isinstance(topic, str) or not isinstance(event, str):
             return
+        if self.events is not None:
+            if self.events.triggered:  # the replication connection drops it: nothing is sent, ever
+                self._stats.db_broadcasts_dropped += 1
+                return
+            self.events.add()
         private = note.get("private") is not False
         message_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(message_id, str):
@@ -529,6 +557,17 @@ class RealtimeHub:
         except _jwt.TokenError:
             return None
 
+    def _rest_rate_limited(self, count: int) -> web.Response | None:
+        """``BatchBroadcast.check_rate_limit``: 429 when the tenant's average is over its limit."""
+        if self.events is None:
+            return None
+        if self.events.average > self.events.limit:
+            return json_response({"message": "You have exceeded your rate limit"}, status=429)
+        if self.events.average + count > self.events.limit:
+            return json_response({"message": "Too many messages to broadcast, please reduce the batch size"},
+                                 status=429)
+        return None
+
     async def _rest_send(self, claims: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         writable: dict[str, bool] = {}
         for m in messages:
@@ -538,6 +577,8 @@ class RealtimeHub:
                     writable[topic] = await self._auth.write(topic, claims, "broadcast")
                 if not writable[topic]:
                     continue
+            if self.events is not None:
+                self.events.add()
             body: dict[str, Any] = {"event": m["event"], "payload": m["payload"], "type": "broadcast"}
             if m.get("id") is not None:
                 body["meta"] = {"id": str(m["id"])}
@@ -562,6 +603,9 @@ class RealtimeHub:
         ):
             return json_response({"errors": {"messages": ["topic, event and an object payload are required"]}},
                                  status=422)
+        limited = self._rest_rate_limited(len(messages))
+        if limited is not None:
+            return limited
         await self._rest_send(claims, messages)
         return web.Response(status=202)
 
@@ -582,6 +626,9 @@ class RealtimeHub:
         private = request.query.get("private") == "true"
         message = {"topic": request.match_info["topic"], "event": request.match_info["event"], "payload": payload,
                    "private": private}
+        limited = self._rest_rate_limited(1)
+        if limited is not None:
+            return limited
         await self._rest_send(claims, [message])
         return web.Response(status=202)
 

@@ -34,9 +34,10 @@ Departures from the protocol document (and from the real servers):
   binary ``user_broadcast`` frames for client and database broadcasts, as the server mounts
   them. Any other ``vsn`` is refused with 403 before the upgrade. A binary push that is not a
   broadcast is ignored.
-* **No tenant limits** (messages, joins, channels, connections per second), except the
-  per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
-  with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does.
+* **Tenant limits**: the events-per-second limit (``max_events_per_second``, off by default) and
+  the per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
+  with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does. No
+  limits on joins, channels, connections or presence events per second.
   Join refusals are replied at once (the server sleeps a small backoff first).
 * **postgres_changes is not implemented.** A join with bindings gets the bindings echoed with
   ids (so the client's binding check passes), then a ``system`` error for the
@@ -91,6 +92,11 @@ class SupabaseStandIn:
     Use as an async context manager (or :meth:`start` / :meth:`close`). ``url`` is what
     ``acreate_client`` takes; ``anon_key`` and ``service_role_key`` are the project keys;
     :meth:`agent_token` signs an ``authenticated`` JWT for an agent.
+
+    ``max_events_per_second`` sets the tenant's events-per-second limit (off by default; the
+    free plan's is 100), averaged over the last 12 ticks of ``rate_tick`` seconds (5 on the
+    server): past it broadcasts from the database are dropped and channels that receive a
+    message are shut down with ``Too many messages per second``, as the server does.
     """
 
     def __init__(
@@ -105,6 +111,8 @@ class SupabaseStandIn:
         idle_timeout: float = 60.0,
         presence_max_calls: int = 5,
         presence_window: float = 30.0,
+        max_events_per_second: float | None = None,
+        rate_tick: float = 5.0,
     ) -> None:
         self._postgres_url = postgres_url
         self._keys = Keys.create(jwt_secret)
@@ -114,7 +122,8 @@ class SupabaseStandIn:
         self._pool_size = pool_size
         self._hub_options: dict[str, Any] = {
             "idle_timeout": idle_timeout, "presence_max_calls": presence_max_calls,
-            "presence_window": presence_window,
+            "presence_window": presence_window, "max_events_per_second": max_events_per_second,
+            "rate_tick": rate_tick,
         }
         self.stats = StandInStats()
         self._url: str | None = None
@@ -217,6 +226,7 @@ class SupabaseStandIn:
     async def close(self) -> None:
         """Close every socket, stop serving, disconnect from the database."""
         if self._hub is not None:
+            self._hub.stop()
             with contextlib.suppress(Exception):
                 await self._hub.drop_all(code=1001)
         if self._runner is not None:
