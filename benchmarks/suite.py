@@ -38,6 +38,7 @@ SECTIONS: dict[str, Section] = {
     "heartbeats": presence.heartbeats,
     "topology": presence.topology,
     "memory": memory.memory,
+    "supabase_limit": supabase.rate_limited,
 }
 
 
