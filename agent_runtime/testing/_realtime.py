@@ -29,13 +29,18 @@ from . import _jwt
 from ._common import Keys, StandInStats, dumps, json_response
 from ._phoenix import Broadcast, FrameError, Incoming, Outgoing, Serializer, UserBroadcast, UserBroadcastPush, negotiate
 from ._rate import RateCounter
-from ._realtime_auth import Authorizer, PolicyError
+from ._realtime_auth import Authorizer, DatabaseUnavailable, PolicyError
 
 log = logging.getLogger("agent_runtime.testing.realtime")
 
 _TOPIC_PREFIX = "realtime:"
 _MAX_FRAME = 5_000_000
 _socket_ids = itertools.count(1)
+_UNREACHABLE = "Realtime was unable to connect to the project database"
+
+
+def _no_read(topic: str) -> str:
+    return f"You do not have permissions to read from this Channel topic: {topic}"
 
 
 def _phx_ref() -> str:
@@ -354,11 +359,14 @@ class RealtimeHub:
         if private:
             try:
                 policies = await self._auth.read(sub_topic, claims, presence=presence_enabled)
-            except PolicyError as exc:
-                refuse(f"UnableToSetPolicies: {exc}")
+            except PolicyError:  # RlsPolicyError is logged; the client is told it may not read
+                refuse(f"Unauthorized: {_no_read(sub_topic)}")
+                return
+            except DatabaseUnavailable:
+                refuse(f"UnableToConnectToProject: {_UNREACHABLE}")
                 return
             if not (policies.broadcast or policies.presence):
-                refuse(f"Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
+                refuse(f"Unauthorized: {_no_read(sub_topic)}")
                 return
             broadcast_read, presence_read = policies.broadcast, policies.presence
         if sock not in self.sockets or sock.channels.get(topic) is not None:
@@ -446,15 +454,21 @@ class RealtimeHub:
             self._shutdown(join, _realtime_reason(exc).partition(": ")[2])
             return
         if join.private:
+            # As the server's handle_in("access_token"): policies are evaluated afresh; no read at
+            # all (or policies that fail) ends the channel as a refused join would; losing one of
+            # two reads is a revocation.
             try:
                 policies = await self._auth.read(join.sub_topic, claims, presence=join.presence_read is not None)
-            except PolicyError as exc:
+            except (PolicyError, DatabaseUnavailable) as exc:
                 if self._current(join):
-                    self._shutdown(join, f"Unable to set policies: {exc}")
+                    self._shutdown(join, _no_read(join.sub_topic) if isinstance(exc, PolicyError) else _UNREACHABLE)
                 return
             if not self._current(join):
                 return
             if not (policies.broadcast or policies.presence):
+                self._shutdown(join, _no_read(join.sub_topic))
+                return
+            if (join.broadcast_read and not policies.broadcast) or (join.presence_read and policies.presence is False):
                 self._shutdown(join, f"You no longer have permission to read from this Channel topic: {join.sub_topic}")
                 return
             join.broadcast_read, join.presence_read = policies.broadcast, policies.presence
@@ -500,7 +514,10 @@ class RealtimeHub:
         self._stats.client_broadcasts += 1
         if join.private:
             if join.broadcast_write is None:
-                allowed = await self._auth.write(join.sub_topic, join.claims, "broadcast")
+                try:
+                    allowed = await self._auth.write(join.sub_topic, join.claims, "broadcast")
+                except (PolicyError, DatabaseUnavailable):
+                    return  # dropped, and checked again on the next broadcast (nothing is cached)
                 if not self._current(join):
                     return
                 join.broadcast_write = allowed
@@ -574,7 +591,10 @@ class RealtimeHub:
             topic, private = m["topic"], bool(m.get("private", False))
             if private:
                 if topic not in writable:
-                    writable[topic] = await self._auth.write(topic, claims, "broadcast")
+                    try:
+                        writable[topic] = await self._auth.write(topic, claims, "broadcast")
+                    except (PolicyError, DatabaseUnavailable):
+                        writable[topic] = False
                 if not writable[topic]:
                     continue
             if self.events is not None:
@@ -681,10 +701,13 @@ class RealtimeHub:
                 try:
                     policies = await self._auth.read(join.sub_topic, join.claims, presence=True)
                     join.presence_read = bool(policies.presence)
-                except PolicyError:
+                except (PolicyError, DatabaseUnavailable):
                     join.presence_read = False
             if join.presence_write is None:
-                join.presence_write = await self._auth.write(join.sub_topic, join.claims, "presence")
+                try:
+                    join.presence_write = await self._auth.write(join.sub_topic, join.claims, "presence")
+                except (PolicyError, DatabaseUnavailable):
+                    join.presence_write = False
             if not self._current(join):
                 return
             if not join.presence_write:

@@ -10,9 +10,12 @@ It follows ``realtime-protocol.md`` beside this module (the contract) for what s
 
 The database must have the migrations applied (on plain Postgres with the bootstrap, whose
 ``realtime.send`` emits ``pg_notify('realtime:broadcast', ...)`` after commit). The stand-in's
-login must be able to switch to ``anon``, ``authenticated`` and ``service_role`` (a superuser,
-or a member of those roles like Supabase's ``authenticator``) and to insert into
-``realtime.messages`` bypassing RLS (for the read probes).
+login (``postgres_url``) must be able to switch to ``anon``, ``authenticated`` and
+``service_role`` (a superuser, or a member of those roles like Supabase's ``authenticator``),
+and to create a role: at start it creates (or updates) Realtime's own login
+``agent_runtime_standin_realtime`` — not a superuser, no BYPASSRLS, a member of those three
+roles without inheriting them, the owner of ``realtime.messages`` as ``supabase_realtime_admin``
+is on Supabase — and checks channel policies on connections of that login only.
 
 Departures from the protocol document (and from the real servers):
 
@@ -55,14 +58,17 @@ Departures from the protocol document (and from the real servers):
 * **Details.** ``phx_error`` is never sent (no channel process crashes here); binding ids are a
   CRC of the binding, not ``:erlang.phash2``; RPC's ``search_path`` is ``"<schema>", public``
   (Supabase adds ``extensions``); the ``request.headers`` GUC of the policy probes is ``{}``.
-* A join whose policies cannot be evaluated (for example a ``role`` claim naming no role) is
-  refused with ``UnableToSetPolicies: <error>``.
+* Policies that cannot be evaluated (a ``role`` claim naming no role, or one Realtime's login
+  may not switch to; a policy that raises) refuse the join as the server does: ``Unauthorized:
+  You do not have permissions to read from this Channel topic: <topic>`` (``RlsPolicyError`` is
+  logged); on a token refresh the channel is shut down with that message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import time
@@ -76,13 +82,14 @@ from . import _jwt
 from ._common import Keys, StandInStats, json_response
 from ._postgrest import PostgrestRpc
 from ._realtime import RealtimeHub
-from ._realtime_auth import Authorizer
+from ._realtime_auth import Authorizer, prepare_login
 
 __all__ = ["DEFAULT_JWT_SECRET", "StandInStats", "SupabaseStandIn"]
 
 log = logging.getLogger("agent_runtime.testing")
 
 DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters"
+REALTIME_LOGIN = "agent_runtime_standin_realtime"
 _BROADCAST_CHANNEL = "realtime:broadcast"
 
 
@@ -113,8 +120,10 @@ class SupabaseStandIn:
         presence_window: float = 30.0,
         max_events_per_second: float | None = None,
         rate_tick: float = 5.0,
+        realtime_login: str = REALTIME_LOGIN,
     ) -> None:
         self._postgres_url = postgres_url
+        self._realtime_login = realtime_login
         self._keys = Keys.create(jwt_secret)
         self._host = host
         self._port = port
@@ -128,6 +137,7 @@ class SupabaseStandIn:
         self.stats = StandInStats()
         self._url: str | None = None
         self._pool: asyncpg.Pool | None = None
+        self._auth_pool: asyncpg.Pool | None = None
         self._runner: web.AppRunner | None = None
         self._hub: RealtimeHub | None = None
         self._listener_task: asyncio.Task[None] | None = None
@@ -195,7 +205,13 @@ class SupabaseStandIn:
             raise RuntimeError("the stand-in is already started")
         self._pool = await asyncpg.create_pool(self._postgres_url, min_size=1, max_size=self._pool_size)
         try:
-            authorizer = Authorizer(self._pool, self.stats)
+            # Realtime checks policies as its own non-superuser login (never as the admin).
+            password = hashlib.sha256(f"{self._realtime_login}:{self._keys.secret}".encode()).hexdigest()
+            async with self._pool.acquire() as admin:
+                await prepare_login(admin, self._realtime_login, password)
+            self._auth_pool = await asyncpg.create_pool(self._postgres_url, user=self._realtime_login,
+                                                        password=password, min_size=1, max_size=4)
+            authorizer = Authorizer(self._auth_pool, self.stats)
             hub = RealtimeHub(self._keys, self.stats, authorizer, **self._hub_options)
             self._hub = hub
             rpc = PostgrestRpc(self._pool, self._keys, self.stats, self._schemas)
@@ -237,10 +253,11 @@ class SupabaseStandIn:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener_task
             self._listener_task = None
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), timeout=5.0)
-            self._pool = None
+        for pool in (self._auth_pool, self._pool):
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.close(), timeout=5.0)
+        self._pool = self._auth_pool = None
         self._hub = None
         self._url = None
 
