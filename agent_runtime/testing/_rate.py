@@ -32,6 +32,8 @@ class RateCounter:
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
+        """Tick every ``tick`` seconds from now (on the running loop)."""
+        self.stop()
         self._timer = asyncio.get_running_loop().call_later(self.tick_seconds, self._tick)
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import anyio
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from standin_support import RawSocket, raw_socket
 
 from agent_runtime.runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
+from agent_runtime.testing._rate import RateCounter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,3 +154,42 @@ async def test_runtime_delivers_everything_past_the_limit(
                   f"(poll interval {poll} s)")
             assert last >= 0.3, "the last message came sooner than the safety poll: was its wake-up sent?"
             assert worst < poll * 3 + 2.0
+
+
+async def test_rate_counter_arithmetic() -> None:
+    """The server's rule: the average over the last 12 ticks; triggered at a tick where it
+    reaches the limit, released at the first tick where it is below."""
+    counter = RateCounter(10, tick=1.0)
+    counter.add(10)
+    counter._tick()  # window [10]: 10/s
+    assert counter.triggered and counter.average == 10
+    counter._tick()  # [0, 10]: 5/s
+    assert not counter.triggered
+    counter.add(25)
+    counter._tick()  # [25, 0, 10]: 11.7/s
+    assert counter.triggered and counter.times_triggered == 2
+    for _ in range(12):
+        counter._tick()
+    assert not counter.triggered and counter.average == 0
+    counter.stop()
+
+
+async def test_rest_broadcast_past_the_limit_is_refused(limited: SupabaseStandIn) -> None:
+    """BatchBroadcast's check: 429 with the server's words when the average is over the limit,
+    or when the batch would take it over."""
+    events = limited._hub.events if limited._hub is not None else None
+    assert events is not None
+    url = limited.url + "/realtime/v1/api/broadcast"
+    headers = {"apikey": limited.service_role_key, "Authorization": f"Bearer {limited.service_role_key}"}
+    message = {"topic": "room", "event": "e", "payload": {}}
+    async with aiohttp.ClientSession() as session:
+        events.average = 8.0
+        async with session.post(url, json={"messages": [message]}, headers=headers) as resp:
+            assert resp.status == 202
+        async with session.post(url, json={"messages": [message] * 3}, headers=headers) as resp:
+            assert resp.status == 429
+            assert (await resp.json())["message"] == "Too many messages to broadcast, please reduce the batch size"
+        events.average = 11.0
+        async with session.post(url, json={"messages": [message]}, headers=headers) as resp:
+            assert resp.status == 429
+            assert (await resp.json())["message"] == "You have exceeded your rate limit"
