@@ -1,8 +1,8 @@
 """A protocol-level stand-in for Supabase's REST (PostgREST RPC) and Realtime endpoints, backed
 by a real Postgres, for testing code that uses the official ``supabase`` / ``realtime`` clients.
 
-It follows ``realtime-protocol.md`` beside this module (the contract) for what supabase-py and realtime-py
-2.34.1 send and what the servers answer::
+It follows ``realtime-protocol.md`` beside this module (the contract) for what supabase-py and
+realtime-py 2.34.1 and supabase-js 2.119.0 send and what the servers answer::
 
     async with SupabaseStandIn(db_url) as standin:
         client = await acreate_client(standin.url, standin.service_role_key)
@@ -15,7 +15,8 @@ login (``postgres_url``) must be able to switch to ``anon``, ``authenticated`` a
 and to create a role: at start it creates (or updates) Realtime's own login
 ``agent_runtime_standin_realtime`` — not a superuser, no BYPASSRLS, a member of those three
 roles without inheriting them, the owner of ``realtime.messages`` as ``supabase_realtime_admin``
-is on Supabase — and checks channel policies on connections of that login only.
+is on Supabase — and checks channel policies on connections of that login only (its password is
+derived from the JWT secret).
 
 Departures from the protocol document (and from the real servers):
 
@@ -40,8 +41,8 @@ Departures from the protocol document (and from the real servers):
 * **Tenant limits**: the events-per-second limit (``max_events_per_second``, off by default) and
   the per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
   with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does. No
-  limits on joins, channels, connections or presence events per second.
-  Join refusals are replied at once (the server sleeps a small backoff first).
+  limits on joins, channels, connections or presence events per second. Join refusals are
+  replied at once (the server sleeps a small backoff first).
 * **postgres_changes is not implemented.** A join with bindings gets the bindings echoed with
   ids (so the client's binding check passes), then a ``system`` error for the
   ``postgres_changes`` extension, as for a table outside the publication: the client reports
@@ -58,10 +59,12 @@ Departures from the protocol document (and from the real servers):
 * **Details.** ``phx_error`` is never sent (no channel process crashes here); binding ids are a
   CRC of the binding, not ``:erlang.phash2``; RPC's ``search_path`` is ``"<schema>", public``
   (Supabase adds ``extensions``); the ``request.headers`` GUC of the policy probes is ``{}``.
-* Policies that cannot be evaluated (a ``role`` claim naming no role, or one Realtime's login
-  may not switch to; a policy that raises) refuse the join as the server does: ``Unauthorized:
-  You do not have permissions to read from this Channel topic: <topic>`` (``RlsPolicyError`` is
-  logged); on a token refresh the channel is shut down with that message.
+
+Matched on purpose (each pinned by a test): policies that cannot be evaluated (a ``role`` claim
+naming no role, or one Realtime's login may not switch to; a policy that raises) refuse the join
+as a denial does, ``Unauthorized: You do not have permissions to read from this Channel topic:
+<topic>`` (``RlsPolicyError`` is logged), and a token refresh that leaves no read shuts the
+channel down with that message; the probe rows carry only topic and extension.
 """
 
 from __future__ import annotations
