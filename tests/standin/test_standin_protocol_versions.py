@@ -9,11 +9,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standin_support import RawSocket, raw_socket, register
 from supabase import AsyncClient
 
 from agent_runtime.testing import SupabaseStandIn
-from agent_runtime.testing._phoenix import decode_user_broadcast, encode_user_broadcast_push
+from agent_runtime.testing._phoenix import (
+    FrameError,
+    UserBroadcastPush,
+    V2Serializer,
+    decode_user_broadcast,
+    encode_user_broadcast_push,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -145,3 +153,25 @@ async def test_v2_garbage_frames_are_ignored(standin: SupabaseStandIn) -> None:
         await sock.ws.send_bytes(b"\x03\xff")
         await sock.send("phoenix", "heartbeat", {}, ref="7")
         assert await sock.recv() == [None, "7", "phoenix", "phx_reply", {"status": "ok", "response": {}}]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.binary(max_size=64), st.binary(max_size=64).map(lambda b: b"\x03" + b),
+                 st.binary(max_size=64).map(lambda b: b"\x00" + b), st.text(max_size=64)))
+def test_v2_decoder_takes_any_frame(data: bytes | str) -> None:
+    """Whatever arrives on a vsn 2.0.0 socket decodes or is refused as a FrameError (which the
+    stand-in logs and drops), never anything else."""
+    try:
+        frame = V2Serializer().decode(data)
+    except FrameError:
+        return
+    assert isinstance(frame.topic, str) and isinstance(frame.event, str)
+
+
+def test_v2_user_broadcast_push_round_trip() -> None:
+    """A kind-3 push as realtime-js writes it decodes to its fields (UTF-8 topic and event)."""
+    push = encode_user_broadcast_push(topic="realtime:salle-é", user_event="évt", user_payload=b'{"a":1}',
+                                      ref="5", join_ref="4", metadata={"persist": True})
+    frame = V2Serializer().decode(push)
+    assert (frame.topic, frame.event, frame.ref, frame.join_ref) == ("realtime:salle-é", "broadcast", "5", "4")
+    assert frame.payload == UserBroadcastPush("évt", b'{"a":1}', True, {"persist": True})
