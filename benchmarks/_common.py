@@ -95,6 +95,10 @@ class Settings:
     topology_channels: int = 1000
     topology_runs: int = 10
     idle_subscriptions: int = 100
+    # supabase_limit: messages/s per publisher (100/s in all: 200 events/s counted, send + deliver)
+    supabase_limited_publishers: int = 20
+    supabase_limited_rate: float = 5.0
+    supabase_limited_seconds: float = 30.0  # (also in a quick run: the server's 5 s tick needs a few)
     supabase_latency_samples: int = 200
     supabase_throughput_messages: int = 1000  # per publisher
     reqreply_samples: int = 300

@@ -36,6 +36,7 @@ SECTIONS: dict[str, Section] = {
     "queue": messaging.queue,
     "locks": locks.locks,
     "heartbeats": presence.heartbeats,
+    "supabase_limit": supabase.rate_limited,
     "topology": presence.topology,
     "memory": memory.memory,
     **peers.SECTIONS,

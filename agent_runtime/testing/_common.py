@@ -31,6 +31,8 @@ class StandInStats:
     client_broadcasts: int = 0
     presence_diffs: int = 0
     auth_checks: int = 0
+    db_broadcasts_dropped: int = 0  # past the events-per-second limit
+    rate_limited_channels: int = 0  # shut down with "Too many messages per second"
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""

@@ -1,6 +1,7 @@
-"""``/realtime/v1/websocket``: Supabase Realtime's Phoenix protocol (vsn 1.0.0, JSON object
-frames) as the official Python client 2.34.1 speaks it, plus the REST broadcast endpoints and
-broadcast from the database (realtime-protocol.md §1-6).
+"""``/realtime/v1/websocket``: Supabase Realtime's Phoenix protocol, vsn 1.0.0 (JSON object
+frames, the official Python client 2.34.1) and vsn 2.0.0 (JSON array frames and binary broadcast
+frames, supabase-js's default), plus the REST broadcast endpoints and broadcast from the
+database (realtime-protocol.md §1-6; the serializers are in ``_phoenix.py``).
 
 State lives in one event loop: every socket has a reader (frames handled in arrival order) and a
 writer fed by a queue (frames leave in the order they were produced), and the topic table maps
@@ -26,15 +27,20 @@ from aiohttp import WSMsgType, web
 
 from . import _jwt
 from ._common import Keys, StandInStats, dumps, json_response
-from ._realtime_auth import Authorizer, PolicyError
+from ._phoenix import Broadcast, FrameError, Incoming, Outgoing, Serializer, UserBroadcast, UserBroadcastPush, negotiate
+from ._rate import RateCounter
+from ._realtime_auth import Authorizer, DatabaseUnavailable, PolicyError
 
 log = logging.getLogger("agent_runtime.testing.realtime")
 
 _TOPIC_PREFIX = "realtime:"
 _MAX_FRAME = 5_000_000
 _socket_ids = itertools.count(1)
+_UNREACHABLE = "Realtime was unable to connect to the project database"
 
-Frame = dict[str, Any]
+
+def _no_read(topic: str) -> str:
+    return f"You do not have permissions to read from this Channel topic: {topic}"
 
 
 def _phx_ref() -> str:
@@ -67,25 +73,30 @@ def _realtime_reason(exc: _jwt.TokenError) -> str:
 class _Socket:
     """One websocket connection."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, apikey: str, stats: StandInStats) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, apikey: str, stats: StandInStats,
+                 serializer: Serializer) -> None:
         self.id = next(_socket_ids)
         self.ws = ws
         self.request = request
         self.apikey = apikey
+        self.serializer = serializer
         self.channels: dict[str, _Join] = {}
         self.done = asyncio.Event()
         self._stats = stats
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         self._open = True
 
-    def push(self, frame: Frame) -> None:
-        if self._open:
-            self._outbox.put_nowait(dumps(frame))
-
-    def push_text(self, text: str) -> None:
+    def send(self, frame: Outgoing) -> None:
         """A frame already encoded (one encoding shared by every recipient of a fan-out)."""
         if self._open:
-            self._outbox.put_nowait(text)
+            self._outbox.put_nowait(frame)
+
+    def message(self, topic: str, event: str, payload: dict[str, Any], *, ref: str | None = None,
+                join_ref: str | None = None) -> None:
+        self.send(self.serializer.message(topic, event, payload, ref=ref, join_ref=join_ref))
+
+    def reply(self, topic: str, ref: str | None, join_ref: str | None, status: str, response: dict[str, Any]) -> None:
+        self.send(self.serializer.reply(topic, status, response, ref=ref, join_ref=join_ref))
 
     def finish(self) -> None:
         self._open = False
@@ -93,11 +104,14 @@ class _Socket:
 
     async def run_writer(self) -> None:
         while True:
-            text = await self._outbox.get()
-            if text is None:
+            frame = await self._outbox.get()
+            if frame is None:
                 return
             try:
-                await self.ws.send_str(text)
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_str(frame)
             except Exception as exc:  # the peer went away; the reader cleans up
                 log.debug("socket %s: send failed: %s", self.id, exc)
                 self._open = False
@@ -151,6 +165,8 @@ class RealtimeHub:
         presence_max_calls: int = 5,
         presence_window: float = 30.0,
         max_payload_bytes: int = 3_000_000,
+        max_events_per_second: float | None = None,
+        rate_tick: float = 5.0,
     ) -> None:
         self._keys = keys
         self._stats = stats
@@ -161,6 +177,16 @@ class RealtimeHub:
         self._max_payload = max_payload_bytes + 500
         self.sockets: set[_Socket] = set()
         self.topics: dict[tuple[bool, str], list[_Join]] = {}
+        # The tenant's events-per-second limit (off unless given), counted as the server counts.
+        self.events: RateCounter | None = None
+        if max_events_per_second is not None:
+            self.events = RateCounter(max_events_per_second, tick=rate_tick)
+            self.events.start()
+
+    def stop(self) -> None:
+        """Stop the rate counter's ticks."""
+        if self.events is not None:
+            self.events.stop()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -169,10 +195,10 @@ class RealtimeHub:
         if refused is not None:
             self._stats.ws_refused += 1
             return refused
-        vsn = request.query.get("vsn", "1.0.0")
-        if not vsn.startswith("1."):
+        serializer = negotiate(request.query.get("vsn", "1.0.0"))
+        if serializer is None:  # Phoenix refuses a vsn no serializer matches (~> 1.0.0, ~> 2.0.0)
             self._stats.ws_refused += 1
-            return json_response({"error": f"The stand-in speaks Phoenix vsn 1.0.0 only (got {vsn})"}, status=400)
+            return json_response({"error": "unsupported vsn"}, status=403)
         apikey = request.headers.get("x-api-key") or request.query.get("apikey") or ""
         try:
             _jwt.decode(apikey, self._keys.secret, require_role_exp=True)
@@ -186,7 +212,7 @@ class RealtimeHub:
 
         ws = web.WebSocketResponse(receive_timeout=self._idle_timeout, max_msg_size=_MAX_FRAME, timeout=2.0)
         await ws.prepare(request)
-        sock = _Socket(ws, request, apikey, self._stats)
+        sock = _Socket(ws, request, apikey, self._stats, serializer)
         self.sockets.add(sock)
         self._stats.ws_connections += 1
         self._stats.ws_open += 1
@@ -198,7 +224,7 @@ class RealtimeHub:
                 except TimeoutError:
                     log.info("socket %s: no data for %.0f s, closing", sock.id, self._idle_timeout)
                     break
-                if msg.type is WSMsgType.TEXT:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     self._stats.ws_frames_in += 1
                     try:
                         await self._on_frame(sock, msg.data)
@@ -244,49 +270,40 @@ class RealtimeHub:
 
     # -- frames ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _reply(sock: _Socket, topic: str, ref: str | None, status: str, response: dict[str, Any]) -> None:
-        sock.push({"topic": topic, "event": "phx_reply", "payload": {"status": status, "response": response},
-                   "ref": ref})
-
-    async def _on_frame(self, sock: _Socket, text: str) -> None:
+    async def _on_frame(self, sock: _Socket, data: str | bytes) -> None:
         try:
-            frame = json.loads(text)
-        except ValueError:
-            log.warning("socket %s: not JSON: %r", sock.id, text[:200])
+            frame: Incoming = sock.serializer.decode(data)
+        except FrameError as exc:
+            log.warning("socket %s: %s: %r", sock.id, exc, data[:200])
             return
-        if not isinstance(frame, dict):
-            log.warning("socket %s: not a vsn 1.0.0 object frame: %r", sock.id, text[:200])
-            return
-        topic, event = frame.get("topic"), frame.get("event")
-        if not isinstance(topic, str) or not isinstance(event, str):
-            return
-        raw_ref = frame.get("ref")
-        ref = raw_ref if raw_ref is None or isinstance(raw_ref, str) else str(raw_ref)
-        payload = frame.get("payload")
-        if not isinstance(payload, dict):
+        topic, event, ref = frame.topic, frame.event, frame.ref
+        payload = frame.payload
+        if not isinstance(payload, dict | UserBroadcastPush):
             payload = {}
 
         if topic == "phoenix":
             if event == "heartbeat":
-                self._reply(sock, topic, ref, "ok", {})
+                sock.reply(topic, ref, None, "ok", {})
             return
         if event == "phx_join":
-            raw_join_ref = frame.get("join_ref")
-            join_ref = ref if raw_join_ref is None else str(raw_join_ref)
-            await self._join(sock, topic, ref, join_ref, payload)
+            join_ref = ref if frame.join_ref is None else frame.join_ref
+            await self._join(sock, topic, ref, join_ref, payload if isinstance(payload, dict) else {})
             return
         join = sock.channels.get(topic)
         if join is None:
             if event == "phx_leave":
-                self._reply(sock, topic, ref, "ok", {})
+                sock.reply(topic, ref, frame.join_ref, "ok", {})
             else:
-                self._reply(sock, topic, ref, "error", {"reason": "unmatched topic"})
+                sock.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
             return
+        if frame.join_ref is not None and join.join_ref is not None and frame.join_ref != join.join_ref:
+            return  # a stale message to an earlier join of this topic: Phoenix ignores it
         if event == "phx_leave":
-            self._reply(sock, topic, ref, "ok", {})
-            sock.push({"topic": topic, "event": "phx_close", "payload": {}, "ref": join.join_ref})
+            sock.reply(topic, ref, join.join_ref, "ok", {})
+            self._close(join)
             self._remove(join)
+        elif isinstance(payload, UserBroadcastPush):
+            await self._client_broadcast(join, ref, payload)
         elif event == "access_token":
             await self._access_token(join, payload)
         elif event == "broadcast":
@@ -301,17 +318,17 @@ class RealtimeHub:
     async def _join(self, sock: _Socket, topic: str, ref: str | None, join_ref: str | None,
                     payload: dict[str, Any]) -> None:
         if not topic.startswith(_TOPIC_PREFIX):
-            self._reply(sock, topic, ref, "error", {"reason": "unmatched topic"})
+            sock.reply(topic, ref, None, "error", {"reason": "unmatched topic"})
             return
         old = sock.channels.get(topic)
         if old is not None:  # Phoenix closes the old channel of a duplicate join, then joins again
-            sock.push({"topic": topic, "event": "phx_close", "payload": {}, "ref": old.join_ref})
+            self._close(old)
             self._remove(old)
         sub_topic = topic[len(_TOPIC_PREFIX):]
 
         def refuse(reason: str) -> None:
             self._stats.joins_refused += 1
-            self._reply(sock, topic, ref, "error", {"reason": reason})
+            sock.reply(topic, ref, join_ref, "error", {"reason": reason})
 
         if not sub_topic:
             refuse("TopicNameRequired: You must provide a topic name")
@@ -342,11 +359,14 @@ class RealtimeHub:
         if private:
             try:
                 policies = await self._auth.read(sub_topic, claims, presence=presence_enabled)
-            except PolicyError as exc:
-                refuse(f"UnableToSetPolicies: {exc}")
+            except PolicyError:  # RlsPolicyError is logged; the client is told it may not read
+                refuse(f"Unauthorized: {_no_read(sub_topic)}")
+                return
+            except DatabaseUnavailable:
+                refuse(f"UnableToConnectToProject: {_UNREACHABLE}")
                 return
             if not (policies.broadcast or policies.presence):
-                refuse(f"Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}")
+                refuse(f"Unauthorized: {_no_read(sub_topic)}")
                 return
             broadcast_read, presence_read = policies.broadcast, policies.presence
         if sock not in self.sockets or sock.channels.get(topic) is not None:
@@ -362,16 +382,15 @@ class RealtimeHub:
         self.topics.setdefault(join.key, []).append(join)
         self._stats.joins += 1
         echoed = [{**b, "id": _binding_id(b)} if isinstance(b, dict) else b for b in bindings]
-        self._reply(sock, topic, ref, "ok", {"postgres_changes": echoed})
+        sock.reply(topic, ref, join_ref, "ok", {"postgres_changes": echoed})
         if presence_enabled and (not private or presence_read):
-            sock.push({"topic": topic, "event": "presence_state", "payload": self._presence_state(join.key),
-                       "ref": None})
+            sock.message(topic, "presence_state", self._presence_state(join.key), join_ref=join_ref)
         if bindings:
-            sock.push({"topic": topic, "event": "system", "ref": None, "payload": {
+            sock.message(topic, "system", join_ref=join_ref, payload={
                 "channel": sub_topic, "extension": "postgres_changes", "status": "error",
                 "message": "Unable to subscribe to changes with given parameters: postgres_changes is not "
                            "implemented by the agent_runtime Supabase stand-in (use broadcast from the database)",
-            }})
+            })
         self._schedule_expiry(join)
 
     def _remove(self, join: _Join) -> None:
@@ -393,10 +412,15 @@ class RealtimeHub:
 
     def _shutdown(self, join: _Join, message: str) -> None:
         """A server-side channel shutdown: ``system`` error, then ``phx_close``."""
-        join.socket.push({"topic": join.topic, "event": "system", "ref": None, "payload": {
-            "channel": join.sub_topic, "extension": "system", "message": message, "status": "error"}})
-        join.socket.push({"topic": join.topic, "event": "phx_close", "payload": {}, "ref": join.join_ref})
+        join.socket.message(join.topic, "system", join_ref=join.join_ref, payload={
+            "channel": join.sub_topic, "extension": "system", "message": message, "status": "error"})
+        self._close(join)
         self._remove(join)
+
+    @staticmethod
+    def _close(join: _Join) -> None:
+        """``phx_close`` for a channel that ends (its ref is the join_ref, as Phoenix sends it)."""
+        join.socket.message(join.topic, "phx_close", {}, ref=join.join_ref, join_ref=join.join_ref)
 
     def _current(self, join: _Join) -> bool:
         return join.socket in self.sockets and join.socket.channels.get(join.topic) is join
@@ -430,15 +454,21 @@ class RealtimeHub:
             self._shutdown(join, _realtime_reason(exc).partition(": ")[2])
             return
         if join.private:
+            # As the server's handle_in("access_token"): policies are evaluated afresh; no read at
+            # all (or policies that fail) ends the channel as a refused join would; losing one of
+            # two reads is a revocation.
             try:
                 policies = await self._auth.read(join.sub_topic, claims, presence=join.presence_read is not None)
-            except PolicyError as exc:
+            except (PolicyError, DatabaseUnavailable) as exc:
                 if self._current(join):
-                    self._shutdown(join, f"Unable to set policies: {exc}")
+                    self._shutdown(join, _no_read(join.sub_topic) if isinstance(exc, PolicyError) else _UNREACHABLE)
                 return
             if not self._current(join):
                 return
             if not (policies.broadcast or policies.presence):
+                self._shutdown(join, _no_read(join.sub_topic))
+                return
+            if (join.broadcast_read and not policies.broadcast) or (join.presence_read and policies.presence is False):
                 self._shutdown(join, f"You no longer have permission to read from this Channel topic: {join.sub_topic}")
                 return
             join.broadcast_read, join.presence_read = policies.broadcast, policies.presence
@@ -448,37 +478,67 @@ class RealtimeHub:
 
     # -- broadcast -------------------------------------------------------------------------
 
-    def _deliver(self, key: tuple[bool, str], payload: dict[str, Any], *, skip: _Join | None = None) -> int:
+    def _deliver(self, key: tuple[bool, str], msg: Broadcast | UserBroadcast, *, skip: _Join | None = None) -> int:
+        """Fan a broadcast out to the topic's joins, encoded once per serializer (the server's
+        ``MessageDispatcher``); joins without broadcast read are skipped."""
         joins = self.topics.get(key)
         if not joins:
             return 0
-        text = dumps({"topic": _TOPIC_PREFIX + key[1], "event": "broadcast", "payload": payload, "ref": None})
+        encoded: dict[str, Outgoing | None] = {}
+        over_limit: list[_Join] = []
         n = 0
         for join in joins:
             if join is skip or (join.private and not join.broadcast_read):
                 continue
-            join.socket.push_text(text)
+            serializer = join.socket.serializer
+            if serializer.vsn not in encoded:
+                encoded[serializer.vsn] = serializer.fastlane(msg)
+            frame = encoded[serializer.vsn]
+            if frame is None:
+                continue
+            join.socket.send(frame)
             n += 1
+            if self.events is not None:  # each delivery counts (:update_rate_counter), and past the
+                self.events.add()        # limit the receiving channel is shut down
+                if self.events.triggered:
+                    over_limit.append(join)
+        for join in over_limit:
+            self._stats.rate_limited_channels += 1
+            self._shutdown(join, "Too many messages per second")
         self._stats.broadcasts_delivered += n
         return n
 
-    async def _client_broadcast(self, join: _Join, ref: str | None, payload: dict[str, Any]) -> None:
+    async def _client_broadcast(
+        self, join: _Join, ref: str | None, payload: dict[str, Any] | UserBroadcastPush
+    ) -> None:
         self._stats.client_broadcasts += 1
         if join.private:
             if join.broadcast_write is None:
-                allowed = await self._auth.write(join.sub_topic, join.claims, "broadcast")
+                try:
+                    allowed = await self._auth.write(join.sub_topic, join.claims, "broadcast")
+                except (PolicyError, DatabaseUnavailable):
+                    return  # dropped, and checked again on the next broadcast (nothing is cached)
                 if not self._current(join):
                     return
                 join.broadcast_write = allowed
             if not join.broadcast_write:
                 return  # denied writes are dropped silently, ack or not
-        if len(dumps(payload).encode()) > self._max_payload:
+        msg: Broadcast | UserBroadcast
+        if isinstance(payload, UserBroadcastPush):  # a vsn 2.0.0 binary push stays a user broadcast
+            size = len(payload.user_payload)
+            msg = UserBroadcast(join.topic, payload.user_event, payload.user_payload, payload.json_encoded)
+        else:
+            size = len(dumps(payload).encode())
+            msg = Broadcast(join.topic, "broadcast", payload)
+        if self.events is not None:
+            self.events.add()
+        if size > self._max_payload:
             if join.ack_broadcast:
-                self._reply(join.socket, join.topic, ref, "error", {"error": "payload_size_exceeded"})
+                join.socket.reply(join.topic, ref, join.join_ref, "error", {"error": "payload_size_exceeded"})
             return
-        self._deliver(join.key, payload, skip=None if join.self_broadcast else join)
+        self._deliver(join.key, msg, skip=None if join.self_broadcast else join)
         if join.ack_broadcast:
-            self._reply(join.socket, join.topic, ref, "ok", {})
+            join.socket.reply(join.topic, ref, join.join_ref, "ok", {})
 
     def deliver_db_broadcast(self, raw: str) -> None:
         """A ``realtime:broadcast`` notification (the plain-Postgres ``realtime.send``)."""
@@ -493,12 +553,18 @@ class RealtimeHub:
         topic, event, payload = note.get("topic"), note.get("event"), note.get("payload")
         if not isinstance(topic, str) or not isinstance(event, str):
             return
+        if self.events is not None:
+            if self.events.triggered:  # the replication connection drops it: nothing is sent, ever
+                self._stats.db_broadcasts_dropped += 1
+                return
+            self.events.add()
         private = note.get("private") is not False
         message_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(message_id, str):
             message_id = str(uuid.uuid4())
-        self._deliver((private, topic), {"event": event, "type": "broadcast", "meta": {"id": message_id},
-                                         "payload": payload})
+        # The server sends the row's payload column as it is, with the row id as metadata.
+        self._deliver((private, topic), UserBroadcast(_TOPIC_PREFIX + topic, event, dumps(payload).encode(), True,
+                                                      {"id": message_id}))
 
     async def _rest_token_claims(self, request: web.Request) -> dict[str, Any] | None:
         auth = request.headers.get("Authorization", "")
@@ -508,19 +574,35 @@ class RealtimeHub:
         except _jwt.TokenError:
             return None
 
+    def _rest_rate_limited(self, count: int) -> web.Response | None:
+        """``BatchBroadcast.check_rate_limit``: 429 when the tenant's average is over its limit."""
+        if self.events is None:
+            return None
+        if self.events.average > self.events.limit:
+            return json_response({"message": "You have exceeded your rate limit"}, status=429)
+        if self.events.average + count > self.events.limit:
+            return json_response({"message": "Too many messages to broadcast, please reduce the batch size"},
+                                 status=429)
+        return None
+
     async def _rest_send(self, claims: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         writable: dict[str, bool] = {}
         for m in messages:
             topic, private = m["topic"], bool(m.get("private", False))
             if private:
                 if topic not in writable:
-                    writable[topic] = await self._auth.write(topic, claims, "broadcast")
+                    try:
+                        writable[topic] = await self._auth.write(topic, claims, "broadcast")
+                    except (PolicyError, DatabaseUnavailable):
+                        writable[topic] = False
                 if not writable[topic]:
                     continue
+            if self.events is not None:
+                self.events.add()
             body: dict[str, Any] = {"event": m["event"], "payload": m["payload"], "type": "broadcast"}
             if m.get("id") is not None:
                 body["meta"] = {"id": str(m["id"])}
-            self._deliver((private, topic), body)
+            self._deliver((private, topic), Broadcast(_TOPIC_PREFIX + topic, "broadcast", body))
 
     async def handle_rest_broadcast(self, request: web.Request) -> web.StreamResponse:
         """``POST /realtime/v1/api/broadcast`` (batch)."""
@@ -541,6 +623,9 @@ class RealtimeHub:
         ):
             return json_response({"errors": {"messages": ["topic, event and an object payload are required"]}},
                                  status=422)
+        limited = self._rest_rate_limited(len(messages))
+        if limited is not None:
+            return limited
         await self._rest_send(claims, messages)
         return web.Response(status=202)
 
@@ -561,6 +646,9 @@ class RealtimeHub:
         private = request.query.get("private") == "true"
         message = {"topic": request.match_info["topic"], "event": request.match_info["event"], "payload": payload,
                    "private": private}
+        limited = self._rest_rate_limited(1)
+        if limited is not None:
+            return limited
         await self._rest_send(claims, [message])
         return web.Response(status=202)
 
@@ -574,13 +662,18 @@ class RealtimeHub:
         return state
 
     def _presence_diff(self, key: tuple[bool, str], joins: dict[str, Any], leaves: dict[str, Any]) -> None:
-        text = dumps({"topic": _TOPIC_PREFIX + key[1], "event": "presence_diff",
-                      "payload": {"joins": joins, "leaves": leaves}, "ref": None})
+        diff = Broadcast(_TOPIC_PREFIX + key[1], "presence_diff", {"joins": joins, "leaves": leaves})
         self._stats.presence_diffs += 1
+        encoded: dict[str, Outgoing | None] = {}
         for join in self.topics.get(key, ()):
             if join.private and not join.presence_read:
                 continue
-            join.socket.push_text(text)
+            serializer = join.socket.serializer
+            if serializer.vsn not in encoded:
+                encoded[serializer.vsn] = serializer.fastlane(diff)
+            frame = encoded[serializer.vsn]
+            if frame is not None:
+                join.socket.send(frame)
 
     async def _presence(self, join: _Join, ref: str | None, payload: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -594,35 +687,38 @@ class RealtimeHub:
         event = str(payload.get("event", "")).lower()
         sock = join.socket
         if event == "untrack":
-            self._reply(sock, join.topic, ref, "ok", {})
+            sock.reply(join.topic, ref, join.join_ref, "ok", {})
             if join.presence_payload is not None:
                 old_meta = join.presence_meta()
                 join.presence_payload = join.presence_ref = None
                 self._presence_diff(join.key, {}, {join.presence_key: {"metas": [old_meta]}})
             return
         if event != "track":
-            self._reply(sock, join.topic, ref, "error", {})
+            sock.reply(join.topic, ref, join.join_ref, "error", {})
             return
         if join.private:
             if join.presence_read is None:
                 try:
                     policies = await self._auth.read(join.sub_topic, join.claims, presence=True)
                     join.presence_read = bool(policies.presence)
-                except PolicyError:
+                except (PolicyError, DatabaseUnavailable):
                     join.presence_read = False
             if join.presence_write is None:
-                join.presence_write = await self._auth.write(join.sub_topic, join.claims, "presence")
+                try:
+                    join.presence_write = await self._auth.write(join.sub_topic, join.claims, "presence")
+                except (PolicyError, DatabaseUnavailable):
+                    join.presence_write = False
             if not self._current(join):
                 return
             if not join.presence_write:
-                self._reply(sock, join.topic, ref, "error", {})
+                sock.reply(join.topic, ref, join.join_ref, "error", {})
                 return
         data = payload.get("payload", {})
         if not isinstance(data, dict):
-            self._reply(sock, join.topic, ref, "error", {"reason": "Presence track payload must be a map"})
+            sock.reply(join.topic, ref, join.join_ref, "error", {"reason": "Presence track payload must be a map"})
             return
         if join.presence_payload is not None and data == join.presence_payload:
-            self._reply(sock, join.topic, ref, "ok", {})
+            sock.reply(join.topic, ref, join.join_ref, "ok", {})
             return
         new_ref = _phx_ref()
         meta: dict[str, Any] = {**data, "phx_ref": new_ref}
@@ -632,5 +728,5 @@ class RealtimeHub:
             meta["phx_ref_prev"] = join.presence_ref
         join.presence_payload, join.presence_ref = data, new_ref
         join.presence_enabled = True
-        self._reply(sock, join.topic, ref, "ok", {})
+        sock.reply(join.topic, ref, join.join_ref, "ok", {})
         self._presence_diff(join.key, {join.presence_key: {"metas": [meta]}}, leaves)

@@ -1,8 +1,8 @@
 """A protocol-level stand-in for Supabase's REST (PostgREST RPC) and Realtime endpoints, backed
 by a real Postgres, for testing code that uses the official ``supabase`` / ``realtime`` clients.
 
-It follows /work/shared/realtime-protocol.md (the contract) for what supabase-py and realtime-py
-2.34.1 send and what the servers answer::
+It follows ``realtime-protocol.md`` beside this module (the contract) for what supabase-py and
+realtime-py 2.34.1 and supabase-js 2.119.0 send and what the servers answer::
 
     async with SupabaseStandIn(db_url) as standin:
         client = await acreate_client(standin.url, standin.service_role_key)
@@ -10,9 +10,13 @@ It follows /work/shared/realtime-protocol.md (the contract) for what supabase-py
 
 The database must have the migrations applied (on plain Postgres with the bootstrap, whose
 ``realtime.send`` emits ``pg_notify('realtime:broadcast', ...)`` after commit). The stand-in's
-login must be able to switch to ``anon``, ``authenticated`` and ``service_role`` (a superuser,
-or a member of those roles like Supabase's ``authenticator``) and to insert into
-``realtime.messages`` bypassing RLS (for the read probes).
+login (``postgres_url``) must be able to switch to ``anon``, ``authenticated`` and
+``service_role`` (a superuser, or a member of those roles like Supabase's ``authenticator``),
+and to create a role: at start it creates (or updates) Realtime's own login
+``agent_runtime_standin_realtime`` — not a superuser, no BYPASSRLS, a member of those three
+roles without inheriting them, the owner of ``realtime.messages`` as ``supabase_realtime_admin``
+is on Supabase — and checks channel policies on connections of that login only (its password is
+derived from the JWT secret).
 
 Departures from the protocol document (and from the real servers):
 
@@ -30,11 +34,15 @@ Departures from the protocol document (and from the real servers):
   ``sb_publishable_``/``sb_secret_`` keys). The API gateway's key-auth is enforced: the
   ``apikey`` header / query parameter must be the stand-in's anon or service_role key (an agent
   JWT goes in ``Authorization`` for REST and ``realtime.set_auth()`` for Realtime).
-* **Realtime vsn 1.0.0 only** (JSON object frames). A ``vsn=2.x`` handshake is refused with 400.
-* **No tenant limits** (messages, joins, channels, connections per second), except the
-  per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
-  with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does.
-  Join refusals are replied at once (the server sleeps a small backoff first).
+* **Realtime vsn 1.0.0 and 2.0.0** (``_phoenix.py``): JSON objects, or JSON arrays plus the
+  binary ``user_broadcast`` frames for client and database broadcasts, as the server mounts
+  them. Any other ``vsn`` is refused with 403 before the upgrade. A binary push that is not a
+  broadcast is ignored.
+* **Tenant limits**: the events-per-second limit (``max_events_per_second``, off by default) and
+  the per-channel presence limit (5 calls per 30 s, configurable), which shuts the channel down
+  with ``system`` "Client presence rate limit exceeded" + ``phx_close`` as the server does. No
+  limits on joins, channels, connections or presence events per second. Join refusals are
+  replied at once (the server sleeps a small backoff first).
 * **postgres_changes is not implemented.** A join with bindings gets the bindings echoed with
   ids (so the client's binding check passes), then a ``system`` error for the
   ``postgres_changes`` extension, as for a table outside the publication: the client reports
@@ -51,14 +59,19 @@ Departures from the protocol document (and from the real servers):
 * **Details.** ``phx_error`` is never sent (no channel process crashes here); binding ids are a
   CRC of the binding, not ``:erlang.phash2``; RPC's ``search_path`` is ``"<schema>", public``
   (Supabase adds ``extensions``); the ``request.headers`` GUC of the policy probes is ``{}``.
-* A join whose policies cannot be evaluated (for example a ``role`` claim naming no role) is
-  refused with ``UnableToSetPolicies: <error>``.
+
+Matched on purpose (each pinned by a test): policies that cannot be evaluated (a ``role`` claim
+naming no role, or one Realtime's login may not switch to; a policy that raises) refuse the join
+as a denial does, ``Unauthorized: You do not have permissions to read from this Channel topic:
+<topic>`` (``RlsPolicyError`` is logged), and a token refresh that leaves no read shuts the
+channel down with that message; the probe rows carry only topic and extension.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 import time
@@ -72,13 +85,14 @@ from . import _jwt
 from ._common import Keys, StandInStats, json_response
 from ._postgrest import PostgrestRpc
 from ._realtime import RealtimeHub
-from ._realtime_auth import Authorizer
+from ._realtime_auth import Authorizer, prepare_login
 
 __all__ = ["DEFAULT_JWT_SECRET", "StandInStats", "SupabaseStandIn"]
 
 log = logging.getLogger("agent_runtime.testing")
 
 DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters"
+REALTIME_LOGIN = "agent_runtime_standin_realtime"
 _BROADCAST_CHANNEL = "realtime:broadcast"
 
 
@@ -88,6 +102,11 @@ class SupabaseStandIn:
     Use as an async context manager (or :meth:`start` / :meth:`close`). ``url`` is what
     ``acreate_client`` takes; ``anon_key`` and ``service_role_key`` are the project keys;
     :meth:`agent_token` signs an ``authenticated`` JWT for an agent.
+
+    ``max_events_per_second`` sets the tenant's events-per-second limit (off by default; the
+    free plan's is 100), averaged over the last 12 ticks of ``rate_tick`` seconds (5 on the
+    server): past it broadcasts from the database are dropped and channels that receive a
+    message are shut down with ``Too many messages per second``, as the server does.
     """
 
     def __init__(
@@ -102,8 +121,12 @@ class SupabaseStandIn:
         idle_timeout: float = 60.0,
         presence_max_calls: int = 5,
         presence_window: float = 30.0,
+        max_events_per_second: float | None = None,
+        rate_tick: float = 5.0,
+        realtime_login: str = REALTIME_LOGIN,
     ) -> None:
         self._postgres_url = postgres_url
+        self._realtime_login = realtime_login
         self._keys = Keys.create(jwt_secret)
         self._host = host
         self._port = port
@@ -111,11 +134,13 @@ class SupabaseStandIn:
         self._pool_size = pool_size
         self._hub_options: dict[str, Any] = {
             "idle_timeout": idle_timeout, "presence_max_calls": presence_max_calls,
-            "presence_window": presence_window,
+            "presence_window": presence_window, "max_events_per_second": max_events_per_second,
+            "rate_tick": rate_tick,
         }
         self.stats = StandInStats()
         self._url: str | None = None
         self._pool: asyncpg.Pool | None = None
+        self._auth_pool: asyncpg.Pool | None = None
         self._runner: web.AppRunner | None = None
         self._hub: RealtimeHub | None = None
         self._listener_task: asyncio.Task[None] | None = None
@@ -183,7 +208,13 @@ class SupabaseStandIn:
             raise RuntimeError("the stand-in is already started")
         self._pool = await asyncpg.create_pool(self._postgres_url, min_size=1, max_size=self._pool_size)
         try:
-            authorizer = Authorizer(self._pool, self.stats)
+            # Realtime checks policies as its own non-superuser login (never as the admin).
+            password = hashlib.sha256(f"{self._realtime_login}:{self._keys.secret}".encode()).hexdigest()
+            async with self._pool.acquire() as admin:
+                await prepare_login(admin, self._realtime_login, password)
+            self._auth_pool = await asyncpg.create_pool(self._postgres_url, user=self._realtime_login,
+                                                        password=password, min_size=1, max_size=4)
+            authorizer = Authorizer(self._auth_pool, self.stats)
             hub = RealtimeHub(self._keys, self.stats, authorizer, **self._hub_options)
             self._hub = hub
             rpc = PostgrestRpc(self._pool, self._keys, self.stats, self._schemas)
@@ -214,6 +245,7 @@ class SupabaseStandIn:
     async def close(self) -> None:
         """Close every socket, stop serving, disconnect from the database."""
         if self._hub is not None:
+            self._hub.stop()
             with contextlib.suppress(Exception):
                 await self._hub.drop_all(code=1001)
         if self._runner is not None:
@@ -224,10 +256,11 @@ class SupabaseStandIn:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener_task
             self._listener_task = None
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), timeout=5.0)
-            self._pool = None
+        for pool in (self._auth_pool, self._pool):
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pool.close(), timeout=5.0)
+        self._pool = self._auth_pool = None
         self._hub = None
         self._url = None
 
@@ -243,6 +276,10 @@ class SupabaseStandIn:
     def websocket_count(self) -> int:
         """Realtime sockets open now."""
         return len(self._hub.sockets) if self._hub is not None else 0
+
+    def websocket_versions(self) -> list[str]:
+        """The protocol version (``vsn``) of each Realtime socket open now."""
+        return sorted(s.serializer.vsn for s in self._hub.sockets) if self._hub is not None else []
 
     def joined_topics(self) -> list[str]:
         """The channel joins open now, as ``private:<sub topic>`` / ``public:<sub topic>``."""

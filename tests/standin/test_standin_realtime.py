@@ -283,12 +283,13 @@ async def test_presence_rate_limit_closes_the_channel(make_client: Any) -> None:
 async def test_access_token_without_permission_closes_the_channel(
     service: AsyncClient, make_client: Any, standin: SupabaseStandIn
 ) -> None:
-    """set_auth with a token that may not read the topic: the server re-checks RLS and closes it."""
+    """set_auth with a token that may not read the topic: the server re-checks RLS and closes the
+    channel with the words of a refused join (RT: realtime_channel.ex handle_in("access_token"))."""
     await register(service, "a1", "b1")
     a1 = await make_client(token=standin.agent_token("a1"))
     states = await _subscribed(a1.channel("agent:a1", PRIVATE))
     await a1.realtime.set_auth(standin.agent_token("b1"))
     state, error = await states.next()
     assert state == CHANNEL_ERROR
-    assert "You no longer have permission to read from this Channel topic: agent:a1" in str(error)
+    assert "You do not have permissions to read from this Channel topic: agent:a1" in str(error)
     assert _state(await states.next()) == CLOSED
