@@ -8,6 +8,7 @@ public API only, like any application. Each role runs as ``python -m agent_runti
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,15 +30,29 @@ def _runtime(name: str, capability: str, url: str) -> AgentRuntime:
 
 
 def _emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    """One JSON line to the demo process. If it has gone away (its pipe is closed), the line is
+    dropped: the parent watch below then stops this agent in order."""
+    try:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: stdout already closed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+async def _parent_gone(parent: int) -> None:
+    """Returns when the process that started this agent has died (we are re-parented), so that
+    no agent outlives the demo even if the demo was killed with SIGKILL."""
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event exists for "my parent died")
+        await anyio.sleep(0.5)
 
 
 async def _until_signalled(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body`` until it returns or SIGTERM/SIGINT arrives. The signal receiver stays installed
-    until the body has left its runtime, so a second signal (Ctrl-C reaches the whole process
-    group, then the demo sends SIGTERM) cannot kill an agent half-way through leaving."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run ``body`` until it returns, SIGTERM/SIGINT/SIGHUP arrives or the demo process dies. The
+    signal receiver stays installed until the body has left its runtime, so a second signal
+    (Ctrl-C reaches the whole process group, then the demo sends SIGTERM) cannot kill an agent
+    half-way through leaving."""
+    parent = os.getppid()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
@@ -45,7 +60,12 @@ async def _until_signalled(body: Callable[[], Awaitable[None]]) -> None:
                     tg.cancel_scope.cancel()
                     return
 
+            async def stop_when_orphaned() -> None:
+                await _parent_gone(parent)
+                tg.cancel_scope.cancel()
+
             tg.start_soon(stop_on_signal)
+            tg.start_soon(stop_when_orphaned)
             await body()
             tg.cancel_scope.cancel()
 
@@ -111,6 +131,9 @@ def run_demo(url: str, *, workers: int = 3, jobs: int = 60, timeout: float = 45.
     console = Console(stderr=True)  # progress; the results go to standard output
     out = Console()
     procs: list[subprocess.Popen[str]] = []
+    previous = {signum: signal.getsignal(signum) for signum in (*_STOP_SIGNALS, signal.SIGINT)}
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _stop_demo)
     try:
         with console.status("starting the monitor and workers..."):
             procs.append(_spawn("monitor", url))
@@ -143,8 +166,31 @@ def run_demo(url: str, *, workers: int = 3, jobs: int = 60, timeout: float = 45.
         _stop(procs)  # the agents flush their metrics and leave
         anyio.run(_show_metrics, url, out)
         return 0
+    except _Stopped as stopped:
+        console.print(f"stopped by {signal.Signals(stopped.signum).name}: the agents leave in order")
+        return 128 + stopped.signum
     finally:
+        # No signal may interrupt the agents' orderly exit (a second Ctrl-C, the TERM a service
+        # manager repeats): ignored until every agent process has gone.
+        for signum in (*_STOP_SIGNALS, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
         _stop(procs)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_demo(signum: int, frame: object) -> None:
+    """SIGTERM or SIGHUP to the demo: unwind run_demo, whose ``finally`` stops every agent."""
+    raise _Stopped(signum)
 
 
 def _stop(procs: list[subprocess.Popen[str]]) -> None:

@@ -4,10 +4,14 @@ the test database (`--url`) or a private embedded server (a temporary AGENT_RUNT
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,9 +348,6 @@ async def test_local_server_lifecycle(home: Path) -> None:
 
 def test_demo_runs_to_completion(db_url: str) -> None:
     """`agent-runtime demo` runs coordinator, workers and monitor as processes and exits 0 with all jobs done."""
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "20",
                              "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -367,39 +368,75 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _start_demo(db_url: str, *, new_session: bool) -> subprocess.Popen[str]:
+    """A long demo, returned once its coordinator hands out jobs (the queue has messages)."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if asyncio.run(_count_messages(db_url)) > 0:
+            return proc
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the demo never started handing out jobs")
+
+
+def _assert_all_gone(proc: subprocess.Popen[str], db_url: str, *, within: float = 30.0) -> None:
+    """No agent process of the demo is left (none re-parented to init), none is online, and no
+    process printed a traceback."""
+    deadline = time.monotonic() + within
+    while _processes_mentioning(db_url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(db_url) == []
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-3000:]
+    agents = json.loads(asyncio.run(_online_agents(db_url)))
+    assert agents == [], agents
+
+
+def _kill_leftovers(proc: subprocess.Popen[str], db_url: str) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    for pid in _processes_mentioning(db_url):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_demo_ctrl_c_leaves_nothing_running(db_url: str) -> None:
     """Ctrl-C (SIGINT to the whole process group) mid-demo ends every agent process, each marked offline."""
-    import asyncio
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "100000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = _start_demo(db_url, new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        # Wait until the coordinator is up and jobs flow (the queue has messages).
-        while time.monotonic() < deadline:
-            count = asyncio.run(_count_messages(db_url))
-            if count > 0:
-                break
-            time.sleep(0.2)
-        assert count > 0, "the demo never started handing out jobs"
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
         proc.wait(timeout=40)
         assert proc.returncode != 0
-        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
-        assert _processes_mentioning(db_url) == []
-        agents = json.loads(asyncio.run(_online_agents(db_url)))
-        assert agents == [], agents
+        _assert_all_gone(proc, db_url)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _processes_mentioning(db_url):
-            os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(proc, db_url)
+
+
+def test_demo_sigterm_to_the_parent_alone_stops_every_agent(db_url: str) -> None:
+    """`kill -TERM <demo pid>` (the demo process only, not its group) stops its agents in order."""
+    proc = _start_demo(db_url, new_session=False)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=40)
+        assert proc.returncode == 128 + signal.SIGTERM
+        _assert_all_gone(proc, db_url, within=5)
+    finally:
+        _kill_leftovers(proc, db_url)
+
+
+def test_demo_sigkill_to_the_parent_leaves_no_orphan(db_url: str) -> None:
+    """Even when the demo process is killed outright, its agents notice and leave (no worker left
+    running under init)."""
+    proc = _start_demo(db_url, new_session=False)
+    try:
+        proc.kill()
+        proc.wait(timeout=10)
+        _assert_all_gone(proc, db_url, within=30)
+    finally:
+        _kill_leftovers(proc, db_url)
 
 
 async def _count_messages(db_url: str) -> int:
