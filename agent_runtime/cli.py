@@ -428,7 +428,8 @@ def _add_local(commands: Any) -> None:
     local = commands.add_parser(
         "local", help="manage the embedded local PostgreSQL",
         description="The embedded local PostgreSQL that agents use when no URL is configured: one per user, "
-                    "in AGENT_RUNTIME_HOME/pgdata (default ~/.local/share/agent_runtime/pgdata).")
+                    "in AGENT_RUNTIME_HOME/pgdata (default ~/.local/share/agent_runtime/pgdata; as root "
+                    "/var/lib/agent_runtime/root/pgdata, run by the system user agentruntime).")
     actions = local.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
     _command(actions, "start", _cmd_local_start, "start it (initialising it on first use)", connects=False,
              lists=False)

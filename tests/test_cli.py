@@ -7,10 +7,10 @@ import ast
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,8 +43,11 @@ class Result:
 @pytest.fixture
 def home() -> Iterator[Path]:
     """A private AGENT_RUNTIME_HOME, so no test ever touches the user's real data folder."""
-    with tempfile.TemporaryDirectory(prefix="ar-cli-") as tmp:
-        yield Path(tmp)
+    tmp = embedded.scratch_dir("ar-cli-")  # as root: reachable by the local server's user
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cli_env(home: Path) -> dict[str, str]:
