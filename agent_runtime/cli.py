@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import msgspec
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from agent_runtime import (
@@ -41,6 +40,7 @@ from agent_runtime import (
 )
 from agent_runtime.config import resolve
 from agent_runtime.migrations import load_migrations, migrate_url
+from agent_runtime.reports import Column, FittedTable, Grouping, data_span, metrics_table, summarise_metrics
 
 PROG = "agent-runtime"
 
@@ -84,18 +84,15 @@ def _cell(value: object, style: str = "") -> Text:
     return Text(str(value), style=style)
 
 
-def _show_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Text]], empty: str) -> None:
-    """Prints rows as a table, leaving out columns that are blank in every row (or says ``empty``)."""
+def _show_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Text]], empty: str) -> None:
+    """Prints rows as a table that fits the terminal (cells cut with an ellipsis, never wrapped;
+    the least important columns left out when narrow), leaving out columns that are blank in
+    every row (or says ``empty``)."""
     if not rows:
         _say(empty)
         return
     keep = [i for i in range(len(columns)) if any(row[i].plain not in ("", "-") for row in rows)]
-    table = Table(title=title, title_justify="left", title_style="bold")
-    for i in keep:  # the first column names the row: keep it on one line
-        table.add_column(columns[i], overflow="fold", no_wrap=i == keep[0])
-    for row in rows:
-        table.add_row(*(row[i] for i in keep))
-    out.print(table)
+    out.print(FittedTable(title, [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]))
 
 
 def _say(message: str) -> None:
@@ -121,6 +118,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds, or a number with a unit: 90s, 10m, 2h, 1d."""
+    number, unit = text.strip(), ""
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if number.endswith(suffix):
+            number, unit = number[: -len(suffix)], suffix
+            break
+    return _positive_float(number) * _UNITS.get(unit, 1) if unit else _positive_float(text)
 
 
 def _positive_float(text: str) -> float:
@@ -256,12 +266,13 @@ async def _cmd_agents(net: Network, args: argparse.Namespace) -> int:
              _cell(", ".join(a.capabilities)), _cell(a.version),
              _cell(":".join(part for part in (a.host, "" if a.pid is None else str(a.pid)) if part)),
              _time(a.last_seen)] for a in agents]
-    _show_table(f"{len(agents)} {which}", ["id", "name", "kind", "status", "capabilities", "version", "host",
-                                           "last seen"], rows, f"no {which}")
+    _show_table(f"{len(agents)} {which}", _AGENT_COLUMNS, rows, f"no {which}")
     return 0
 
 
 _STATUS_STYLES = {"online": "green", "busy": "yellow", "away": "yellow", "offline": "dim"}
+_AGENT_COLUMNS = [Column("id", 0, 12), Column("name", 1, 8), Column("kind", 6), Column("status", 0),
+                  Column("capabilities", 4), Column("version", 7), Column("host", 5), Column("last seen", 2)]
 
 
 async def _cmd_channels(net: Network, args: argparse.Namespace) -> int:
@@ -271,8 +282,10 @@ async def _cmd_channels(net: Network, args: argparse.Namespace) -> int:
         return 0
     rows = [[_cell(c.name, "bold"), _cell(c.kind), _cell(c.owner_id), _cell(c.last_seq), _cell(c.subscribers),
              _cell(c.ready), _cell(c.dead, "red" if c.dead else "")] for c in channels]
-    _show_table(f"{len(channels)} channels", ["name", "kind", "owner", "last seq", "subs", "ready", "dead"],
-                rows, "no channels")
+    _show_table(f"{len(channels)} channels", [
+        Column("name", 0, 12), Column("kind", 0), Column("owner", 4, 8), Column("last seq", 3, justify="right"),
+        Column("subs", 1, justify="right"), Column("ready", 1, justify="right"),
+        Column("dead", 2, justify="right")], rows, "no channels")
     return 0
 
 
@@ -283,26 +296,35 @@ async def _cmd_locks(net: Network, args: argparse.Namespace) -> int:
         return 0
     rows = [[_cell(lock.key, "bold"), _cell(lock.owner_id), _cell(lock.token), _time(lock.acquired_at),
              _time(lock.expires_at)] for lock in locks]
-    _show_table(f"{len(locks)} held locks", ["key", "owner", "token", "acquired", "expires"], rows,
-                "no locks are held")
+    _show_table(_plural(len(locks), "held lock"), [
+        Column("key", 0, 12), Column("owner", 0, 10), Column("token", 1, justify="right"), Column("acquired", 3),
+        Column("expires", 2)], rows, "no locks are held")
     return 0
-
-
-def _number(value: float | None) -> Text:
-    return _cell(None if value is None else f"{value:.6g}")
 
 
 async def _cmd_metrics(net: Network, args: argparse.Namespace) -> int:
-    metrics = await net.metrics(args.agent, args.metric, since_seconds=args.since)
+    rows = await net.metrics(args.agent, args.metric, since_seconds=args.since)
+    by: Grouping = args.by
+    summary = summarise_metrics(rows, by)
     if args.json:
-        _write_json(metrics)
+        _write_json([row.as_dict(by) for row in summary])
         return 0
-    rows = [[_cell(m.agent_id, "bold"), _cell(m.channel), _cell(m.metric), _cell(m.count), _number(m.sum),
-             _number(m.min), _number(m.max), _number(m.mean), _time(m.last_bucket)] for m in metrics]
-    _show_table(f"metrics over the last {args.since:g} s",
-                ["agent", "channel", "metric", "count", "sum", "min", "max", "mean", "last bucket"], rows,
-                f"no metrics over the last {args.since:g} s")
+    since = _duration_text(args.since)
+    span = data_span(rows)
+    title = f"metrics by {by}, last {since}" + (f" (rates over the {_duration_text(span)} with data)" if span else "")
+    out.print(metrics_table(summary, by, title=title, empty=f"no metrics over the last {since}"))
     return 0
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _short_json(value: object, limit: int = 60) -> str:
@@ -317,8 +339,10 @@ async def _cmd_dead_letters_list(net: Network, args: argparse.Namespace) -> int:
         return 0
     rows = [[_cell(d.id, "bold"), _cell(d.channel), _cell(d.seq), _cell(d.sender_id), _cell(d.subscriber_id),
              _cell(d.attempts), _cell(d.reason), _cell(_short_json(d.payload))] for d in dead]
-    _show_table(f"{len(dead)} dead letters", ["id", "channel", "seq", "sender", "subscriber", "attempts", "reason",
-                                             "payload"], rows, "no dead letters")
+    _show_table(_plural(len(dead), "dead letter"), [
+        Column("id", 0, justify="right"), Column("channel", 0, 10), Column("seq", 5, justify="right"),
+        Column("sender", 4, 10), Column("subscriber", 6, 10), Column("attempts", 3, justify="right"),
+        Column("reason", 1, 12), Column("payload", 2, 12)], rows, "no dead letters")
     if dead:
         err.print(Text(f"replay with: {PROG} dead-letters replay ID [ID ...]", style="dim"))
     return 0
@@ -339,7 +363,8 @@ async def _cmd_cleanup(net: Network, args: argparse.Namespace) -> int:
         _write_json(counts)
         return 0
     rows = [[_cell(what.replace("_", " ")), _cell(n)] for what, n in sorted(counts.items())]
-    _show_table("cleanup", ["what", "removed or marked"], rows, "nothing to clean up")
+    _show_table("cleanup", [Column("what", 0, 12), Column("removed or marked", 0, justify="right")], rows,
+                "nothing to clean up")
     return 0
 
 
@@ -457,8 +482,11 @@ def _add_metrics(commands: Any) -> None:
     p = _command(commands, "metrics", _with_network(_cmd_metrics), "show communication metrics")
     p.add_argument("--agent", metavar="A", help="only this agent id")
     p.add_argument("--metric", metavar="M", help="only this metric (e.g. messages.sent)")
-    p.add_argument("--since", metavar="SECONDS", type=_positive_float, default=3600.0,
-                   help="how far back to look (default: 3600)")
+    p.add_argument("--by", choices=["metric", "agent", "channel"], default="metric",
+                   help="one row per metric (default), or per metric and agent / channel (lock keys and "
+                        "generated ids folded: demo.job:*)")
+    p.add_argument("--since", metavar="DURATION", type=_duration, default=3600.0,
+                   help="how far back to look: seconds, or 90s, 10m, 2h, 1d (default: 1h)")
 
 
 def _add_dead_letters(commands: Any) -> None:

@@ -50,26 +50,26 @@ def home() -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cli_env(home: Path) -> dict[str, str]:
+def cli_env(home: Path, columns: int = 250) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_RUNTIME_", "SUPABASE_"))}
     for name in ("DATABASE_URL", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         env.pop(name, None)
-    env.update(AGENT_RUNTIME_HOME=str(home), COLUMNS="250", PYTHONPATH=str(REPO))
+    env.update(AGENT_RUNTIME_HOME=str(home), COLUMNS=str(columns), PYTHONPATH=str(REPO))
     return env
 
 
-async def run(home: Path, *args: str) -> Result:
+async def run(home: Path, *args: str, columns: int = 250) -> Result:
     """Runs the real CLI; never lets it hang the suite."""
     with anyio.fail_after(60):
         done = await anyio.run_process([sys.executable, "-m", "agent_runtime.cli", *args], check=False,
-                                       env=cli_env(home), cwd=REPO)
+                                       env=cli_env(home, columns), cwd=REPO)
     result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
     assert "Traceback" not in result.stderr, result
     return result
 
 
-async def ok(home: Path, *args: str) -> Result:
-    result = await run(home, *args)
+async def ok(home: Path, *args: str, columns: int = 250) -> Result:
+    result = await run(home, *args, columns=columns)
     assert result.code == 0, result
     return result
 
@@ -217,11 +217,43 @@ async def test_channels_locks_and_metrics_commands(home: Path, db_url: str, conn
         (LOCK_KEY, "coder.2"), (MARKUP_KEY, "planner-1")}
 
     metrics = (await ok(home, "--url", db_url, "metrics", "--agent", "planner-1", "--metric", "messages.sent",
-                        "--since", "600", "--json")).json()
+                        "--since", "10m", "--by", "channel", "--json")).json()
     assert isinstance(metrics, list) and len(metrics) == 1
-    assert metrics[0]["count"] == 3 and metrics[0]["channel"] == "news:global/v1"
+    assert metrics[0]["total"] == 3 and metrics[0]["channel"] == "news:global/v1"
     assert (await ok(home, "--url", db_url, "metrics", "--agent", "coder.2", "--json")).json() == []
     assert "messages.sent" in (await ok(home, "--url", db_url, "metrics")).stdout
+
+
+async def test_metrics_are_summarised_and_lock_keys_folded(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`metrics` shows one row per metric (totals, rates, mean/min/max of timings); --by channel folds
+    lock keys (`demo.job:13` ...) into one row; --by agent splits per agent."""
+    figures = [{"metric": "lock.wait_ms", "channel": f"demo.job:{i}", "count": 1, "sum": float(i), "min": float(i),
+                "max": float(i)} for i in range(1, 201)]
+    for agent, part in (("worker-1", figures[:100]), ("worker-2", figures[100:])):
+        await conn.fetchval("select register_agent(p_agent_id => $1, p_name => $1)", agent)
+        await conn.fetchval("select record_communication_metrics(p_agent_id => $1, p_metrics => $2::jsonb)",
+                            agent, json.dumps([*part, {"metric": "messages.acked", "channel": "demo.jobs",
+                                                       "count": 100, "sum": 100}]))
+    summary = (await ok(home, "--url", db_url, "metrics", "--json")).json()
+    assert isinstance(summary, list)
+    by_metric = {row["metric"]: row for row in summary}
+    assert set(by_metric) == {"lock.wait_ms", "messages.acked"}
+    waits = by_metric["lock.wait_ms"]
+    assert (waits["total"], waits["min"], waits["max"], waits["mean"]) == (200, 1, 200, 100.5)
+    assert by_metric["messages.acked"]["total"] == 200 and by_metric["messages.acked"]["mean"] is None
+    assert by_metric["messages.acked"]["rate_per_s"] > 0
+
+    by_channel = (await ok(home, "--url", db_url, "metrics", "--by", "channel", "--json")).json()
+    assert isinstance(by_channel, list)
+    assert sorted((r["metric"], r["channel"]) for r in by_channel) == [
+        ("lock.wait_ms", "demo.job:*"), ("messages.acked", "demo.jobs")]
+    by_agent = (await ok(home, "--url", db_url, "metrics", "--by", "agent", "--json")).json()
+    assert isinstance(by_agent, list) and len(by_agent) == 4
+
+    table = (await ok(home, "--url", db_url, "metrics", "--by", "channel")).stdout
+    assert "demo.job:*" in table and "demo.job:13" not in table
+    assert len(table.strip().splitlines()) < 10  # a few rows, not one per lock key
+    assert (await run(home, "--url", db_url, "metrics", "--since", "soon")).code == 2
 
 
 async def test_topology_command_formats(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
