@@ -41,6 +41,7 @@ from agent_runtime import (
 from agent_runtime.config import resolve
 from agent_runtime.migrations import load_migrations, migrate_url
 from agent_runtime.reports import Column, FittedTable, Grouping, data_span, metrics_table, summarise_metrics
+from agent_runtime.topology import with_endpoints
 
 PROG = "agent-runtime"
 
@@ -374,6 +375,8 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {"json": to_json, "dot": to_dot, "
 async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
     fmt = "json" if args.json else args.format
     topo = await net.topology(window_seconds=args.window, include_offline=args.all)
+    if not args.all and fmt != "json":  # name the agents that sent in the window and have left since
+        topo = with_endpoints(topo, await net.topology(window_seconds=args.window, include_offline=True))
     output: Path | None = args.output
     if fmt == "table":
         if output is None:

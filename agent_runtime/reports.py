@@ -79,14 +79,25 @@ class FittedTable:
             if not droppable:
                 break
             keep.remove(max(droppable, key=lambda i: (self.columns[i].priority, i)))
+        while True:
+            widths = self._squeeze(keep, natural, floor, room())
+            # Rather than cut a column, leave out one that matters less.
+            cut = [self.columns[i].priority for i in keep if widths[i] < natural[i]]
+            less = [i for i in keep if cut and self.columns[i].priority > min(cut)]
+            if not less:
+                return keep, [widths[i] for i in keep]
+            keep.remove(max(less, key=lambda i: (self.columns[i].priority, i)))
+
+    def _squeeze(self, keep: list[int], natural: list[int], floor: list[int], room: int) -> dict[int, int]:
+        """Widths that fit ``room``: the least important (then widest) column is cut first, never
+        below its floor."""
         widths = {i: natural[i] for i in keep}
-        # Squeeze the widest column, the others before the essential ones, never below its floor.
-        while sum(widths.values()) > room():
+        while sum(widths.values()) > room:
             squeezable = [i for i in keep if widths[i] > floor[i]]
             if not squeezable:
                 break
-            widths[max(squeezable, key=lambda i: (not essential(i), widths[i]))] -= 1
-        return keep, [widths[i] for i in keep]
+            widths[max(squeezable, key=lambda i: (self.columns[i].priority, widths[i]))] -= 1
+        return widths
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if not self.rows and self.empty is not None:

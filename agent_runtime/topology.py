@@ -141,6 +141,24 @@ def _graph(topo: Topology) -> _Graph:
     return g
 
 
+def with_endpoints(topo: Topology, everything: Topology) -> Topology:
+    """``topo`` (online agents only) plus the agents and channels its flows and locks name that it
+    does not list, taken from ``everything`` (the same document with offline agents): a flow from
+    an agent that has since left is drawn with its name and status, not as an unlisted id."""
+    agents = {a.id for a in topo.agents}
+    wanted = {f.from_agent for f in topo.flows} | {f.to_agent for f in topo.flows if f.to_agent} | {
+        lock.owner_id for lock in topo.locks}
+    channels = {c.name for c in topo.channels}
+    wanted_channels = {f.channel for f in topo.flows}
+    extra_agents = [a for a in everything.agents if a.id in wanted - agents]
+    extra_channels = [c for c in everything.channels if c.name in wanted_channels - channels]
+    if not extra_agents and not extra_channels:
+        return topo
+    return msgspec.structs.replace(
+        topo, agents=sorted([*topo.agents, *extra_agents], key=lambda a: a.id),
+        channels=sorted([*topo.channels, *extra_channels], key=lambda c: c.name))
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON
 # ---------------------------------------------------------------------------------------------

@@ -260,7 +260,11 @@ async def test_topology_command_formats(home: Path, db_url: str, conn: asyncpg.C
     """`topology` renders table, JSON, DOT and Mermaid to stdout or --output FILE; --all adds agents that left."""
     await build_network(conn)
     table = (await ok(home, "--url", db_url, "topology")).stdout
-    assert "Agents (2)" in table and "Planner: main/1" in table and LOCK_KEY in table
+    # The two online agents, and the one that left but sent a message in the window (named, offline).
+    assert "Agents (3)" in table and "Planner: main/1" in table and LOCK_KEY in table
+    assert any(line.startswith("gone") and "offline" in line for line in table.splitlines()), table
+    named = parse_mermaid((await ok(home, "--url", db_url, "topology", "--format", "mermaid")).stdout)
+    assert named.classes[named.node_with_label("gone")] == "offline"
 
     doc = (await ok(home, "--url", db_url, "topology", "--format", "json")).json()
     assert isinstance(doc, dict) and [a["id"] for a in doc["agents"]] == ["coder.2", "planner-1"]
@@ -381,13 +385,55 @@ async def test_local_server_lifecycle(home: Path) -> None:
         embedded.stop(data_dir)
 
 
-def test_demo_runs_to_completion(db_url: str) -> None:
-    """`agent-runtime demo` runs coordinator, workers and monitor as processes and exits 0 with all jobs done."""
-    result = subprocess.run([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "20",
-                             "--workers", "2"], capture_output=True, text=True, timeout=120)
+def _demo(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def _metric_total(stdout: str, metric: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.startswith(metric + " "))
+    return int(line.split()[1].replace(",", ""))
+
+
+def test_demo_runs_to_completion(db_url: str, home: Path) -> None:
+    """`agent-runtime demo` runs coordinator, workers and monitor as processes and exits 0 with all jobs done;
+    its summary (80 columns wide, no line longer) covers its own agents, coordinator included, and its
+    metrics only; the Mermaid picture afterwards names the agents that have left."""
+    earlier = _demo(db_url, "--jobs", "10", "--workers", "1")  # another run's agents and metrics
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    result = _demo(db_url, "--jobs", "20", "--workers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.stdout
+    assert "Agents (4)" in result.stdout  # coordinator, monitor, two workers: this run's only
+    agents = lines[lines.index(next(x for x in lines if x.startswith("Agents (4)"))) + 3:][:4]
+    assert sorted(line.split("-")[0] for line in agents) == ["coordinator", "monitor", "worker", "worker"], agents
     assert "demo.jobs" in result.stdout  # the topology table lists the job queue
-    assert "messages.acked=" in result.stdout
+    assert "20 jobs done" in result.stdout
+    assert _metric_total(result.stdout, "messages.acked") == 40  # 20 jobs acked by workers, 20 replies
+    assert _metric_total(result.stdout, "lock.wait_ms") == 20  # one lock per job, folded into one row
+
+    mermaid = (anyio.run(ok, home, "--url", db_url, "topology", "--format", "mermaid")).stdout
+    assert "(not listed)" not in mermaid, mermaid
+    assert '("coordinator<br/>coordinator-' in mermaid and '("worker-1<br/>worker-1-' in mermaid, mermaid
+
+
+def test_an_interrupted_demo_leaves_nothing_silent(db_url: str) -> None:
+    """Jobs an interrupted run left in the queue are dropped by the next run, which says so; they are
+    never counted as its own, and the queue is empty afterwards."""
+    proc = _start_demo(db_url, new_session=False, jobs=600)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=40)
+    finally:
+        _kill_leftovers(proc, db_url)
+    result = _demo(db_url, "--jobs", "20", "--workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left by an earlier, interrupted demo" in result.stderr, result.stderr
+    assert "20 jobs done" in result.stdout and "of an earlier run dropped" in result.stdout, result.stdout
+    ready = asyncio.run(_ready_jobs(db_url))
+    assert ready == 0
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -403,9 +449,9 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def _start_demo(db_url: str, *, new_session: bool) -> subprocess.Popen[str]:
+def _start_demo(db_url: str, *, new_session: bool, jobs: int = 100000) -> subprocess.Popen[str]:
     """A long demo, returned once its coordinator hands out jobs (the queue has messages)."""
-    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", "100000"],
+    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", "--url", db_url, "demo", "--jobs", str(jobs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=new_session)
     deadline = time.monotonic() + 60
@@ -490,5 +536,14 @@ async def _online_agents(db_url: str) -> str:
     conn = await asyncpg.connect(db_url)
     try:
         return str(await conn.fetchval("select list_agents()::text"))
+    finally:
+        await conn.close()
+
+
+async def _ready_jobs(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        channels = json.loads(await conn.fetchval("select list_channels()::text"))
+        return int(next(c["ready"] for c in channels if c["name"] == "demo.jobs"))
     finally:
         await conn.close()
