@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._locks import Lease
 from ._metrics import Metrics
 from ._presence import PresenceEvent
+from ._run import run
 from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
@@ -100,6 +101,7 @@ __all__ = [
     "UnknownAgent",
     "UnknownChannel",
     "UnknownMessage",
+    "run",
     "to_dot",
     "to_json",
     "to_mermaid",

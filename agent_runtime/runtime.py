@@ -22,7 +22,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from . import _locks
+from . import _locks, _run
 from ._db import Database, messages_from_json
 from ._durations import required_ms
 from ._durations import seconds as _seconds
@@ -203,6 +203,12 @@ class AgentRuntime:
             if self._transport is not None:
                 await self._transport.aclose()  # 6. close
         self._inbox_send.close()
+
+    async def run_forever(self) -> None:
+        """Serve (handlers, requests, presence) until SIGINT or SIGTERM arrives, then return, so
+        that the ``async with`` leaves in order and no traceback is printed. Outside the main
+        thread it waits until the runtime stops or the task is cancelled."""
+        await _run.wait_for_signal(self._stopping)
 
     def _require_db(self) -> Database:
         if self._db is None:
