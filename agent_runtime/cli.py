@@ -12,7 +12,10 @@ Exit codes: 0 success, 1 an error (one red line on stderr, never a traceback), 2
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
@@ -27,10 +30,14 @@ from rich.console import Console
 from rich.text import Text
 
 from agent_runtime import (
+    AgentRuntime,
     AgentRuntimeError,
     ConfigurationError,
     ConnectionLost,
     Network,
+    RawMessage,
+    Topology,
+    UnknownChannel,
     UnknownMessage,
     embedded,
     to_dot,
@@ -372,11 +379,67 @@ async def _cmd_cleanup(net: Network, args: argparse.Namespace) -> int:
 _RENDERERS: dict[str, Callable[[Any], str]] = {"json": to_json, "dot": to_dot, "mermaid": to_mermaid}
 
 
-async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else args.format
+async def _read_topology(net: Network, args: argparse.Namespace, fmt: str) -> Topology:
     topo = await net.topology(window_seconds=args.window, include_offline=args.all)
     if not args.all and fmt != "json":  # name the agents that sent in the window and have left since
         topo = with_endpoints(topo, await net.topology(window_seconds=args.window, include_offline=True))
+    return topo
+
+
+def _shape(topo: Topology) -> tuple[object, ...]:
+    """What a redraw is for: who is there with which status, channels and their seqs, edges, flow
+    counts and lock holders (not the clock, heartbeats or lease renewals)."""
+    return (sorted((a.id, a.status) for a in topo.agents), sorted((c.name, c.last_seq) for c in topo.channels),
+            sorted((s.channel, s.agent_id, s.cursor) for s in topo.subscriptions),
+            sorted((f.from_agent, f.channel, f.to_agent or "", f.messages) for f in topo.flows),
+            sorted((lock.key, lock.owner_id, lock.token) for lock in topo.locks))
+
+
+async def _watch_topology(net: Network, args: argparse.Namespace, fmt: str) -> int:
+    async def redraw() -> None:
+        shown: tuple[object, ...] | None = None
+        while True:
+            topo = await _read_topology(net, args, fmt)
+            if _shape(topo) != shown:
+                shown = _shape(topo)
+                if out.is_terminal:
+                    out.clear()
+                if fmt == "table":
+                    out.print(to_table(topo))
+                else:
+                    sys.stdout.write(_RENDERERS[fmt](topo) + ("" if out.is_terminal else "\n"))
+                    sys.stdout.flush()
+                if out.is_terminal:
+                    err.print(Text(f"redrawn when it changes (every {args.interval:g} s); Ctrl-C to stop",
+                                   style="dim"))
+            await anyio.sleep(args.interval)
+
+    await _until_signal(redraw)
+    return 0
+
+
+async def _until_signal(follow: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``follow`` until SIGINT or SIGTERM: the normal way to end `tail` and `--watch`."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop)
+            await follow()
+            tg.cancel_scope.cancel()
+
+
+async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
+    fmt = "json" if args.json else args.format
+    if args.watch:
+        if args.output is not None:
+            raise ConfigurationError("--watch draws on the terminal; it cannot be combined with --output")
+        return await _watch_topology(net, args, fmt)
+    topo = await _read_topology(net, args, fmt)
     output: Path | None = args.output
     if fmt == "table":
         if output is None:
@@ -391,6 +454,96 @@ async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
             return 0
         _write_file(output, lambda f: f.write(text))
     err.print(Text(f"wrote the topology ({fmt}) to {output}"))
+    return 0
+
+
+# --- tail, publish, send -----------------------------------------------------------------------
+
+
+def _message_line(msg: RawMessage) -> Text:
+    when = _time(msg.created_at).plain
+    return Text(f"{when}  {msg.channel}#{msg.seq}  {msg.sender_id}  ", style="dim").append(
+        msgspec.json.encode(msg.payload).decode(), style="")
+
+
+async def _cmd_tail(net: Network, args: argparse.Namespace) -> int:
+    """Follows a channel without consuming it: periodic reads by seq (no cursor moves, nothing is
+    claimed), so every subscriber and queue consumer carries on as if nobody watched."""
+    channel = next((c for c in await net.channels() if c.name == args.channel), None)
+    if channel is None:
+        raise UnknownChannel(f"unknown channel {args.channel}", hint=f"list them with: {PROG} channels")
+    after = 0 if args.from_start else max(0, channel.last_seq - args.last)
+    if not args.json:
+        err.print(Text(f"following {channel.kind} channel {channel.name} from seq {after + 1} without consuming "
+                       f"it; Ctrl-C to stop", style="dim"))
+
+    async def follow() -> None:
+        nonlocal after
+        while True:
+            batch = await net.peek(channel.name, after_seq=after, limit=500)
+            for msg in batch:
+                if args.json:
+                    sys.stdout.write(msgspec.json.encode(msg).decode() + "\n")
+                else:
+                    out.print(_message_line(msg), no_wrap=True, overflow="ellipsis", crop=True)
+            sys.stdout.flush()
+            if batch:
+                after = batch[-1].seq
+            if len(batch) < 500:
+                await anyio.sleep(args.interval)
+
+    await _until_signal(follow)
+    return 0
+
+
+def _json_argument(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc} (quote it for the shell, e.g. '{{\"n\": 1}}')") from None
+
+
+def _cli_agent_id() -> str:
+    """The CLI's own agent: one stable id per user and host, so that sends resume it instead of
+    leaving a new offline agent behind each time."""
+    who = f"{getpass.getuser()}-{socket.gethostname()}"
+    return "cli-" + "".join(c if c.isalnum() or c in "_.-" else "-" for c in who)[:80]
+
+
+def _as_agent(args: argparse.Namespace) -> AgentRuntime:
+    return AgentRuntime("agent-runtime-cli", agent_id=_cli_agent_id(), kind="cli", url=args.url, key=args.key,
+                        janitor=False)
+
+
+async def _connected_agent(stack: AsyncExitStack, args: argparse.Namespace) -> AgentRuntime:
+    runtime = _as_agent(args)
+    with _spinner(f"connecting to {runtime.settings.describe()}..."):
+        return await stack.enter_async_context(runtime)
+
+
+async def _cmd_publish(args: argparse.Namespace) -> int:
+    async with AsyncExitStack() as stack:
+        rt = await _connected_agent(stack, args)
+        if args.create:
+            await rt.channel(args.channel, args.create)
+        sent = await rt.publish(args.channel, args.payload, idempotency_key=args.idempotency_key, ttl=args.ttl)
+    if args.json:
+        _write_json(sent)
+    else:
+        _say(f"{'already published' if sent.duplicate else 'published'} to {args.channel}: seq {sent.seq} "
+             f"(message {sent.id}, from {rt.agent_id})")
+    return 0
+
+
+async def _cmd_send(args: argparse.Namespace) -> int:
+    async with AsyncExitStack() as stack:
+        rt = await _connected_agent(stack, args)
+        sent = await rt.send(args.agent, args.payload, idempotency_key=args.idempotency_key)
+    if args.json:
+        _write_json(sent)
+    else:
+        inbox = args.agent if args.agent.startswith("agent:") else f"agent:{args.agent}"
+        _say(f"{'already sent' if sent.duplicate else 'sent'} to {inbox}: seq {sent.seq} (message {sent.id})")
     return 0
 
 
@@ -522,6 +675,48 @@ def _add_topology(commands: Any) -> None:
     p.add_argument("--window", metavar="SECONDS", type=_positive_float, default=300.0,
                    help="message flows over the last SECONDS (default: 300)")
     p.add_argument("--all", action="store_true", help="include agents that are offline")
+    p.add_argument("--watch", action="store_true", help="redraw whenever the network changes (Ctrl-C to stop)")
+    p.add_argument("--interval", metavar="SECONDS", type=_positive_float, default=2.0,
+                   help="with --watch: how often to look (default: 2)")
+
+
+def _add_tail(commands: Any) -> None:
+    p = _command(commands, "tail", _with_network(_cmd_tail), "follow a channel's messages live, without consuming",
+                 description="Prints a channel's newest messages, then new ones as they arrive, read by sequence "
+                             "number: no cursor moves and nothing is claimed, so subscribers and queue consumers "
+                             "are not affected. Needs a trusted connection (a database URL or the service key).")
+    p.add_argument("channel", metavar="CHANNEL", help="a channel name (an inbox is agent:ID)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--last", metavar="N", type=int, default=10, help="start with the last N messages (default 10)")
+    start.add_argument("--from-start", action="store_true", help="start with every message the channel retains")
+    p.add_argument("--interval", metavar="SECONDS", type=_positive_float, default=0.5,
+                   help="how often to look for new messages (default: 0.5)")
+
+
+def _add_publish(commands: Any) -> None:
+    p = _command(commands, "publish", _async(_cmd_publish), "publish one JSON message to a channel",
+                 description="Publishes a message as the CLI's own agent (cli-USER-HOST, marked offline again "
+                             "when done).")
+    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("payload", metavar="JSON", type=_json_argument, help="the payload, e.g. '{\"job\": 1}'")
+    p.add_argument("--create", choices=["broadcast", "queue"], help="create the channel as KIND if it is missing")
+    p.add_argument("--idempotency-key", metavar="K", help="a second publish with the same key is a no-op")
+    p.add_argument("--ttl", metavar="SECONDS", type=_positive_float, help="expire the message after SECONDS")
+
+
+def _add_send(commands: Any) -> None:
+    p = _command(commands, "send", _async(_cmd_send), "send one JSON message to an agent's inbox",
+                 description="Sends a message to agent:ID as the CLI's own agent (cli-USER-HOST).")
+    p.add_argument("agent", metavar="AGENT", help="the agent id (see `agents`)")
+    p.add_argument("payload", metavar="JSON", type=_json_argument, help="the payload, e.g. '{\"do\": \"x\"}'")
+    p.add_argument("--idempotency-key", metavar="K", help="a second send with the same key is a no-op")
+
+
+def _async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        return anyio.run(fn, args)
+
+    return handler
 
 
 # The subcommands, in the order `--help` lists them.
@@ -536,6 +731,9 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_dead_letters,
     _add_cleanup,
     _add_topology,
+    _add_tail,
+    _add_publish,
+    _add_send,
 )
 
 

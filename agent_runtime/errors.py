@@ -139,9 +139,17 @@ _RETRYABLE_CLASSES = ("08", "57P", "53")
 _INPUT_CLASSES = ("22", "54")
 
 
+# Hints that name what a user of the Python API or the CLI can do, in place of the SQL's own
+# (which names SQL functions users never call).
+_HINTS: dict[str, str] = {
+    "AR405": "create it with rt.channel(name, kind) before publishing, or publish with the CLI's --create KIND",
+}
+
+
 def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> AgentRuntimeError:
     """Translate a database error into the runtime's hierarchy."""
     code = sqlstate or ""
+    hint = _HINTS.get(code, hint)
     cls = _SQLSTATE_ERRORS.get(code)
     if cls is None:
         if code.startswith(_RETRYABLE_CLASSES):

@@ -7,10 +7,12 @@ import ast
 import asyncio
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -547,3 +549,107 @@ async def _ready_jobs(db_url: str) -> int:
         return int(next(c["ready"] for c in channels if c["name"] == "demo.jobs"))
     finally:
         await conn.close()
+
+
+class _Follow:
+    """A long-running CLI command (tail, --watch): its stdout lines arrive on a queue."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=cli_env(home), cwd=REPO)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def line(self, timeout: float = 20) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output; stderr: {self.proc.stderr.read() if self.proc.stderr else ''}") from None
+
+    def stop(self) -> str:
+        """SIGINT (Ctrl-C): the normal end; exits 0 without a traceback. Returns its stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        _, stderr = self.proc.communicate(timeout=20)
+        assert self.proc.returncode == 0 and "Traceback" not in stderr, stderr
+        return stderr
+
+
+async def _cursor(conn: asyncpg.Connection, agent: str, channel: str) -> int:
+    return int(await conn.fetchval(
+        "select s.cursor_seq from channel_subscriptions s join communication_channels c on c.id = s.channel_id "
+        "where s.agent_id = $1 and c.name = $2", agent, channel))
+
+
+async def test_publish_and_send(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`publish CHANNEL JSON` and `send AGENT JSON` send as the CLI's own agent; mistakes are clean errors."""
+    await build_network(conn)
+    published = await ok(home, "--url", db_url, "publish", "news:global/v1", '{"n": 99}')
+    assert "published to news:global/v1: seq 4" in published.stdout
+    again = (await ok(home, "--url", db_url, "publish", "news:global/v1", '{"n": 99}', "--idempotency-key", "k",
+                      "--json")).json()
+    assert isinstance(again, dict) and again["seq"] == 5
+    created = await ok(home, "--url", db_url, "publish", "fresh.queue", "[1, 2]", "--create", "queue")
+    assert "published to fresh.queue: seq 1" in created.stdout
+    unknown = assert_clean_error(await run(home, "--url", db_url, "publish", "no.such.channel", "{}"))
+    assert "unknown channel no.such.channel" in unknown and "rt.channel(" in unknown and "--create" in unknown
+    assert (await run(home, "--url", db_url, "publish", "news:global/v1", "{not json")).code == 2
+
+    sent = await ok(home, "--url", db_url, "send", "planner-1", '{"hi": 1}')
+    assert "sent to agent:planner-1" in sent.stdout
+    assert "unknown agent nobody" in assert_clean_error(await run(home, "--url", db_url, "send", "nobody", "{}"))
+    everyone = (await ok(home, "--url", db_url, "agents", "--all", "--json")).json()
+    assert isinstance(everyone, list)
+    cli_agents = [a for a in everyone if a["kind"] == "cli"]
+    assert len(cli_agents) == 1 and cli_agents[0]["status"] == "offline"  # one stable id, left each time
+
+
+async def test_tail_follows_without_consuming(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`tail` shows the last messages then new ones as they arrive; no cursor moves, nothing is claimed."""
+    await build_network(conn)
+    cursor_before = await _cursor(conn, "coder.2", "news:global/v1")
+    tail = _Follow(home, "--url", db_url, "tail", "news:global/v1", "--last", "2", "--json")
+    try:
+        assert [json.loads(tail.line())["seq"] for _ in range(2)] == [2, 3]
+        await ok(home, "--url", db_url, "publish", "news:global/v1", '{"live": true}')
+        live = json.loads(tail.line())
+        assert live["seq"] == 4 and live["payload"] == {"live": True}
+    finally:
+        tail.stop()
+    assert await _cursor(conn, "coder.2", "news:global/v1") == cursor_before
+
+    queue_tail = _Follow(home, "--url", db_url, "tail", "tasks", "--from-start")
+    try:
+        lines = [queue_tail.line() for _ in range(3)]
+        assert all("tasks#" in line for line in lines), lines
+    finally:
+        stderr = queue_tail.stop()
+    assert "without consuming" in stderr
+    states = await conn.fetch("select m.state from distributed_messages m join communication_channels c "
+                              "on c.id = m.channel_id where c.name = 'tasks'")
+    assert {r["state"] for r in states} == {"ready"}  # nothing claimed
+    assert "unknown channel" in assert_clean_error(await run(home, "--url", db_url, "tail", "nope"))
+
+
+async def test_topology_watch_redraws_on_change(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
+    """`topology --watch` draws once, again when something changes (a new message), not on every tick."""
+    await build_network(conn)
+    watch = _Follow(home, "--url", db_url, "topology", "--watch", "--interval", "0.2", "--format", "mermaid")
+    try:
+        first = watch.line()
+        assert first.startswith("flowchart LR")
+        while "seq 3" not in watch.line():
+            pass
+        await anyio.sleep(1)  # several ticks: no redraw while nothing changes
+        drawn = [watch.lines.get_nowait() for _ in range(watch.lines.qsize())]
+        assert not any(line.startswith("flowchart") for line in drawn), drawn
+        await ok(home, "--url", db_url, "publish", "news:global/v1", '{"n": 4}')
+        # Redrawn (the CLI's agent came and went, then the message): the channel now stands at seq 4.
+        while "news:global/v1<br/>broadcast, seq 4" not in watch.line():
+            pass
+    finally:
+        watch.stop()
