@@ -773,6 +773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as the console script, exits with) the exit code."""
     args = build_parser().parse_args(argv)  # usage errors exit 2 here
     handler: Handler = args.handler
+    if getattr(args, "url", None) == "":  # an unset variable in a script: never silently the embedded database
+        return _fail("--url is empty", "give postgresql://..., https://<ref>.supabase.co or 'embedded', "
+                                       "or leave --url out to use the environment or the embedded database")
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -127,6 +127,9 @@ _SQLSTATE_ERRORS: dict[str, type[AgentRuntimeError]] = {
     "23502": InvalidInput,  # not_null_violation
     "42501": PermissionDenied,  # insufficient_privilege
     "42883": NotFound,  # undefined_function: the schema is not migrated
+    "28000": ConfigurationError,  # invalid_authorization_specification: no such role
+    "28P01": ConfigurationError,  # invalid_password
+    "3D000": ConfigurationError,  # invalid_catalog_name: no such database
     "40001": Conflict,  # serialization_failure
     "40P01": Conflict,  # deadlock_detected
 }
@@ -143,6 +146,10 @@ _INPUT_CLASSES = ("22", "54")
 # (which names SQL functions users never call).
 _HINTS: dict[str, str] = {
     "AR405": "create it with rt.channel(name, kind) before publishing, or publish with the CLI's --create KIND",
+    "28000": "check the user in the URL (postgresql://USER@host/db); create it with createuser or CREATE ROLE",
+    "28P01": "check the user and password in the URL (postgresql://USER:PASSWORD@host/db)",
+    "3D000": "check the database name in the URL, or create it (createdb NAME); agent-runtime migrate then builds "
+             "the schema",
 }
 
 

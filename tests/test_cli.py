@@ -10,6 +10,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +182,29 @@ async def test_bad_url_is_a_clean_error(home: Path) -> None:
     assert "unsupported URL" in line and "hint: use postgresql://" in line
     usage = await run(home, "dead-letters", "replay", "not-a-number")
     assert usage.code == 2 and "usage:" in usage.stderr
+    assert "--url is empty" in assert_clean_error(await run(home, "--url", "", "agents"))
+    assert "--url is empty" in assert_clean_error(await run(home, "agents", "--url", ""))
+
+
+async def test_unknown_role_and_database_have_hints(home: Path, db_url: str) -> None:
+    """A role or database that does not exist: the server's reason and what to do, at once (not retried)."""
+    base, query = db_url.split("?", 1)
+    no_db = f"{base.rsplit('/', 1)[0]}/no_such_db?{query}"
+    line = assert_clean_error(await run(home, "--url", no_db, "agents"))
+    assert 'database "no_such_db" does not exist' in line and "createdb" in line, line
+    no_role = no_db.replace("postgres@", "no_such_role@").replace("/no_such_db?", f"/{base.rsplit('/', 1)[1]}?")
+    line = assert_clean_error(await run(home, "--url", no_role, "agents"))
+    assert 'role "no_such_role" does not exist' in line and "createuser" in line, line
+
+
+async def test_a_port_that_never_answers_says_so(home: Path) -> None:
+    """A server that accepts the connection and never answers: a reason naming what was tried, not ''."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        line = assert_clean_error(await run(home, "--url", f"postgresql://someone@127.0.0.1:{port}/db", "agents"))
+    assert f"no answer from someone@127.0.0.1:{port}/db" in line and "hint:" in line, line
 
 
 # ---------------------------------------------------------------------------------------------
