@@ -35,6 +35,7 @@ from .errors import (
     UnknownAgent,
     UnknownChannel,
     UnknownMessage,
+    UnsupportedPayload,
 )
 from .models import (
     AgentInfo,
@@ -101,6 +102,7 @@ __all__ = [
     "UnknownAgent",
     "UnknownChannel",
     "UnknownMessage",
+    "UnsupportedPayload",
     "run",
     "to_dot",
     "to_json",

@@ -44,6 +44,11 @@ class PayloadTooLarge(InvalidInput):
     """A message payload is larger than its channel allows."""
 
 
+class UnsupportedPayload(InvalidInput):
+    """A payload (or header, or metadata) to send has no JSON form under the payload rules:
+    NaN or infinity, a NUL character in a string, or a type with no JSON mapping. Nothing was sent."""
+
+
 class InvalidPayload(InvalidInput):
     """A received payload could not be decoded into the subscription's type."""
 
