@@ -6,7 +6,8 @@ agent does: ``--url`` / ``--key``, else the environment (``AGENT_RUNTIME_URL``, 
 ``SUPABASE_URL`` with a key), else the embedded local Postgres.
 
 Exit codes: 0 success, 1 an error (one red line on stderr, never a traceback), 2 a usage error,
-130 interrupted. ``AGENT_RUNTIME_DEBUG=1`` lets unexpected exceptions through with their traceback.
+3 ``local status``: not running, 130 interrupted. ``AGENT_RUNTIME_DEBUG=1`` lets unexpected exceptions
+through with their traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from agent_runtime.reports import Column, FittedTable, Grouping, data_span, metr
 from agent_runtime.topology import with_endpoints
 
 PROG = "agent-runtime"
+NOT_RUNNING = 3  # `local status` when the database is not running (as LSB status commands say it)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -249,7 +251,7 @@ def _cmd_local_status(args: argparse.Namespace) -> int:
         _say(f"not running (data folder: {data_dir})")
     else:
         _say(f"running\n  url:  {server.url()}\n  data: {server.data_dir}")
-    return 0
+    return 0 if server is not None else NOT_RUNNING
 
 
 def _cmd_local_url(args: argparse.Namespace) -> int:
@@ -361,7 +363,7 @@ async def _cmd_dead_letters_replay(net: Network, args: argparse.Namespace) -> in
     if replayed == 0:
         raise UnknownMessage(f"no dead letter with id {', '.join(map(str, args.ids))}",
                              hint=f"list them with: {PROG} dead-letters list")
-    _say(f"replayed {replayed} dead letter(s)")
+    _say(f"replayed {_plural(replayed, 'dead letter')}")
     return 0
 
 
@@ -615,7 +617,8 @@ def _add_local(commands: Any) -> None:
     _command(actions, "start", _cmd_local_start, "start it (initialising it on first use)", connects=False,
              lists=False)
     _command(actions, "stop", _cmd_local_stop, "stop it", connects=False, lists=False)
-    _command(actions, "status", _cmd_local_status, "say whether it is running, and where", connects=False)
+    _command(actions, "status", _cmd_local_status,
+             f"say whether it is running, and where (exit status 0 if it runs, {NOT_RUNNING} if not)", connects=False)
     _command(actions, "url", _cmd_local_url, "print its postgresql:// URL (it must be running)", connects=False,
              lists=False)
 

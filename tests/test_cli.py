@@ -390,8 +390,9 @@ async def test_local_server_lifecycle(home: Path) -> None:
     """`local start/status/url/stop` manage a private embedded server that the URL-less commands then use."""
     data_dir = home / "pgdata"
     try:
-        status = (await ok(home, "local", "status", "--json")).json()
-        assert status == {"running": False, "url": None, "data_dir": str(data_dir)}
+        not_running = await run(home, "local", "status", "--json")
+        assert not_running.code == 3 and not_running.json() == {"running": False, "url": None,
+                                                                 "data_dir": str(data_dir)}
         assert "local start" in assert_clean_error(await run(home, "local", "url"))
 
         started = await ok(home, "local", "start")
@@ -406,7 +407,8 @@ async def test_local_server_lifecycle(home: Path) -> None:
         assert "up to date" in (await ok(home, "migrate")).stdout
         assert (await ok(home, "agents", "--json")).json() == []
         assert "stopped" in (await ok(home, "local", "stop")).stdout
-        assert "not running" in (await ok(home, "local", "status")).stdout
+        stopped = await run(home, "local", "status")
+        assert stopped.code == 3 and "not running" in stopped.stdout
     finally:
         embedded.stop(data_dir)
 

@@ -34,7 +34,7 @@ class Box:
     w: float
 
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MAPPED: list[tuple[str, Any, Any]] = [
     ("dict, list and scalars as they are", {"a": [1, 2.5, "s", True, None]}, {"a": [1, 2.5, "s", True, None]}),
     ("non-string keys become strings", {1: "a", 2.5: "b"}, {"1": "a", "2.5": "b"}),
