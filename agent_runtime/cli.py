@@ -313,7 +313,8 @@ async def _cmd_locks(net: Network, args: argparse.Namespace) -> int:
 
 
 async def _cmd_metrics(net: Network, args: argparse.Namespace) -> int:
-    rows = await net.metrics(args.agent, args.metric, since_seconds=args.since)
+    with _spinner("reading the metrics..."):
+        rows = await net.metrics(args.agent, args.metric, since_seconds=args.since)
     by: Grouping = args.by
     summary = summarise_metrics(rows, by)
     if args.json:
@@ -359,7 +360,8 @@ async def _cmd_dead_letters_list(net: Network, args: argparse.Namespace) -> int:
 
 
 async def _cmd_dead_letters_replay(net: Network, args: argparse.Namespace) -> int:
-    replayed = await net.replay_dead_letters(args.ids)
+    with _spinner(f"replaying {_plural(len(args.ids), 'dead letter')}..."):
+        replayed = await net.replay_dead_letters(args.ids)
     if replayed == 0:
         raise UnknownMessage(f"no dead letter with id {', '.join(map(str, args.ids))}",
                              hint=f"list them with: {PROG} dead-letters list")
@@ -368,7 +370,8 @@ async def _cmd_dead_letters_replay(net: Network, args: argparse.Namespace) -> in
 
 
 async def _cmd_cleanup(net: Network, args: argparse.Namespace) -> int:
-    counts = await net.cleanup()
+    with _spinner("cleaning up..."):
+        counts = await net.cleanup()
     if args.json:
         _write_json(counts)
         return 0
@@ -441,7 +444,8 @@ async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
         if args.output is not None:
             raise ConfigurationError("--watch draws on the terminal; it cannot be combined with --output")
         return await _watch_topology(net, args, fmt)
-    topo = await _read_topology(net, args, fmt)
+    with _spinner("reading the topology..."):
+        topo = await _read_topology(net, args, fmt)
     output: Path | None = args.output
     if fmt == "table":
         if output is None:
