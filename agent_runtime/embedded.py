@@ -8,11 +8,8 @@ so that agents started later find the same data.
 
 from __future__ import annotations
 
-import fcntl
-import grp
 import importlib.util
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -48,6 +45,8 @@ def default_data_dir() -> Path:
     if home:
         return Path(home).expanduser() / "pgdata"
     if _running_as_root():
+        import pwd  # Unix only, like running as root
+
         return ROOT_DATA_BASE / pwd.getpwuid(os.geteuid()).pw_name / "pgdata"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "agent_runtime" / "pgdata"
@@ -103,6 +102,9 @@ def _bin_dir() -> Path:
 
 def _unreachable_parent(path: Path) -> Path | None:
     """The first folder above ``path`` that the service user may not enter, or None."""
+    import grp
+    import pwd
+
     entry = pwd.getpwnam(SERVICE_USER) if _user_exists() else None
     uid, gids = (entry.pw_uid, {entry.pw_gid}) if entry else (-1, set())
     if entry is not None:
@@ -121,6 +123,8 @@ def _unreachable_parent(path: Path) -> Path | None:
 
 
 def _user_exists() -> bool:
+    import pwd
+
     try:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
@@ -179,6 +183,11 @@ def _make_parents(data_dir: Path) -> list[Path]:
 def _start_lock(data_dir: Path) -> Iterator[None]:
     """One process at a time checks, initialises and starts a data folder (another one that arrives
     meanwhile waits, then finds the server running): two fresh processes cannot race initdb."""
+    if os.name != "posix":  # the embedded server is Unix-only (it listens on a Unix socket)
+        yield
+        return
+    import fcntl
+
     with open(data_dir.parent / f".{data_dir.name}.lock", "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,6 +63,18 @@ SCRIPTS = {
 }
 
 
+def _readme_first_agent() -> str:
+    """The README's 'A first agent' block, printing its id once started so the test knows it runs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("### A first agent", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "await rt.run_forever()" in block and "agent_runtime.run(main)" in block
+    return block.replace("        await rt.run_forever()",
+                         "        print('ready', rt.agent_id, flush=True)\n        await rt.run_forever()")
+
+
+SCRIPTS["readme_first_agent"] = _readme_first_agent()
+
+
 async def _online(db_url: str) -> list[str]:
     conn = await asyncpg.connect(db_url)
     try:
@@ -76,14 +89,16 @@ async def _online(db_url: str) -> list[str]:
     ("run_with_run_forever", [signal.SIGTERM]),
     ("run_with_run_forever", [signal.SIGINT, signal.SIGINT]),  # a second Ctrl-C while it leaves
     ("run_with_sleep_forever", [signal.SIGINT]),
+    ("readme_first_agent", [signal.SIGTERM]),
 ])
 def test_a_signal_is_an_orderly_exit(script: str, signals: list[signal.Signals], db_url: str,
                                      tmp_path: Path) -> None:
     """The agent runs until the signal, then leaves: exit status 0, no traceback, offline."""
     path = tmp_path / f"{script}.py"
     path.write_text(textwrap.dedent(SCRIPTS[script]))
+    env = {**os.environ, "AGENT_RUNTIME_URL": db_url}  # the README's agent takes its database from there
     proc = subprocess.Popen([sys.executable, str(path), db_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline().split()
@@ -100,5 +115,5 @@ def test_a_signal_is_an_orderly_exit(script: str, signals: list[signal.Signals],
             proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert "left" in out
+    assert "left" in out or script == "readme_first_agent"
     assert agent_id not in asyncio.run(_online(db_url))
