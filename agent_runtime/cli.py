@@ -120,6 +120,11 @@ def _fail(message: str, hint: str | None = None) -> int:
     return 1
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -512,7 +517,11 @@ def _json_argument(text: str) -> Any:
 def _cli_agent_id() -> str:
     """The CLI's own agent: one stable id per user and host, so that sends resume it instead of
     leaving a new offline agent behind each time."""
-    who = f"{getpass.getuser()}-{socket.gethostname()}"
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # a uid with no name (some containers)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "user"
+    who = f"{user}-{socket.gethostname()}"
     return "cli-" + "".join(c if c.isalnum() or c in "_.-" else "-" for c in who)[:80]
 
 
@@ -694,7 +703,8 @@ def _add_tail(commands: Any) -> None:
                              "are not affected. Needs a trusted connection (a database URL or the service key).")
     p.add_argument("channel", metavar="CHANNEL", help="a channel name (an inbox is agent:ID)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--last", metavar="N", type=int, default=10, help="start with the last N messages (default 10)")
+    start.add_argument("--last", metavar="N", type=_count, default=10,
+                       help="start with the last N messages (default 10; 0: only new ones)")
     start.add_argument("--from-start", action="store_true", help="start with every message the channel retains")
     p.add_argument("--interval", metavar="SECONDS", type=_positive_float, default=0.5,
                    help="how often to look for new messages (default: 0.5)")
