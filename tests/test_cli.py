@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from test_topology_render import LOCK_KEY, MARKUP_KEY, build_network, parse_dot, parse_mermaid
+from test_topology_render import LOCK_KEY, MARKUP_KEY, assert_sections_fit, build_network, parse_dot, parse_mermaid
 
 import agent_runtime
 from agent_runtime import UnknownChannel, cli, embedded
@@ -434,6 +434,8 @@ def test_demo_runs_to_completion(db_url: str, home: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines), result.stdout
+    done = next(i for i, line in enumerate(lines) if " jobs done in " in line)
+    assert_sections_fit(lines[1:done])  # the topology's tables: one line per row, nothing wrapped
     assert "Agents (4)" in result.stdout  # coordinator, monitor, two workers: this run's only
     agents = lines[lines.index(next(x for x in lines if x.startswith("Agents (4)"))) + 3:][:4]
     assert sorted(line.split("-")[0] for line in agents) == ["coordinator", "monitor", "worker", "worker"], agents

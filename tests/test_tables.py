@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 from test_cli import ok
-from test_topology_render import build_network
+from test_topology_render import assert_sections_fit, build_network
 
 from agent_runtime import Network, embedded, to_table
 from agent_runtime.reports import Column, FittedTable
@@ -99,24 +98,6 @@ def _assert_fits(text: str, rows: int, width: int = 80) -> None:
     assert len(lines) == rows + 3 and set(lines[2]) == {"─"}, "\n".join(lines)
 
 
-def _assert_sections_fit(lines: list[str], width: int = 80) -> None:
-    """The topology's tables: each titled 'Name (N)' and followed by header, rule and N lines, or
-    'Name (0): none'."""
-    assert all(len(line) <= width for line in lines), "\n".join(lines)
-    titles = [k for k, line in enumerate(lines) if re.match(r"^[A-Z][a-z]+ .*\((\d+)\)(: none)?\s*$", line)]
-    assert len(titles) == 5, "\n".join(lines)
-    for k in titles:
-        n = int(re.findall(r"\((\d+)\)", lines[k])[-1])
-        if n == 0:
-            assert lines[k].rstrip().endswith(": none")
-            continue
-        assert set(lines[k + 2].strip()) == {"─"}, "\n".join(lines)
-        following = lines[k + 3: k + 3 + n]
-        assert len(following) == n and all(line.strip() for line in following), "\n".join(lines)
-        end = k + 3 + n
-        assert end == len(lines) or end in titles, "\n".join(lines)  # nothing spills onto another line
-
-
 async def test_every_cli_table_fits_80_columns(home: Path, db_url: str, conn: asyncpg.Connection) -> None:
     """agents, channels, locks, metrics (each --by), dead-letters and the topology table at 80 columns."""
     await _long_names(conn)
@@ -131,7 +112,7 @@ async def test_every_cli_table_fits_80_columns(home: Path, db_url: str, conn: as
     dead = (await ok(home, "--url", db_url, "dead-letters", "list", columns=80)).stdout
     assert ELLIPSIS in dead  # the long reason is cut, not wrapped
     for command in (["topology"], ["topology", "--all"]):
-        _assert_sections_fit((await ok(home, "--url", db_url, *command, columns=80)).stdout.splitlines()[1:])
+        assert_sections_fit((await ok(home, "--url", db_url, *command, columns=80)).stdout.splitlines()[1:])
 
 
 async def test_topology_table_fits_80_columns(db_url: str, conn: asyncpg.Connection) -> None:
@@ -140,7 +121,7 @@ async def test_topology_table_fits_80_columns(db_url: str, conn: asyncpg.Connect
     async with Network(db_url) as net:
         topo = await net.topology(include_offline=True)
     lines = _render(to_table(topo), 80)
-    _assert_sections_fit(lines[1:])
+    assert_sections_fit(lines[1:])
     agent_rows = [line for line in lines if line.startswith(("coordinator-", "coder.2", "planner-1", "gone"))]
     assert len([a for a in topo.agents]) <= len(agent_rows)
     _assert_cells_whole_or_cut(next(line for line in lines if line.startswith("coordinator-")),
