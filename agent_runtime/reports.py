@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from rich import box
@@ -227,10 +227,3 @@ def metrics_table(summary: Sequence[MetricRow], by: Grouping = "metric", *, titl
                   _amount(m.mean, unit), _amount(m.min, unit), _amount(m.max, unit)]
         rows.append(cells)
     return FittedTable(title, columns, rows, empty=empty)
-
-
-def local_time(value: datetime) -> str:
-    """A timestamp in local time; the date only when it is not today."""
-    local = value.astimezone()
-    fmt = "%H:%M:%S" if local.date() == datetime.now().astimezone().date() else "%Y-%m-%d %H:%M:%S"
-    return local.strftime(fmt)
