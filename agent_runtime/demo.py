@@ -81,11 +81,19 @@ async def worker(url: str, index: int, run: str) -> None:
         async with _runtime(f"worker-{index}", "work", url) as rt:
             await rt.channel(JOBS_CHANNEL, "queue", max_attempts=3)
 
+            waiting: dict[str, bool] = {}  # another run's coordinator -> is it online (waiting for results)?
+
+            async def someone_waits(coordinator_id: str) -> bool:
+                if coordinator_id not in waiting:
+                    waiting[coordinator_id] = any(a.id == coordinator_id for a in await rt.agents())
+                return waiting[coordinator_id]
+
             @rt.on(JOBS_CHANNEL, kind="queue")
             async def work(msg: Message[dict[str, Any]]) -> None:
-                if msg.payload.get("run") != run:  # left by an earlier, interrupted demo: nobody waits for it
+                if msg.payload.get("run") != run and not await someone_waits(str(msg.payload.get("reply_to"))):
+                    # Left by an earlier, interrupted demo whose coordinator is gone: dropped (acked).
                     _emit(role="worker", event="stale", job=msg.payload.get("job"))
-                    return  # acked: dropped
+                    return
                 job = msg.payload["job"]
                 async with rt.lock(f"demo.job:{job}", ttl=5) as lease:
                     await anyio.sleep(0.02)  # the work
