@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._locks import Lease
 from ._metrics import Metrics
 from ._presence import PresenceEvent
+from ._run import run
 from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
@@ -34,6 +35,7 @@ from .errors import (
     UnknownAgent,
     UnknownChannel,
     UnknownMessage,
+    UnsupportedPayload,
 )
 from .models import (
     AgentInfo,
@@ -100,6 +102,8 @@ __all__ = [
     "UnknownAgent",
     "UnknownChannel",
     "UnknownMessage",
+    "UnsupportedPayload",
+    "run",
     "to_dot",
     "to_json",
     "to_mermaid",

@@ -120,6 +120,10 @@ class Database:
         return int(await self._call("extend_visibility", p_agent_id=agent_id, p_message_ids=list(message_ids),
                                     p_visibility_ms=visibility_ms))
 
+    async def peek(self, channel: str, after_seq: int, limit: int) -> list[RawMessage]:
+        return messages_from_json(await self._call("peek_messages", p_channel=channel, p_after_seq=after_seq,
+                                                   p_limit=limit))
+
     async def list_dead_letters(self, channel: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return _as(list[DeadLetter], await self._call("list_dead_letters", p_channel=channel, p_limit=limit))
 

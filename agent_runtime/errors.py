@@ -44,6 +44,11 @@ class PayloadTooLarge(InvalidInput):
     """A message payload is larger than its channel allows."""
 
 
+class UnsupportedPayload(InvalidInput):
+    """A payload (or header, or metadata) to send has no JSON form under the payload rules:
+    NaN or infinity, a NUL character in a string, or a type with no JSON mapping. Nothing was sent."""
+
+
 class InvalidPayload(InvalidInput):
     """A received payload could not be decoded into the subscription's type."""
 
@@ -127,6 +132,9 @@ _SQLSTATE_ERRORS: dict[str, type[AgentRuntimeError]] = {
     "23502": InvalidInput,  # not_null_violation
     "42501": PermissionDenied,  # insufficient_privilege
     "42883": NotFound,  # undefined_function: the schema is not migrated
+    "28000": ConfigurationError,  # invalid_authorization_specification: no such role
+    "28P01": ConfigurationError,  # invalid_password
+    "3D000": ConfigurationError,  # invalid_catalog_name: no such database
     "40001": Conflict,  # serialization_failure
     "40P01": Conflict,  # deadlock_detected
 }
@@ -139,9 +147,21 @@ _RETRYABLE_CLASSES = ("08", "57P", "53")
 _INPUT_CLASSES = ("22", "54")
 
 
+# Hints that name what a user of the Python API or the CLI can do, in place of the SQL's own
+# (which names SQL functions users never call).
+_HINTS: dict[str, str] = {
+    "AR405": "create it with rt.channel(name, kind) before publishing, or publish with the CLI's --create KIND",
+    "28000": "check the user in the URL (postgresql://USER@host/db); create it with createuser or CREATE ROLE",
+    "28P01": "check the user and password in the URL (postgresql://USER:PASSWORD@host/db)",
+    "3D000": "check the database name in the URL, or create it (createdb NAME); agent-runtime migrate then builds "
+             "the schema",
+}
+
+
 def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> AgentRuntimeError:
     """Translate a database error into the runtime's hierarchy."""
     code = sqlstate or ""
+    hint = _HINTS.get(code, hint)
     cls = _SQLSTATE_ERRORS.get(code)
     if cls is None:
         if code.startswith(_RETRYABLE_CLASSES):

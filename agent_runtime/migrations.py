@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from .transports.postgres import translate_errors
+from .transports.postgres import describe_target, translate_errors
 
 _LOCK_ID = 0x4147_454E_5452_544D  # arbitrary, fixed: "AGENTRTM"
 _LOCK_KEY = _LOCK_ID - (1 << 64) if _LOCK_ID >= 1 << 63 else _LOCK_ID
@@ -85,7 +85,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 async def migrate_url(url: str) -> list[str]:
     """Connect, migrate, disconnect; failures come out as the runtime's own errors."""
-    with translate_errors():
+    with translate_errors(describe_target(url)):
         conn = await asyncpg.connect(url, timeout=10)
         try:
             return await migrate(conn)

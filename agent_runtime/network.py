@@ -9,7 +9,7 @@ from ._db import Database
 from ._durations import required_ms
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, Topology
+from .models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, RawMessage, Topology
 from .transports.base import Transport
 
 OPERATOR = "operator"
@@ -55,6 +55,11 @@ class Network:
     async def metrics(self, agent_id: str | None = None, metric: str | None = None,
                       since_seconds: float = 3600) -> list[MetricSummary]:
         return await self.db.get_metrics(agent_id, metric, required_ms(since_seconds, "since_seconds"))
+
+    async def peek(self, channel: str, *, after_seq: int = 0, limit: int = 100) -> list[RawMessage]:
+        """A channel's messages with seq > ``after_seq``, in order, read without consuming them (no
+        cursor moves, nothing is claimed). Needs a trusted connection."""
+        return await self.db.peek(channel, after_seq, limit)
 
     async def dead_letters(self, channel: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return await self.db.list_dead_letters(channel, limit)

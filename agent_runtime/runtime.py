@@ -8,7 +8,6 @@ back), release locks, flush metrics, mark the agent offline, close connections."
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import socket
@@ -22,12 +21,13 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from . import _locks
+from . import _locks, _run
 from ._db import Database, messages_from_json
 from ._durations import required_ms
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
+from ._payload import to_json_value as _to_builtins
 from ._presence import PresenceEvent, PresenceHub
 from ._subscription import Message, Subscription
 from .config import ConnectionSettings, resolve
@@ -52,7 +52,6 @@ T = TypeVar("T")
 Handler = Callable[[Message[Any]], Awaitable[Any]]
 
 _JANITOR_LOCK = "agent_runtime:janitor"
-_encoder = msgspec.json.Encoder()
 
 
 def _default_agent_id(name: str) -> str:
@@ -203,6 +202,12 @@ class AgentRuntime:
             if self._transport is not None:
                 await self._transport.aclose()  # 6. close
         self._inbox_send.close()
+
+    async def run_forever(self) -> None:
+        """Serve (handlers, requests, presence) until SIGINT or SIGTERM arrives, then return, so
+        that the ``async with`` leaves in order and no traceback is printed. Outside the main
+        thread it waits until the runtime stops or the task is cancelled."""
+        await _run.wait_for_signal(self._stopping)
 
     def _require_db(self) -> Database:
         if self._db is None:
@@ -661,31 +666,3 @@ def _wakeup_topic(sub: Subscription[Any]) -> str:
 
 def _inbox(agent_id: str) -> str:
     return agent_id if agent_id.startswith("agent:") else f"agent:{agent_id}"
-
-
-def _to_builtins(payload: Any) -> Any:
-    """Structs, dataclasses, datetimes... become JSON-ready builtins (msgspec's rules). What has no
-    JSON form is refused: unsupported types, nesting too deep, and NaN or infinities (which the
-    encoder would silently write as null)."""
-    try:
-        value = msgspec.to_builtins(payload)
-        if b"null" in _encoder.encode(value) and _has_non_finite(value):
-            raise InvalidInput("payload is not JSON-serialisable: NaN and infinity have no JSON form")
-        return value
-    except (TypeError, ValueError, RecursionError) as exc:  # ValueError: a lone surrogate in a string
-        raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
-
-
-def _has_non_finite(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return False
-

@@ -23,10 +23,10 @@ from typing import Literal
 
 import msgspec
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from .models import AgentInfo, LockInfo, Topology, TopologyChannel
+from .reports import Column, FittedTable
 
 __all__ = ["to_dot", "to_json", "to_mermaid", "to_table"]
 
@@ -139,6 +139,24 @@ def _graph(topo: Topology) -> _Graph:
         g.locks.append(node)
         g.edges.append(_Edge(node.node_id, g.agent(lock.owner_id), "lock", "held by"))
     return g
+
+
+def with_endpoints(topo: Topology, everything: Topology) -> Topology:
+    """``topo`` (online agents only) plus the agents and channels its flows and locks name that it
+    does not list, taken from ``everything`` (the same document with offline agents): a flow from
+    an agent that has since left is drawn with its name and status, not as an unlisted id."""
+    agents = {a.id for a in topo.agents}
+    wanted = {f.from_agent for f in topo.flows} | {f.to_agent for f in topo.flows if f.to_agent} | {
+        lock.owner_id for lock in topo.locks}
+    channels = {c.name for c in topo.channels}
+    wanted_channels = {f.channel for f in topo.flows}
+    extra_agents = [a for a in everything.agents if a.id in wanted - agents]
+    extra_channels = [c for c in everything.channels if c.name in wanted_channels - channels]
+    if not extra_agents and not extra_channels:
+        return topo
+    return msgspec.structs.replace(
+        topo, agents=sorted([*topo.agents, *extra_agents], key=lambda a: a.id),
+        channels=sorted([*topo.channels, *extra_channels], key=lambda c: c.name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,59 +360,52 @@ def _ago(when: datetime | None, now: datetime) -> Text:
     return Text(f"in {text}" if seconds > 0 else f"{text} ago")
 
 
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", expand=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _none_row(table: Table) -> None:
-    if table.row_count == 0:
-        table.add_row(Text("none", style="dim"), *[Text("") for _ in table.columns[1:]])
+def _table(title: str, columns: list[Column], rows: list[list[Text]]) -> FittedTable:
+    return FittedTable(title, columns, rows, empty=f"{title}: none")
 
 
 def to_table(topo: Topology) -> RenderableType:
-    """The topology as rich tables: agents, channels, subscriptions, flows and locks.
+    """The topology as tables (agents, channels, subscriptions, flows and locks) that fit the width
+    they are printed at: cells are cut with an ellipsis, never wrapped, and the least important
+    columns are left out on a narrow terminal.
 
     Names are shown literally (never read as rich markup). Times are relative to the document's
     ``generated_at``, the database's clock."""
     now = topo.generated_at
-    agents = _table(f"Agents ({len(topo.agents)})", "id", "name", "kind", "status", "capabilities", "host",
-                    "last seen")
-    for a in topo.agents:
-        host = ":".join(part for part in (a.host, "" if a.pid is None else str(a.pid)) if part)
-        agents.add_row(Text(a.id, style="bold"), Text(a.name), Text(a.kind),
-                       Text(a.status, style=_STATUS_STYLES.get(a.status, "")), Text(", ".join(a.capabilities)),
-                       Text(host), _ago(a.last_seen, now))
-    _none_row(agents)
+    agents = _table(f"Agents ({len(topo.agents)})", [
+        Column("id", 0, 12), Column("name", 1, 8), Column("kind", 6), Column("status", 0),
+        Column("capabilities", 4), Column("host", 5), Column("last seen", 2)], [
+        [Text(a.id, style="bold"), Text(a.name), Text(a.kind), Text(a.status, style=_STATUS_STYLES.get(a.status, "")),
+         Text(", ".join(a.capabilities)),
+         Text(":".join(part for part in (a.host, "" if a.pid is None else str(a.pid)) if part)),
+         _ago(a.last_seen, now)] for a in topo.agents])
 
     subscribers: dict[str, int] = {}
     for sub in topo.subscriptions:
         subscribers[sub.channel] = subscribers.get(sub.channel, 0) + 1
-    channels = _table(f"Channels ({len(topo.channels)})", "name", "kind", "owner", "last seq", "subscribers")
-    for c in topo.channels:
-        channels.add_row(Text(c.name, style="bold"), Text(c.kind), Text(c.owner_id or ""), Text(str(c.last_seq)),
-                         Text(str(subscribers.get(c.name, 0))))
-    _none_row(channels)
+    channels = _table(f"Channels ({len(topo.channels)})", [
+        Column("name", 0, 12), Column("kind", 0), Column("owner", 3, 10), Column("last seq", 1, justify="right"),
+        Column("subscribers", 2, justify="right")], [
+        [Text(c.name, style="bold"), Text(c.kind), Text(c.owner_id or ""), Text(str(c.last_seq)),
+         Text(str(subscribers.get(c.name, 0)))] for c in topo.channels])
 
-    subs = _table(f"Subscriptions ({len(topo.subscriptions)})", "channel", "agent", "cursor", "lag")
-    for s in topo.subscriptions:
-        subs.add_row(Text(s.channel), Text(s.agent_id), Text(str(s.cursor)), Text("-" if s.lag is None else str(s.lag)))
-    _none_row(subs)
+    subs = _table(f"Subscriptions ({len(topo.subscriptions)})", [
+        Column("channel", 0, 12), Column("agent", 0, 12), Column("cursor", 2, justify="right"),
+        Column("lag", 1, justify="right")], [
+        [Text(s.channel), Text(s.agent_id), Text(str(s.cursor)), Text("-" if s.lag is None else str(s.lag))]
+        for s in topo.subscriptions])
 
-    flows = _table(f"Flows over the last {topo.window_ms / 1000:g} s ({len(topo.flows)})", "from", "channel", "to",
-                   "messages", "bytes", "last")
-    for f in topo.flows:
-        flows.add_row(Text(f.from_agent), Text(f.channel), Text(f.to_agent or ""), Text(str(f.messages)),
-                      Text(str(f.bytes)), _ago(f.last_at, now))
-    _none_row(flows)
+    flows = _table(f"Flows over the last {topo.window_ms / 1000:g} s ({len(topo.flows)})", [
+        Column("from", 0, 12), Column("channel", 0, 12), Column("to", 1, 10), Column("messages", 0, justify="right"),
+        Column("bytes", 3, justify="right"), Column("last", 2)], [
+        [Text(f.from_agent), Text(f.channel), Text(f.to_agent or ""), Text(str(f.messages)), Text(str(f.bytes)),
+         _ago(f.last_at, now)] for f in topo.flows])
 
-    locks = _table(f"Locks ({len(topo.locks)})", "key", "owner", "token", "acquired", "expires")
-    for lock in topo.locks:
-        locks.add_row(Text(lock.key, style="bold"), Text(lock.owner_id), Text(str(lock.token)),
-                      _ago(lock.acquired_at, now), _ago(lock.expires_at, now))
-    _none_row(locks)
+    locks = _table(f"Locks ({len(topo.locks)})", [
+        Column("key", 0, 12), Column("owner", 0, 10), Column("token", 1, justify="right"), Column("acquired", 3),
+        Column("expires", 2)], [
+        [Text(lock.key, style="bold"), Text(lock.owner_id), Text(str(lock.token)), _ago(lock.acquired_at, now),
+         _ago(lock.expires_at, now)] for lock in topo.locks])
 
     header = Text(f"agent_runtime topology at {now.isoformat(timespec='seconds')}", style="bold")
     return Group(header, agents, channels, subs, flows, locks)

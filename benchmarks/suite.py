@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         console.print(f"unknown section(s): {', '.join(unknown)}")
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="ar-bench-"))
+    tmp = embedded.scratch_dir("ar-bench-")
     data_dir = tmp / "pgdata"
     started = time.perf_counter()
     machine = _machine()

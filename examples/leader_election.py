@@ -9,6 +9,7 @@ from __future__ import annotations
 import anyio
 from _common import parse_url
 
+import agent_runtime
 from agent_runtime import AgentRuntime
 
 
@@ -37,4 +38,4 @@ async def main(url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse_url(__doc__ or ""))
+    agent_runtime.run(main, parse_url(__doc__ or ""))  # Ctrl-C / SIGTERM: an orderly exit

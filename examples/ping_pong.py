@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-import anyio
 from _common import parse_url
 
+import agent_runtime
 from agent_runtime import AgentRuntime, Message
 
 
@@ -28,4 +28,4 @@ async def main(url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse_url(__doc__ or ""))
+    agent_runtime.run(main, parse_url(__doc__ or ""))  # Ctrl-C / SIGTERM: an orderly exit

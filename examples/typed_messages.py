@@ -10,6 +10,7 @@ import anyio
 import msgspec
 from _common import parse_url
 
+import agent_runtime
 from agent_runtime import AgentRuntime
 
 CHANNEL = "examples.orders"
@@ -42,4 +43,4 @@ async def main(url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse_url(__doc__ or ""))
+    agent_runtime.run(main, parse_url(__doc__ or ""))  # Ctrl-C / SIGTERM: an orderly exit

@@ -11,6 +11,7 @@ from collections import Counter
 import anyio
 from _common import parse_url
 
+import agent_runtime
 from agent_runtime import AgentRuntime, Message
 
 JOBS = 30
@@ -50,4 +51,4 @@ async def main(url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, parse_url(__doc__ or ""))
+    agent_runtime.run(main, parse_url(__doc__ or ""))  # Ctrl-C / SIGTERM: an orderly exit

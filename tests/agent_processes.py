@@ -3,6 +3,7 @@ and make sure none is left running afterwards, whatever happened."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,3 +65,4 @@ async def children(script: Path) -> AsyncIterator[Children]:
                     child.process.kill()
                 await child.process.wait()
                 await child.process.aclose()
+            shutil.rmtree(group._logs, ignore_errors=True)  # leave nothing in the temp folder

@@ -352,3 +352,21 @@ def test_empty_topology_renders() -> None:
     console = Console(record=True, width=120, color_system=None)
     console.print(to_table(topo))
     assert console.export_text().count("none") == 5
+
+
+def assert_sections_fit(lines: list[str], width: int = 80) -> None:
+    """The topology's tables: each titled 'Name (N)' and followed by header, rule and N lines, or
+    'Name (0): none'."""
+    assert all(len(line) <= width for line in lines), "\n".join(lines)
+    titles = [k for k, line in enumerate(lines) if re.match(r"^[A-Z][a-z]+ .*\((\d+)\)(: none)?\s*$", line)]
+    assert len(titles) == 5, "\n".join(lines)
+    for k in titles:
+        n = int(re.findall(r"\((\d+)\)", lines[k])[-1])
+        if n == 0:
+            assert lines[k].rstrip().endswith(": none")
+            continue
+        assert set(lines[k + 2].strip()) == {"─"}, "\n".join(lines)
+        following = lines[k + 3: k + 3 + n]
+        assert len(following) == n and all(line.strip() for line in following), "\n".join(lines)
+        end = k + 3 + n
+        assert end == len(lines) or end in titles, "\n".join(lines)  # nothing spills onto another line

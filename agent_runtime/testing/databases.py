@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -32,7 +31,7 @@ class TestDatabases:
 
     def __init__(self, root: Path | None = None) -> None:
         self._owns_root = root is None
-        self.root = root or Path(tempfile.mkdtemp(prefix="ar-test-"))
+        self.root = root or embedded.scratch_dir("ar-test-")
         self.server: embedded.LocalServer | None = None
         self._template: str | None = None
         self._counter = itertools.count()

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import asyncpg
@@ -24,16 +25,34 @@ _encoder = msgspec.json.Encoder()
 
 
 @contextmanager
-def translate_errors() -> Iterator[None]:
-    """Driver exceptions become the runtime's own, here and only here."""
+def translate_errors(target: str | None = None) -> Iterator[None]:
+    """Driver exceptions become the runtime's own, here and only here. ``target`` (where a
+    connection was attempted, without secrets) goes into connection errors."""
     try:
         yield
     except AgentRuntimeError:
         raise
     except asyncpg.PostgresError as exc:
         raise error_from_sqlstate(exc.sqlstate, exc.message or str(exc), getattr(exc, "hint", None)) from exc
-    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
-        raise ConnectionLost(f"database connection failed: {exc}") from exc
+    except TimeoutError as exc:
+        where = f" from {target}" if target else ""
+        raise ConnectionLost(
+            f"database connection failed: no answer{where} in time (something accepts connections there but does not "
+            "answer as PostgreSQL, or the server is overloaded)",
+            hint="check the host and port in the URL (--url / AGENT_RUNTIME_URL)") from exc
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ConnectionLost(f"database connection failed{f' ({target})' if target else ''}: {reason}") from exc
+
+
+def describe_target(url: str) -> str:
+    """``user@host:port/database`` of a postgresql:// URL (a socket folder as host), never its password."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
+    port = query.get("port", [str(parts.port or 5432)])[0]
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    return f"{user}{host}:{port}{unquote(parts.path) or '/'}"
 
 
 class PostgresTransport:
@@ -51,7 +70,7 @@ class PostgresTransport:
         self._closed = False
 
     async def connect(self) -> None:
-        with translate_errors():
+        with translate_errors(describe_target(self.url)):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=self._min_size, max_size=self._max_size,
                 # Hung connections must fail, not hang a runtime forever.

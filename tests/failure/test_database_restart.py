@@ -4,6 +4,7 @@ shared one): the runtimes survive, publishers retry on ConnectionLost, and nothi
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ def _runtime(url: str, name: str) -> AgentRuntime:
                         poll_interval=1.0, shutdown_timeout=3.0, retry_base_delay=0.05, migrate=False, pool_size=4)
 
 
-async def test_database_restart_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
+async def test_database_restart_under_load_loses_no_acknowledged_message() -> None:
     """Publishers and subscribers run while the server is stopped and started again: every message whose send
     was acknowledged reaches every broadcast subscriber (in order) and the queue's consumers; the runtimes survive."""
-    data_dir = tmp_path / "pgdata"
+    scratch = embedded.scratch_dir("ar-restart-")  # reachable by the server's user when run as root
+    data_dir = scratch / "pgdata"
     server = await anyio.to_thread.run_sync(embedded.ensure_running, data_dir)
     try:
         admin = await asyncpg.connect(server.url("postgres"))
@@ -38,6 +40,7 @@ async def test_database_restart_under_load_loses_no_acknowledged_message(tmp_pat
         await _run_restart_under_load(url, data_dir)
     finally:
         await anyio.to_thread.run_sync(embedded.stop, data_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _run_restart_under_load(url: str, data_dir: Path) -> None:
