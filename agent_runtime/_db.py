@@ -128,11 +128,13 @@ class Database:
                                     p_message_ids=list(message_ids)))
 
     # Locks
+    # ``wait_ms``: the longest the database waits for the lock row (None: no bound of its own).
     async def acquire_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int,
-                           metadata: dict[str, Any] | None = None) -> LockGrant:
+                           metadata: dict[str, Any] | None = None, *, wait_ms: int | None = None) -> LockGrant:
+        wait: dict[str, Any] = {} if wait_ms is None else {"p_wait_ms": wait_ms}
         return _as(LockGrant, await self._call(
             "acquire_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id, p_ttl_ms=ttl_ms,
-            p_metadata=metadata or {}))
+            p_metadata=metadata or {}, **wait))
 
     async def renew_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int) -> LockGrant:
         return _as(LockGrant, await self._call(

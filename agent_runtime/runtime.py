@@ -568,9 +568,12 @@ class AgentRuntime:
              wait: float | None = None) -> AbstractAsyncContextManager[_locks.Lease]:
         """``async with rt.lock(key) as lease:`` holds a lease (renewed at ttl/3) with a fencing token.
 
-        ``wait``: seconds to wait for it (None: as long as it takes); :class:`LockTimeout` when it
-        runs out. If the lease is lost while held (renewal refused or impossible before expiry),
-        the block is cancelled and :class:`LockLost` is raised from the ``async with``."""
+        ``wait``: seconds to wait for it (None: as long as it takes), in the database too (a
+        previous holder's fencing transaction is waited for at most that long); :class:`LockTimeout`
+        when it runs out. If the lease is lost while held (renewal refused, or ``ttl`` passed on
+        this process's clock since its last successful renewal began), the block is cancelled and
+        :class:`LockLost` is raised from the ``async with``. Guard writes with
+        ``async with lease.fenced(conn):`` (see :class:`~agent_runtime.Lease`)."""
         required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
         return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
