@@ -105,8 +105,14 @@ class Database:
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
             p_visibility_ms=visibility_ms, **acks))
 
-    async def ack(self, agent_id: str, message_ids: Sequence[int]) -> int:
-        return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids)))
+    # ``channel``: only messages of that channel are acknowledged (ids of others are ignored).
+    async def ack(self, agent_id: str, message_ids: Sequence[int], channel: str) -> int:
+        return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids),
+                                    p_channel=channel))
+
+    async def wakeup_key(self) -> str:
+        """The key that verifies messages carried by wake-ups (trusted roles only)."""
+        return str(await self._call("wakeup_key"))
 
     async def nack(self, agent_id: str, message_id: int, *, delay_ms: int, reason: str | None,
                    dead: bool = False, release: bool = False) -> NackResult:

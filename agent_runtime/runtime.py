@@ -23,13 +23,14 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from . import _locks
-from ._db import Database, messages_from_json
+from ._db import Database
 from ._durations import required_ms
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
 from ._presence import PresenceEvent, PresenceHub
 from ._subscription import Message, Subscription
+from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
 from .errors import AgentRuntimeError, InvalidInput, RemoteError, RequestTimeout
@@ -127,6 +128,7 @@ class AgentRuntime:
         self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
         self._lock_waiters = _locks.LockWaiters()
+        self._carried = CarriedMessages()  # verifies what wake-ups carry (or fetch instead)
         self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
@@ -236,7 +238,7 @@ class AgentRuntime:
             subs = self._subscriptions.get(channel)
             if not subs:
                 return
-            messages = _carried(event, channel)
+            messages = self._carried.messages(event, channel)
             if messages is None:
                 for sub in subs:
                     sub.wake()
@@ -265,6 +267,8 @@ class AgentRuntime:
 
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
         db = self._require_db()
+        if sub.kind == "broadcast":
+            await self._carried.load_key(db)  # (once; until then wake-ups are plain hints)
         state = await db.subscribe(self.agent_id, sub.channel, sub._start)
         if sub.kind == "broadcast" and isinstance(state.get("cursor"), int):
             sub._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
@@ -636,25 +640,6 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
-
-
-def _carried(event: Event, channel: str) -> list[RawMessage] | None:
-    """The messages a broadcast wake-up carries (``f``: the first seq, ``m``: the messages as
-    fetch_messages returns them), or None if it carries none or they do not hold together: on the
-    channel's own topic, of that channel, seqs ``f``, ``f + 1``... A subscription takes them only if
-    they continue where it stands (Subscription.offer); anything else is a plain wake-up."""
-    data = event.data
-    carried, first = data.get("m"), data.get("f")
-    if carried is None or type(first) is not int or event.topic != f"channel:{channel}":
-        return None
-    try:
-        messages = messages_from_json(carried)
-    except (msgspec.ValidationError, TypeError):
-        log.warning("ignoring the messages of a malformed wake-up on %s", channel)
-        return None
-    if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
-        return None
-    return messages
 
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:

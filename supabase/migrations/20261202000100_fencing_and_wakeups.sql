@@ -219,10 +219,10 @@ begin
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
   end if;
-  if p_ack_ids is not null then
-    perform public.ack_messages(p_agent_id, p_ack_ids);
-  end if;
   v_channel := agent_runtime_private.channel(p_channel);
+  if p_ack_ids is not null then
+    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  end if;
   if v_channel.kind = 'broadcast' then
     raise exception 'channel % is a broadcast channel: fetch its messages', p_channel using errcode = 'AR412';
   end if;
@@ -373,3 +373,272 @@ revoke all on function public.extend_visibility(text, bigint[], bigint) from pub
 grant execute on function public.claim_messages(text, text, integer, bigint, bigint[]) to authenticated, service_role;
 grant execute on function public.nack_message(text, bigint, bigint, text, boolean, boolean) to authenticated, service_role;
 grant execute on function public.extend_visibility(text, bigint[], bigint) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Wake-ups that cannot lie
+-- ---------------------------------------------------------------------------------------------
+-- A wake-up is a hint: it may make an agent look sooner, never deliver a message that is not in
+-- the table, nor move a cursor. Any database login can send a notification on any channel (plain
+-- NOTIFY cannot be revoked), so a broadcast wake-up that carries its messages now carries them as
+-- one JSON text ('m') with 'h', an HMAC-SHA256 of "<topic>\n<channel>\n<first seq>\n<m>" keyed by
+-- a secret only the schema's owner can read. A trusted runtime gets the key (wakeup_key()) and
+-- delivers carried messages only when the HMAC verifies; anyone else (an agent with its own JWT)
+-- ignores them and fetches. HMAC from the core sha256() (pgcrypto is not everywhere; the result is
+-- the standard HMAC-SHA256, which the runtime checks with Python's hmac module).
+-- Acks name the channel they are for (ack_messages(p_channel)); fetch and claim ack only messages
+-- of their own channel, so an id learnt from a forged wake-up cannot move another channel's cursor.
+
+create table agent_runtime_private.wakeup_secret (
+  id        boolean primary key default true check (id),  -- one row
+  secret    bytea not null check (octet_length(secret) = 32),
+  inner_pad bytea not null check (octet_length(inner_pad) = 64),  -- (secret, zero-padded) xor 0x36
+  outer_pad bytea not null check (octet_length(outer_pad) = 64)   -- (secret, zero-padded) xor 0x5c
+);
+revoke all on table agent_runtime_private.wakeup_secret from public, anon, authenticated, service_role;
+
+do $$
+declare
+  -- 3 x 122 random bits (gen_random_uuid draws from the server's strong random source).
+  v_secret bytea := pg_catalog.sha256(pg_catalog.uuid_send(gen_random_uuid()) || pg_catalog.uuid_send(gen_random_uuid())
+                                      || pg_catalog.uuid_send(gen_random_uuid()));
+  v_key bytea := v_secret || pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+  v_inner bytea := v_key;
+  v_outer bytea := v_key;
+begin
+  for i in 0..63 loop
+    v_inner := pg_catalog.set_byte(v_inner, i, pg_catalog.get_byte(v_key, i) # 54);
+    v_outer := pg_catalog.set_byte(v_outer, i, pg_catalog.get_byte(v_key, i) # 92);
+  end loop;
+  insert into agent_runtime_private.wakeup_secret (secret, inner_pad, outer_pad) values (v_secret, v_inner, v_outer);
+end
+$$;
+
+-- HMAC-SHA256 of p_text (UTF-8) with the wake-up secret, hex.
+create function agent_runtime_private.wakeup_mac(p_text text) returns text
+language sql stable set search_path = '' as $$
+  select pg_catalog.encode(pg_catalog.sha256(s.outer_pad || pg_catalog.sha256(s.inner_pad || pg_catalog.convert_to(p_text, 'UTF8'))), 'hex')
+  from agent_runtime_private.wakeup_secret s
+$$;
+revoke all on function agent_runtime_private.wakeup_mac(text) from public, anon, authenticated, service_role;
+
+-- The wake-up key (hex) for a trusted runtime: the service role, the owner, or a direct login the
+-- operator granted it to (grant execute on function public.wakeup_key() to <role>). Agents with
+-- their own JWT do not get it: they fetch instead of trusting what a wake-up carries.
+-- (jsonb, a JSON string: the same answer over asyncpg and PostgREST)
+create function public.wakeup_key() returns jsonb
+language plpgsql stable security definer set search_path = '' as $$
+begin
+  if not agent_runtime_private.is_trusted() then
+    raise exception 'only trusted roles may verify wake-ups' using errcode = 'AR403';
+  end if;
+  return (select pg_catalog.to_jsonb(pg_catalog.encode(s.secret, 'hex')) from agent_runtime_private.wakeup_secret s);
+end
+$$;
+revoke all on function public.wakeup_key() from public, anon, authenticated;
+grant execute on function public.wakeup_key() to service_role;
+
+-- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
+-- channel it carries the messages themselves when they are few, small and visible now: 'f' (the
+-- first seq), 'm' (the messages exactly as fetch_messages returns them, attempts 1, as one JSON
+-- text) and 'h' (its HMAC, see above); otherwise, and on queues and inboxes, it is the bare hint
+-- {c, s}.
+create or replace function agent_runtime_private.on_messages_inserted() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+  v_topic text;
+  v_messages text;
+  v_note text;
+begin
+  for r in
+    select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
+           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes
+    from new_rows n join public.communication_channels c on c.id = n.channel_id
+    group by c.id, c.name, c.kind
+  loop
+    v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
+    v_note := null;
+    if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+       and r.payload_bytes < 6000 then
+      select json_agg(agent_runtime_private.message_row(n, r.name, 1) order by n.seq)::text
+      into v_messages
+      from new_rows n where n.channel_id = r.id;
+      if octet_length(v_messages) < 6000 then  -- (headers count too)
+        v_note := json_build_object(
+          'c', r.name, 's', r.seq, 'f', r.first_seq, 'm', v_messages,
+          'h', agent_runtime_private.wakeup_mac(v_topic || E'\n' || r.name || E'\n' || r.first_seq || E'\n' || v_messages)
+        )::text;
+        if octet_length(v_note) >= 7200 then
+          v_note := null;  -- (quoting the messages as a string made it too big for pg_notify)
+        end if;
+      end if;
+    end if;
+    if v_note is null then
+      perform pg_catalog.pg_notify('agent_runtime', json_build_object('c', r.name, 's', r.seq, 't', v_topic,
+                                                                      'e', 'message')::text);
+      perform realtime.send(jsonb_build_object('c', r.name, 's', r.seq), 'message', v_topic, true);
+    else
+      perform pg_catalog.pg_notify('agent_runtime', left(v_note, -1) || ',"t":' || to_json(v_topic)::text
+                                                    || ',"e":"message"}');
+      -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+      -- realtime.messages: only the channel's subscribers hear it). realtime.send never raises.
+      perform realtime.send(v_note::jsonb, 'message', v_topic, true);
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
+drop function public.ack_messages(text, bigint[]);
+
+-- Acknowledges messages this agent received. Queue/inbox: only the current claimant's ack counts
+-- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
+-- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
+-- resolves replayed dead letters. Returns the number of messages acknowledged.
+-- p_channel (new): only messages of that channel are acknowledged; ids of other channels are
+-- ignored. The runtime always names it (fetch_messages and claim_messages too, for their acks).
+-- Without it, as before, each id acks on its own channel.
+create function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
+returns integer
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+declare
+  v_acked integer := 0;
+  v_n integer;
+  v_channel_id bigint;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_message_ids is null or cardinality(p_message_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
+  end if;
+  if p_channel is not null then
+    v_channel_id := (agent_runtime_private.channel(p_channel)).id;
+  end if;
+
+  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+  -- looking the ids up)
+  if exists (select 1 from public.distributed_messages m
+             where m.id = any (p_message_ids) and coalesce(m.state, '') = 'inflight'
+               and m.claimed_by = p_agent_id and (v_channel_id is null or m.channel_id = v_channel_id)) then
+    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    from public.communication_channels c
+    where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
+      and coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id
+      and (v_channel_id is null or m.channel_id = v_channel_id);
+    get diagnostics v_acked = row_count;
+  end if;
+
+  with acked as (
+    select m.channel_id, max(m.seq) as seq, count(*) as n
+    from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
+    where m.id = any (p_message_ids) and c.kind = 'broadcast'
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+    group by m.channel_id
+  ), moved as (
+    update public.channel_subscriptions s set
+      cursor_seq = greatest(s.cursor_seq, a.seq),
+      retry_seq = case when s.retry_seq <= a.seq then null else s.retry_seq end,
+      retry_attempts = case when s.retry_seq <= a.seq then 0 else s.retry_attempts end,
+      retry_at = case when s.retry_seq <= a.seq then null else s.retry_at end,
+      updated_at = clock_timestamp()
+    from acked a
+    where s.channel_id = a.channel_id and s.agent_id = p_agent_id
+    returning a.n
+  )
+  select coalesce(sum(n), 0) into v_n from moved;
+  v_acked := v_acked + v_n;
+
+  update public.message_dead_letters d set state = 'resolved'
+  where d.agent_id = p_agent_id and d.message_id = any (p_message_ids) and d.state = 'replaying'
+    and (v_channel_id is null
+         or exists (select 1 from public.distributed_messages m where m.id = d.message_id and m.channel_id = v_channel_id));
+  return v_acked;
+end
+$$;
+
+-- Broadcast: the next messages after this subscriber's cursor, in seq order, replayed dead letters
+-- first. Head-of-line retry: while a nacked message waits for its retry time nothing is returned.
+-- p_ack_ids (optional): acknowledge these first, in the same transaction: of this channel only.
+create or replace function public.fetch_messages(p_agent_id text, p_channel text, p_limit integer default 100,
+                                                 p_ack_ids bigint[] default null)
+returns json
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+declare
+  v_channel public.communication_channels;
+  v_sub public.channel_subscriptions;
+  v_replays json;
+  v_messages json;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
+  end if;
+  v_channel := agent_runtime_private.channel(p_channel);
+  if p_ack_ids is not null then
+    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  end if;
+  if v_channel.kind <> 'broadcast' then
+    raise exception 'channel % is a % channel: claim its messages', p_channel, v_channel.kind
+      using errcode = 'AR412';
+  end if;
+  select * into v_sub from public.channel_subscriptions where channel_id = v_channel.id and agent_id = p_agent_id;
+  if not found then
+    raise exception 'agent % is not subscribed to %', p_agent_id, p_channel using errcode = 'AR405',
+      hint = 'subscribe first';
+  end if;
+
+  if exists (select 1 from public.message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
+    select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
+    into v_replays
+    from public.message_dead_letters d
+    cross join lateral (select * from public.distributed_messages x where x.id = d.message_id offset 0) m
+    where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
+  end if;
+
+  if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
+    select json_agg(agent_runtime_private.message_row(
+             m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
+           order by m.seq)
+    into v_messages
+    from (select * from public.distributed_messages
+          where channel_id = v_channel.id and seq > v_sub.cursor_seq
+            and (expires_at is null or expires_at > clock_timestamp())
+          order by seq limit p_limit) m;
+  end if;
+  if v_replays is null then
+    return coalesce(v_messages, '[]'::json);
+  elsif v_messages is null then
+    return v_replays;
+  end if;
+  return (v_replays::jsonb || v_messages::jsonb)::json;
+end
+$$;
+
+-- Revoke what lets any login emit the runtime's wake-ups, where this migration may: pg_notify and
+-- the plain-Postgres bootstrap's realtime.send are executable by PUBLIC; only their owner (or a
+-- superuser) can change that, so elsewhere (Supabase: both belong to other roles) this is skipped.
+-- The triggers run as the schema's owner and keep using both. Plain NOTIFY cannot be revoked at
+-- all: to an untrusted login it means at worst a spurious wake-up, never a message (see above).
+do $$
+declare
+  v_super boolean := coalesce((select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user), false);
+  v_send regprocedure := to_regprocedure('realtime.send(jsonb,text,text,boolean)');
+begin
+  if v_super or pg_catalog.pg_has_role(current_user, (select p.proowner from pg_catalog.pg_proc p
+                                                       where p.oid = 'pg_catalog.pg_notify(text,text)'::regprocedure),
+                                       'USAGE') then
+    revoke execute on function pg_catalog.pg_notify(text, text) from public;
+    grant execute on function pg_catalog.pg_notify(text, text) to service_role;
+  end if;
+  if v_send is not null and (v_super or pg_catalog.pg_has_role(current_user, (select p.proowner from pg_catalog.pg_proc p
+                                                                              where p.oid = v_send), 'USAGE')) then
+    execute format('revoke execute on function %s from public, anon, authenticated', v_send);
+    execute format('grant execute on function %s to service_role', v_send);
+  end if;
+end
+$$;
+
+revoke all on function public.ack_messages(text, bigint[], text) from public, anon, authenticated;
+revoke all on function public.fetch_messages(text, text, integer, bigint[]) from public, anon, authenticated;
+revoke all on function agent_runtime_private.on_messages_inserted() from public, anon, authenticated, service_role;
+grant execute on function public.ack_messages(text, bigint[], text) to authenticated, service_role;
+grant execute on function public.fetch_messages(text, text, integer, bigint[]) to authenticated, service_role;
