@@ -12,7 +12,8 @@
 --   the holder's own renewals (which change no key column) go on. It also bounds how long that
 --   transaction may sit idle (idle_in_transaction_session_timeout, for that transaction only):
 --   a holder paused or wedged inside it is disconnected by the server once the lease's remaining
---   time plus one TTL has passed, so its locks are released and its write is not committed.
+--   time plus a third of its TTL (one renewal interval) has passed without a statement, so its
+--   locks are released and its write is not committed.
 
 -- ---------------------------------------------------------------------------------------------
 -- Locks
@@ -158,10 +159,11 @@ $$;
 -- key-share-locked until that transaction ends, so no one can take the lease over between the
 -- check and the commit (a successor's acquire waits for it): writes never go back to an older
 -- token. A check in another transaction than the write guards nothing.
--- The rest of the transaction may sit idle (between statements) for at most the lease's remaining
--- time plus one TTL; then the server ends the session (idle_in_transaction_session_timeout, set
--- for this transaction only, never raised above a smaller value already in force): a holder
--- paused or wedged inside its fencing transaction cannot keep its successor waiting.
+-- The rest of the transaction may sit idle (between two statements) for at most the lease's
+-- remaining time at the check plus a third of its TTL (one renewal interval); then the server
+-- ends the session (idle_in_transaction_session_timeout, set for this transaction only, never
+-- raised above a smaller value already in force): a holder paused or wedged inside its fencing
+-- transaction cannot keep its successor waiting for long.
 create or replace function public.check_fencing_token(p_key text, p_token bigint) returns boolean
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -177,7 +179,7 @@ begin
       using errcode = 'AR422';
   end if;
   v_idle_ms := greatest(1, ceil(extract(epoch from (v_lock.expires_at - v_now)
-                                                  + (v_lock.expires_at - v_lock.renewed_at)) * 1000))::bigint;
+                                                  + (v_lock.expires_at - v_lock.renewed_at) / 3) * 1000))::bigint;
   select s.setting::bigint into v_current_ms from pg_catalog.pg_settings s
   where s.name = 'idle_in_transaction_session_timeout';
   if coalesce(v_current_ms, 0) = 0 or v_current_ms > v_idle_ms then

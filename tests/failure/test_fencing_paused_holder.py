@@ -31,7 +31,12 @@ RuntimeFactory = Callable[..., AgentRuntime]
 pytestmark = pytest.mark.timeout(120)
 
 ROUNDS = 20
-HOLDER_TTL = 0.4  # the server ends the holder's idle fencing transaction ~2 TTLs after the check
+# Its lease runs out (on its clock) 0.9 s after it was taken; the server ends its idle fencing
+# transaction ~1.2 s after the check (the remaining 0.9 s + TTL/3).
+HOLDER_TTL = 0.9
+# Shorter than the successor's wait in the database when the server ends the holder's transaction
+# (~0.3 s): a grant computed from the start of the call (now()) would have expired already.
+SUCCESSOR_TTL_MS = 250
 
 
 async def _successor_grant(rt: AgentRuntime, key: str, lease_id: uuid.UUID) -> tuple[int, datetime]:
@@ -39,7 +44,7 @@ async def _successor_grant(rt: AgentRuntime, key: str, lease_id: uuid.UUID) -> t
     once while the holder's lease runs, then waiting in the database for its transaction."""
     db = rt._require_db()
     while True:
-        grant = await db.acquire_lock(rt.agent_id, key, lease_id, 800, wait_ms=5000)
+        grant = await db.acquire_lock(rt.agent_id, key, lease_id, SUCCESSOR_TTL_MS, wait_ms=5000)
         if grant.acquired and grant.token is not None and grant.expires_at is not None:
             return grant.token, grant.expires_at
         await anyio.sleep(grant.ttl_ms / 1000 + 0.01)
@@ -67,8 +72,8 @@ async def _rounds(holder: Child, make_runtime: RuntimeFactory, conn: asyncpg.Con
                 _, round_, token = await expect(holder, "checked")
                 assert int(round_) == i
                 await wait_until_stopped(holder.process.pid)
-                # Continued before the server's idle limit (~0.8 s) or after it.
-                resume_after = 0.55 if i % 2 == 0 else 1.2
+                # Continued after its lease ran out, before the server's idle limit or after it.
+                resume_after = 1.0 if i % 2 == 0 else 1.6
 
                 async def resume(delay: float = resume_after) -> None:
                     await anyio.sleep(delay)
@@ -96,5 +101,5 @@ async def _rounds(holder: Child, make_runtime: RuntimeFactory, conn: asyncpg.Con
                 if await conn.fetchval("select count(*) from fenced_writes where round = $1", i):
                     violations.append(f"round {i}: the paused holder's write (token {token}) was committed")
                 assert int(new_token) > int(token)
-                assert await db.release_lock(successor.agent_id, "resource", lease_id)  # the holder's turn
+                await db.release_lock(successor.agent_id, "resource", lease_id)  # (or it expires): the holder's turn
         await expect(holder, "done")

@@ -79,7 +79,7 @@ async def test_a_waiter_is_bounded_by_its_wait_even_behind_a_wedged_transaction(
         make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str) -> None:
     """A previous holder's fencing transaction left open by its own code (not fenced()) costs a
     waiter its ``wait``, never more; the server ends that idle transaction once the lease's
-    remaining time plus one TTL has passed, and the lock can be taken again."""
+    remaining time plus a third of its TTL has passed, and the lock can be taken again."""
     wedged = await asyncpg.connect(db_url)
     try:
         async with make_runtime("holder") as a, make_runtime("waiter") as b:
@@ -97,8 +97,8 @@ async def test_a_waiter_is_bounded_by_its_wait_even_behind_a_wedged_transaction(
                 assert anyio.current_time() - started < 1.5
             async with b.lock("wedge", ttl=5, wait=5) as lease:
                 assert lease.token > (grant.token or 0)
-                # ~ the lease's remaining time (1 s) plus one TTL (1 s) after the check
-                assert anyio.current_time() - checked_at < 3.5
+                # ~ the lease's remaining time (1 s) plus TTL/3 after the check
+                assert anyio.current_time() - checked_at < 2.5
             assert wedged.is_closed()
     finally:
         wedged.terminate()
