@@ -9,12 +9,14 @@ is bounded by its ``wait`` in the database too, whatever the previous holder doe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import asyncpg
 import pytest
 
+from agent_runtime import Lease
 from agent_runtime.errors import LockLost, LockTimeout
 from agent_runtime.runtime import AgentRuntime
 
@@ -32,8 +34,23 @@ async def _expire(conn: asyncpg.Connection, key: str) -> None:
     await conn.execute("update distributed_locks set expires_at = clock_timestamp() where key = $1", key)
 
 
-async def test_lock_lost_inside_a_fenced_transaction_never_wedges_the_lock(
-        make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str) -> None:
+@asynccontextmanager
+async def _fenced_transaction(how: str, lease: Lease, conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """lease.fenced(conn), or the user's own asyncpg transaction that calls the SQL check first."""
+    if how == "fenced":
+        async with lease.fenced(conn):
+            yield
+    else:
+        async with conn.transaction():
+            await conn.execute("select public.check_fencing_token($1, $2)", lease.key, lease.token)
+            yield
+
+
+@pytest.mark.parametrize("how", ["fenced", "raw transaction"])
+async def test_lock_lost_inside_a_fencing_transaction_never_wedges_the_lock(
+        how: str, make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str) -> None:
+    """(With a raw transaction the rollback is the driver's business; should a cancelled rollback
+    leave it idle in transaction, the server ends it after the lease's remaining time plus TTL/3.)"""
     await conn.execute("create table wedge_writes (trial int not null)")
     writer = await asyncpg.connect(db_url)
     slow: list[str] = []
@@ -43,10 +60,11 @@ async def test_lock_lost_inside_a_fenced_transaction_never_wedges_the_lock(
                 inside = anyio.Event()
                 lost = False
 
-                async def hold(trial: int = trial, inside: anyio.Event = inside) -> None:
+                async def hold(trial: int = trial, inside: anyio.Event = inside,
+                               writer: asyncpg.Connection = writer) -> None:
                     nonlocal lost
                     try:
-                        async with a.lock("wedge", ttl=0.9) as lease, lease.fenced(writer):
+                        async with a.lock("wedge", ttl=0.9) as lease, _fenced_transaction(how, lease, writer):
                             await writer.execute("insert into wedge_writes values ($1)", trial)
                             inside.set()
                             await anyio.sleep(30)  # LockLost cancels this
@@ -65,6 +83,8 @@ async def test_lock_lost_inside_a_fenced_transaction_never_wedges_the_lock(
                 if took > 2.2:
                     slow.append(f"trial {trial}: {took:.2f}s")
                 # The holder's transaction was rolled back and its connection is usable.
+                if writer.is_closed():  # (raw: ended by the server)
+                    writer = await asyncpg.connect(db_url)
                 assert not writer.is_in_transaction()
                 assert await writer.fetchval("select 1") == 1
         assert await conn.fetchval("select count(*) from wedge_writes") == 0
