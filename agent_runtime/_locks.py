@@ -79,7 +79,8 @@ class Lease:
         cannot be done in time). Inside an outer transaction the lock lasts until that one ends."""
         self._require_live()
         transaction = connection.transaction()
-        await transaction.start()
+        with anyio.CancelScope(shield=True):  # (short; begun or not, never half-way)
+            await transaction.start()
         try:
             try:
                 await connection.execute("select public.check_fencing_token($1, $2)", self.key, self.token)
@@ -120,10 +121,11 @@ async def _shielded_end(connection: asyncpg.Connection, end: Callable[[], Awaita
                 try:
                     await end()
                     return True
-                except asyncpg.InterfaceError as exc:  # "another operation is in progress"
-                    if connection.is_closed():
-                        return False
-                    log.debug("ending a fenced transaction: %s; retrying", exc)
+                except asyncpg.InterfaceError as exc:
+                    if connection.is_closed() or "in progress" not in str(exc):
+                        log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
+                        break
+                    # A cancelled query still being cancelled: "another operation is in progress".
                     await anyio.sleep(0.01)
                 except (asyncpg.PostgresError, OSError) as exc:
                     log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
