@@ -20,6 +20,7 @@ import anyio
 import asyncpg
 import pytest
 
+from agent_runtime import _subscription
 from agent_runtime._subscription import Subscription
 from agent_runtime.runtime import AgentRuntime
 
@@ -40,6 +41,12 @@ async def _ensure_login(conn: asyncpg.Connection, role: str, member_of: str) -> 
           end if;
         end $$""")
     await conn.execute(f"grant {member_of} to {role}")
+
+
+@pytest.fixture(autouse=True)
+def _no_ack_flush_during_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ack-carrying fetch while a test counts what came with wake-ups."""
+    monkeypatch.setattr(_subscription, "ACK_FLUSH_DELAY", 10.0)
 
 
 @pytest.fixture
@@ -146,3 +153,30 @@ async def test_a_runtime_without_the_key_fetches_what_wakeups_carry(
                 got.append((await _next(sub)).payload["n"])
             assert got == list(range(5))
             assert sub.taken_from_wakeups == 0
+
+
+async def test_supabase_agent_tokens_fetch_what_wakeups_carry(db_url: str) -> None:
+    """On the Supabase transport the same wake-ups arrive through realtime.send: a runtime on the
+    service key verifies them (delivers without a fetch), one on an agent's own JWT cannot get the
+    key and fetches every message instead."""
+    from agent_runtime.testing import SupabaseStandIn
+
+    options: dict[str, Any] = {"heartbeat_interval": 0.5, "janitor": False, "metrics_interval": 5,
+                               "poll_interval": NO_POLL, "shutdown_timeout": 3, "migrate": False}
+    async with SupabaseStandIn(db_url) as standin:
+        async with AgentRuntime("pub", url=standin.url, key=standin.service_role_key, **options) as pub, \
+                AgentRuntime("svc", url=standin.url, key=standin.service_role_key, **options) as svc, \
+                AgentRuntime("bob", url=standin.url, key=standin.anon_key,
+                             access_token=standin.agent_token("bob"), **options) as bob:
+            await pub.channel("room")
+            async with svc.subscribe("room") as trusted, bob.subscribe("room") as untrusted:
+                assert svc._carried.verifying and not bob._carried.verifying
+                await pub.publish("room", {"n": -1})
+                assert (await _next(trusted)).payload == {"n": -1}
+                assert (await _next(untrusted)).payload == {"n": -1}
+                for n in range(5):
+                    await pub.publish("room", {"n": n})
+                    assert (await _next(trusted)).payload == {"n": n}
+                    assert (await _next(untrusted)).payload == {"n": n}
+                assert trusted.taken_from_wakeups == 5
+                assert untrusted.taken_from_wakeups == 0
