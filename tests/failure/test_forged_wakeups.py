@@ -6,8 +6,9 @@ An unprivileged database login (acting as ``anon``, no rights on the runtime's t
 cannot call pg_notify any more, but plain NOTIFY cannot be revoked: it sends wake-ups that carry
 made-up messages, or real message ids of another channel, to an agent that stands exactly where
 such a wake-up would be taken. None is delivered, the other channel's cursor does not move, and the
-agent then receives all ten of that channel's messages. Genuine carried messages still arrive
-without a fetch; a runtime that cannot get the wake-up key fetches everything instead."""
+agent then receives all of that channel's messages (ten sent before the forgeries, ten after).
+Genuine carried messages still arrive without a fetch; a runtime that cannot get the wake-up key
+fetches everything instead."""
 
 from __future__ import annotations
 
@@ -126,9 +127,11 @@ async def test_forged_wakeups_deliver_nothing_and_move_no_cursor(
             "select s.cursor_seq from channel_subscriptions s join communication_channels c on c.id = s.channel_id "
             "where c.name = 'other' and s.agent_id = $1", rt.agent_id)
         assert cursor == 0, "a forged wake-up moved the cursor of another channel"
+        for n in range(10, 20):  # and ten more after the forgeries
+            await pub.publish("other", {"n": n})
         async with rt.subscribe("other") as sub_other:
-            got = [(await _next(sub_other)).payload["n"] for _ in range(10)]
-        assert got == list(range(10))
+            got = [(await _next(sub_other)).payload["n"] for _ in range(20)]
+        assert got == list(range(20))
 
 
 async def expect_refused(coro: Any) -> None:
