@@ -105,8 +105,14 @@ class Database:
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
             p_visibility_ms=visibility_ms, **acks))
 
-    async def ack(self, agent_id: str, message_ids: Sequence[int]) -> int:
-        return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids)))
+    # ``channel``: only messages of that channel are acknowledged (ids of others are ignored).
+    async def ack(self, agent_id: str, message_ids: Sequence[int], channel: str) -> int:
+        return int(await self._call("ack_messages", p_agent_id=agent_id, p_message_ids=list(message_ids),
+                                    p_channel=channel))
+
+    async def wakeup_key(self) -> str:
+        """The key that verifies messages carried by wake-ups (trusted roles only)."""
+        return str(await self._call("wakeup_key"))
 
     async def nack(self, agent_id: str, message_id: int, *, delay_ms: int, reason: str | None,
                    dead: bool = False, release: bool = False) -> NackResult:
@@ -132,11 +138,13 @@ class Database:
                                     p_message_ids=list(message_ids)))
 
     # Locks
+    # ``wait_ms``: the longest the database waits for the lock row (None: no bound of its own).
     async def acquire_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int,
-                           metadata: dict[str, Any] | None = None) -> LockGrant:
+                           metadata: dict[str, Any] | None = None, *, wait_ms: int | None = None) -> LockGrant:
+        wait: dict[str, Any] = {} if wait_ms is None else {"p_wait_ms": wait_ms}
         return _as(LockGrant, await self._call(
             "acquire_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id, p_ttl_ms=ttl_ms,
-            p_metadata=metadata or {}))
+            p_metadata=metadata or {}, **wait))
 
     async def renew_lock(self, agent_id: str, key: str, lease_id: uuid.UUID, ttl_ms: int) -> LockGrant:
         return _as(LockGrant, await self._call(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,9 +12,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import asyncpg
 import tenacity
 
-from .errors import AgentRuntimeError, ConnectionLost, LockLost, LockNotHeld, LockTimeout
+from .errors import (
+    AgentRuntimeError,
+    ConnectionLost,
+    LockLost,
+    LockNotHeld,
+    LockTimeout,
+    StaleFencingToken,
+    error_from_sqlstate,
+)
 from .models import LockGrant
 
 if TYPE_CHECKING:
@@ -25,9 +34,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)  # identity: each lease is one holding
 class Lease:
-    """A held lock. ``token`` is the fencing token: it strictly increases per key across holders,
-    so a resource that remembers the highest token it has seen can refuse a stale holder's write
-    (or call :meth:`check` in the transaction that writes)."""
+    """A held lock. ``token`` is the fencing token: it strictly increases per key across holders.
+
+    Guard a write with it where the write happens: :meth:`fenced` runs the check inside the
+    transaction that writes (asyncpg); elsewhere call ``public.check_fencing_token(key, token)``
+    in that transaction, or store the token with the resource and refuse a lower one
+    (compare-and-set). A check in another transaction than the write guards nothing.
+
+    The lease counts as lost, on this process's own monotonic clock, once ``ttl`` seconds have
+    passed since the start of its last successful renewal (or of the acquire): the protected
+    block is cancelled then, without waiting for the next renewal."""
 
     key: str
     token: int
@@ -36,12 +52,86 @@ class Lease:
     expires_at: datetime | None
     lost: bool = False
     _runtime: AgentRuntime | None = field(default=None, repr=False)
+    # anyio.current_time() after which this holder must not act as owner any more.
+    _deadline: float = field(default=math.inf, repr=False)
 
-    async def check(self) -> None:
-        """Raise :class:`StaleFencingToken` unless this lease is still the live holder."""
+    def remaining(self) -> float:
+        """Seconds this holder may still act as owner by its own clock (0 once lost)."""
+        if self.lost:
+            return 0.0
+        return max(self._deadline - anyio.current_time(), 0.0)
+
+    def _require_live(self) -> None:
+        if self.lost or self.remaining() <= 0:
+            self.lost = True
+            raise LockLost(f"lock {self.key!r} (token {self.token}) is lost or ran out on this holder's clock")
+
+    @asynccontextmanager
+    async def fenced(self, connection: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+        """``async with lease.fenced(conn): await conn.execute(...)``: the block's statements on
+        ``conn`` (an asyncpg connection) run in one transaction (a savepoint if ``conn`` is already
+        in one) that begins with ``check_fencing_token(key, token)``. It raises
+        :class:`StaleFencingToken` if another holder has taken over. The check's row lock lasts
+        until that transaction ends, so no successor can take the lock before it commits. The
+        transaction commits only if the lease is still live on this holder's clock at the end of
+        the block; otherwise, or on any error or cancellation (a lost lease cancels the block), it
+        is rolled back, shielded, and the connection stays usable (it is closed if the rollback
+        cannot be done in time). Inside an outer transaction the lock lasts until that one ends."""
+        self._require_live()
+        transaction = connection.transaction()
+        with anyio.CancelScope(shield=True):  # (short; begun or not, never half-way)
+            await transaction.start()
+        try:
+            try:
+                await connection.execute("select public.check_fencing_token($1, $2)", self.key, self.token)
+            except asyncpg.PostgresError as exc:
+                raise error_from_sqlstate(exc.sqlstate, exc.message or str(exc), getattr(exc, "hint", None)) from exc
+            yield connection
+            self._require_live()  # ran out while writing: roll back rather than commit late
+        except BaseException:
+            await _shielded_end(connection, transaction.rollback, self._grace())
+            raise
+        if not await _shielded_end(connection, transaction.commit, self._grace()):
+            raise ConnectionLost(f"committing the fenced transaction for {self.key!r} did not finish; "
+                                 "the connection was closed (the transaction was rolled back unless the "
+                                 "commit had reached the database)")
+
+    async def is_live(self) -> bool:
+        """A snapshot: whether the database still held this token as the live one when asked.
+        It guards nothing done afterwards; use :meth:`fenced` (or the SQL check) for writes."""
         if self._runtime is None:
             raise LockNotHeld(f"lease on {self.key} is not attached to a runtime")
-        await self._runtime._require_db().check_fencing_token(self.key, self.token)
+        try:
+            return await self._runtime._require_db().check_fencing_token(self.key, self.token)
+        except StaleFencingToken:
+            return False
+
+    def _grace(self) -> float:
+        return self._runtime.shutdown_timeout if self._runtime is not None else 10.0
+
+
+async def _shielded_end(connection: asyncpg.Connection, end: Callable[[], Awaitable[None]], grace: float) -> bool:
+    """Commit or roll back whatever happens to the caller (a cancelled lease, shutdown). A query
+    the cancellation interrupted may still be cancelling on the connection: retry briefly. If it
+    cannot be done in time the connection is closed, which ends the transaction in the database
+    (releasing its locks): a lost lease never leaves a transaction open. False in that case."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(grace):
+            while True:
+                try:
+                    await end()
+                    return True
+                except asyncpg.InterfaceError as exc:
+                    if connection.is_closed() or "in progress" not in str(exc):
+                        log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
+                        break
+                    # A cancelled query still being cancelled: "another operation is in progress".
+                    await anyio.sleep(0.01)
+                except (asyncpg.PostgresError, OSError) as exc:
+                    log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
+                    break
+    connection.terminate()
+    return False
 
 
 class LockWaiters:
@@ -66,27 +156,42 @@ class LockWaiters:
             self.released(key)
 
 
+# Longest a single acquire call waits in the database for the lock row (a previous holder's fencing
+# transaction) when the caller waits forever: the call returns, and the loop retries.
+_MAX_CALL_WAIT = 5.0
+
+
 async def acquire(runtime: AgentRuntime, key: str, *, ttl: float, wait: float | None) -> Lease | None:
     """Take the lease, waiting up to ``wait`` seconds (None: forever, 0: one try).
-    Between tries a waiter sleeps until a release notification, the holder's remaining lease, or a
-    bounded exponential backoff with jitter, whichever comes first."""
+    Each call waits in the database at most what is left of ``wait`` (p_wait_ms). Between tries a
+    waiter sleeps until a release notification, the holder's remaining lease, or a bounded
+    exponential backoff with jitter, whichever comes first."""
     db = runtime._require_db()
     lease_id = uuid.uuid4()
-    started = time.monotonic()
+    started = anyio.current_time()
     deadline = None if wait is None else started + wait
     backoff = tenacity.wait_random_exponential(multiplier=0.02, max=1.0)
     attempt = 0
     while True:
         released = runtime._lock_waiters.event(key)
         grant: LockGrant | None = None
+        call_started = anyio.current_time()
+        # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
+        call_wait = min(_MAX_CALL_WAIT, ttl / 2)
+        if deadline is not None:
+            call_wait = min(max(deadline - call_started, 0.0), call_wait)
         try:
-            grant = await db.acquire_lock(runtime.agent_id, key, lease_id, int(ttl * 1000))
+            grant = await db.acquire_lock(runtime.agent_id, key, lease_id, int(ttl * 1000),
+                                          wait_ms=int(call_wait * 1000))
         except ConnectionLost as exc:
             log.warning("acquiring %s: %s; retrying", key, exc)
         if grant is not None and grant.acquired and grant.token is not None:
-            runtime.metrics.observe("lock.wait_ms", (time.monotonic() - started) * 1000, channel=key)
-            return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _runtime=runtime)
-        now = time.monotonic()
+            # One figure per agent, not per key (keys are many: a series each would not scale).
+            runtime.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
+            # The database's TTL started during the call, so after call_started: this is never later.
+            return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _runtime=runtime,
+                         _deadline=call_started + ttl)
+        now = anyio.current_time()
         if deadline is not None and now >= deadline:
             return None
         attempt += 1
@@ -106,24 +211,24 @@ def _state(attempt: int) -> tenacity.RetryCallState:
 
 
 async def _keep_renewed(runtime: AgentRuntime, lease: Lease, body: anyio.CancelScope) -> None:
-    """Renew at a third of the TTL. If the lease is gone, or cannot be renewed before it would
-    expire, mark it lost and cancel the protected block: the holder never silently runs on."""
+    """Renew at a third of the TTL. Each success moves the body's deadline to the TTL after the
+    start of that renewal (the block is cancelled when it passes, renewal or not). If the lease is
+    gone, mark it lost and cancel the protected block: the holder never silently runs on."""
     db = runtime._require_db()
-    interval = lease.ttl / 3
-    last_ok = time.monotonic()
+    # Renewed when two thirds of the TTL are left (at once after an acquire that waited long).
+    interval = max(lease.remaining() - lease.ttl * 2 / 3, 0.0)
     while True:
         await anyio.sleep(interval)
+        started = anyio.current_time()
         try:
             grant = await db.renew_lock(runtime.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
             lease.expires_at = grant.expires_at
-            last_ok = time.monotonic()
+            lease._deadline = body.deadline = started + lease.ttl
             interval = lease.ttl / 3
         except LockNotHeld:
             break
         except AgentRuntimeError as exc:
-            # Keep trying while the lease may still be ours; stop short of its expiry.
-            if time.monotonic() - last_ok > lease.ttl * 0.8:
-                break
+            # Keep trying while the lease may still be ours (the deadline ends the block otherwise).
             log.warning("renewing %s: %s; retrying", lease.key, exc)
             interval = min(lease.ttl / 10, 0.5)
     lease.lost = True
@@ -143,15 +248,19 @@ async def hold(runtime: AgentRuntime, key: str, *, ttl: float, wait: float | Non
     runtime._held.add(lease)
     renewer = anyio.CancelScope()
     try:
-        # The renewer runs in the runtime's task group; the body runs in a scope it may cancel.
-        with anyio.CancelScope() as body:
+        # The renewer runs in the runtime's task group; the body runs in a scope it may cancel,
+        # whose deadline is when the lease runs out on this process's clock.
+        with anyio.CancelScope(deadline=lease._deadline) as body:
             runtime._start_task(_run_in_scope, renewer, _keep_renewed, runtime, lease, body)
             yield lease
+        if body.cancelled_caught and anyio.current_time() >= lease._deadline:
+            lease.lost = True
+            log.error("lock %s (token %s) ran out on this holder's clock; the block was cancelled",
+                      key, lease.token)
     finally:
         renewer.cancel()
         runtime._held.discard(lease)
-        if not lease.lost:
-            await release(runtime, lease)
+        await release(runtime, lease)  # (refused harmlessly when the lease is gone already)
     if lease.lost:
         raise LockLost(f"lock {key!r} was lost while held (token {lease.token}); the block was cancelled")
 

@@ -347,7 +347,7 @@ class Subscription(Generic[T]):
     async def _flush_acks(self) -> None:
         if self._pending_acks:
             db = self._runtime._require_db()
-            await self._with_acks(lambda ids: db.ack(self._runtime.agent_id, ids or []))
+            await self._with_acks(lambda ids: db.ack(self._runtime.agent_id, ids or [], self.channel))
 
     async def _with_acks(self, call: Callable[[list[int] | None], Awaitable[R]]) -> R:
         """``call(ack_ids)`` writes the pending acks (None: there are none) in its transaction. If it

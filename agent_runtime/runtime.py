@@ -18,11 +18,10 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 
 from . import _locks, _run
-from ._db import Database, messages_from_json
+from ._db import Database
 from ._durations import required_ms
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
@@ -30,6 +29,7 @@ from ._metrics import Metrics
 from ._payload import to_json_value as _to_builtins
 from ._presence import PresenceEvent, PresenceHub
 from ._subscription import Message, Subscription
+from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
 from .errors import AgentRuntimeError, InvalidInput, RemoteError, RequestTimeout
@@ -126,6 +126,7 @@ class AgentRuntime:
         self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
         self._lock_waiters = _locks.LockWaiters()
+        self._carried = CarriedMessages()  # verifies what wake-ups carry (or fetch instead)
         self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
@@ -241,7 +242,7 @@ class AgentRuntime:
             subs = self._subscriptions.get(channel)
             if not subs:
                 return
-            messages = _carried(event, channel)
+            messages = self._carried.messages(event, channel)
             if messages is None:
                 for sub in subs:
                     sub.wake()
@@ -270,6 +271,8 @@ class AgentRuntime:
 
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
         db = self._require_db()
+        if sub.kind == "broadcast":
+            await self._carried.load_key(db)  # (once; until then wake-ups are plain hints)
         state = await db.subscribe(self.agent_id, sub.channel, sub._start)
         if sub.kind == "broadcast" and isinstance(state.get("cursor"), int):
             sub._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
@@ -573,9 +576,12 @@ class AgentRuntime:
              wait: float | None = None) -> AbstractAsyncContextManager[_locks.Lease]:
         """``async with rt.lock(key) as lease:`` holds a lease (renewed at ttl/3) with a fencing token.
 
-        ``wait``: seconds to wait for it (None: as long as it takes); :class:`LockTimeout` when it
-        runs out. If the lease is lost while held (renewal refused or impossible before expiry),
-        the block is cancelled and :class:`LockLost` is raised from the ``async with``."""
+        ``wait``: seconds to wait for it (None: as long as it takes), in the database too (a
+        previous holder's fencing transaction is waited for at most that long); :class:`LockTimeout`
+        when it runs out. If the lease is lost while held (renewal refused, or ``ttl`` passed on
+        this process's clock since its last successful renewal began), the block is cancelled and
+        :class:`LockLost` is raised from the ``async with``. Guard writes with
+        ``async with lease.fenced(conn):`` (see :class:`~agent_runtime.Lease`)."""
         required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
         return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
@@ -638,25 +644,6 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
-
-
-def _carried(event: Event, channel: str) -> list[RawMessage] | None:
-    """The messages a broadcast wake-up carries (``f``: the first seq, ``m``: the messages as
-    fetch_messages returns them), or None if it carries none or they do not hold together: on the
-    channel's own topic, of that channel, seqs ``f``, ``f + 1``... A subscription takes them only if
-    they continue where it stands (Subscription.offer); anything else is a plain wake-up."""
-    data = event.data
-    carried, first = data.get("m"), data.get("f")
-    if carried is None or type(first) is not int or event.topic != f"channel:{channel}":
-        return None
-    try:
-        messages = messages_from_json(carried)
-    except (msgspec.ValidationError, TypeError):
-        log.warning("ignoring the messages of a malformed wake-up on %s", channel)
-        return None
-    if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
-        return None
-    return messages
 
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:

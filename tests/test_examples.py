@@ -17,6 +17,7 @@ EXPECTED = {
     "leader_election.py": "terms: [",
     "chat_room.py": "alice reads: bob: hi everyone",
     "typed_messages.py": "warehouse ships 1 x gadget for order 2",
+    "fenced_resource.py": "worker-1's late write with token",
 }
 
 

@@ -147,7 +147,7 @@ async def test_locks_fencing_timeout_and_prompt_handover(make_runtime: RuntimeFa
             with pytest.raises(LockTimeout):
                 async with b.lock("k", wait=0.3):
                     pass
-            await first.check()
+            assert await first.is_live()
         async with b.lock("k", ttl=5, wait=3) as second:
             assert second.token > first.token
 

@@ -9,6 +9,7 @@ happens while a test is looking (the safety poll is off too)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,7 +96,8 @@ async def test_a_lost_wake_up_is_a_gap_and_the_fetch_fills_it(make_runtime: Runt
         dispatch = rt._dispatch
 
         def lossy(event: Event) -> None:
-            if event.event == "message" and any(m["payload"] == {"n": 3} for m in event.data.get("m") or ()):
+            if event.event == "message" and any(m["payload"] == {"n": 3}
+                                                for m in json.loads(event.data.get("m") or "[]")):
                 dropped.append(event)
                 return
             dispatch(event)

@@ -75,8 +75,10 @@ async def fenced(db_url: str, key: str, ttl: float, pause: float) -> None:
                                     await anyio.sleep(pause)
                                     await writer.execute("insert into failure_fenced (token, writer) "
                                                          "values ($1, $2)", lease.token, rt.agent_id)
-                        except asyncpg.PostgresError as exc:
-                            if exc.sqlstate != "AR422":
+                        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                            # AR422: stale; or the server ended a fencing transaction left idle past
+                            # the lease (the connection is gone, its write was not committed).
+                            if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate != "AR422":
                                 raise
                             print("refused", flush=True)
                             await anyio.sleep_forever()  # the lease is gone: the block is cancelled soon

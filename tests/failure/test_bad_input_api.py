@@ -160,7 +160,7 @@ async def _call(rt: AgentRuntime, op: tuple[Any, ...]) -> None:
     elif kind == "lock":
         _, key, ttl, wait = op
         async with rt.lock(key, ttl=ttl, wait=wait) as lease:
-            await lease.check()
+            assert await lease.is_live()
     elif kind == "try_lock":
         async with rt.try_lock(op[1], ttl=op[2]):
             pass
@@ -234,6 +234,6 @@ async def test_public_api_refuses_bad_input_with_typed_errors_and_keeps_working(
                     break
                 await arrived.wait()
                 async with rt.lock(f"probe-lock.{rt.agent_id}", ttl=2, wait=2) as lease:
-                    await lease.check()
+                    assert await lease.is_live()
             tg.cancel_scope.cancel()
     assert sorted(probes) == [1, 2]

@@ -93,20 +93,88 @@ async def test_lock_lost_cancels_the_block(make_runtime: RuntimeFactory, conn: a
             assert again.token > lease.token
 
 
-async def test_lease_check_refuses_a_stale_holder(make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
-    """After another holder takes over an expired lease, the old lease's check() raises StaleFencingToken."""
-    async with make_runtime("a") as a, make_runtime("b") as b:
-        with anyio.fail_after(5), pytest.raises(LockLost):
-            async with a.lock("res", ttl=1) as old:
-                await old.check()  # live holder: accepted
-                # Expire it in the database (as if renewals had stalled), then b takes over.
-                await conn.execute("update distributed_locks set expires_at = now() where key = 'res'")
-                async with b.lock("res", ttl=5, wait=2) as new:
-                    assert new.token > old.token
-                    await new.check()
-                    with pytest.raises(StaleFencingToken):
-                        await old.check()
-                    await anyio.sleep(2)  # a's renewal is refused: its block is cancelled here
-        assert old.lost
-        # b's block was cancelled along with a's (it is nested) and released the key.
-        assert await a.locks() == []
+async def test_fenced_write_refused_for_a_stale_holder(make_runtime: RuntimeFactory, conn: asyncpg.Connection,
+                                                      db_url: str) -> None:
+    """After another holder takes over an expired lease, the old lease's fenced() raises
+    StaleFencingToken and writes nothing, while the new holder's fenced write commits."""
+    await conn.execute("create table resource (token bigint not null, writer text not null)")
+    writer = await asyncpg.connect(db_url)
+    try:
+        async with make_runtime("a") as a, make_runtime("b") as b:
+            with anyio.fail_after(5), pytest.raises(LockLost):
+                async with a.lock("res", ttl=1) as old:
+                    async with old.fenced(writer):
+                        await writer.execute("insert into resource values ($1, 'a')", old.token)
+                    # Expire it in the database (as if renewals had stalled), then b takes over.
+                    await conn.execute("update distributed_locks set expires_at = now() where key = 'res'")
+                    async with b.lock("res", ttl=5, wait=2) as new:
+                        assert new.token > old.token
+                        with pytest.raises(StaleFencingToken):
+                            async with old.fenced(writer):
+                                await writer.execute("insert into resource values ($1, 'a-late')", old.token)
+                        async with new.fenced(writer):
+                            await writer.execute("insert into resource values ($1, 'b')", new.token)
+                        assert await new.is_live() and not await old.is_live()
+                        assert not writer.is_in_transaction()
+                        await anyio.sleep(2)  # a's renewal is refused: its block is cancelled here
+            assert old.lost
+            # b's block was cancelled along with a's (it is nested) and released the key.
+            assert await a.locks() == []
+        rows = await conn.fetch("select token, writer from resource order by token")
+        assert [(r["token"], r["writer"]) for r in rows] == [(old.token, "a"), (new.token, "b")]
+    finally:
+        await writer.close()
+
+
+async def test_fenced_rolls_back_on_error_and_inside_an_outer_transaction(make_runtime: RuntimeFactory,
+                                                                         conn: asyncpg.Connection,
+                                                                         db_url: str) -> None:
+    """An error in the block rolls its writes back; inside an outer transaction fenced() is a savepoint."""
+    await conn.execute("create table resource (n int not null)")
+    writer = await asyncpg.connect(db_url)
+    try:
+        async with make_runtime("a") as rt, rt.lock("res", ttl=5) as lease:
+            with pytest.raises(ZeroDivisionError):
+                async with lease.fenced(writer):
+                    await writer.execute("insert into resource values (1)")
+                    _ = 1 / 0
+            assert not writer.is_in_transaction()
+            async with writer.transaction():
+                await writer.execute("insert into resource values (2)")
+                async with lease.fenced(writer):
+                    await writer.execute("insert into resource values (3)")
+                assert writer.is_in_transaction()
+        assert sorted(r["n"] for r in await conn.fetch("select n from resource")) == [2, 3]
+    finally:
+        await writer.close()
+
+
+async def test_lease_runs_out_on_the_holders_clock_without_waiting_for_renewal(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """A renewal stuck in the database does not keep the holder going: the block is cancelled
+    once ttl has passed since the last successful renewal began, and fenced() refuses meanwhile."""
+    async with make_runtime("holder") as rt:
+        started = anyio.current_time()
+        with anyio.fail_after(6), pytest.raises(LockLost):
+            async with rt.lock("stuck", ttl=1) as lease:
+                async with conn.transaction():
+                    # Holds the lock row: the renewals at ttl/3 wait for it.
+                    await conn.execute("select 1 from distributed_locks where key = 'stuck' for update")
+                    await anyio.sleep(5)
+        elapsed = anyio.current_time() - started
+        assert lease.lost and lease.remaining() == 0
+        assert 0.8 < elapsed < 1.4, elapsed
+        with pytest.raises(LockLost):
+            async with lease.fenced(conn):
+                pass
+
+
+async def test_lock_wait_metric_is_one_figure_per_agent(make_runtime: RuntimeFactory) -> None:
+    """lock.wait_ms is recorded without the key as its channel (keys are many)."""
+    async with make_runtime("a") as rt:
+        for key in ("k1", "k2", "k3"):
+            async with rt.lock(key, ttl=2):
+                pass
+        await rt.flush_metrics()
+        figures = [m for m in await rt.read_metrics(agent_id=rt.agent_id, metric="lock.wait_ms")]
+        assert [(m.channel, m.count) for m in figures] == [("", 3)]

@@ -78,7 +78,7 @@ async def test_killed_lock_holder_is_succeeded_with_a_higher_token(
                     # kill), and not much after it (the waiter sleeps until the holder's expiry).
                     assert ttl * 2 / 3 - 0.2 < waited < ttl + ttl / 3 + 0.3, waited
                     assert lease.token > dead_token
-                    await lease.check()
+                    assert await lease.is_live()
                     with pytest.raises(StaleFencingToken):
                         await rt._require_db().check_fencing_token("proc-lock", dead_token)
                     [info] = await rt.locks()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import asyncpg
@@ -26,7 +27,7 @@ async def test_batch_send_notifies_once_with_max_seq(db_url: str, conn: asyncpg.
     assert [{k: e[k] for k in ("c", "s", "t", "e")} for e in events] == [
         {"c": "news", "s": 5, "t": "channel:news", "e": "message"},
         {"c": "jobs", "s": 5, "t": "channel:jobs", "e": "message"}]
-    assert [m["payload"] for m in events[0]["m"]] == [0, 1, 2, 3, 4]
+    assert [m["payload"] for m in json.loads(events[0]["m"])] == [0, 1, 2, 3, 4]
     assert events[1] == {"c": "jobs", "s": 5, "t": "channel:jobs", "e": "message"}  # a queue's: a bare hint
 
 

@@ -38,11 +38,12 @@ async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
     fetched = await call(conn, "fetch_messages", agent_id="b1", channel="news")
     assert {k: event[k] for k in ("c", "s", "f", "t", "e")} == {
         "c": "news", "s": 3, "f": 1, "t": "channel:news", "e": "message"}
-    assert event["m"] == fetched
-    assert [m["id"] for m in event["m"]] == [r["id"] for r in sent]
-    assert [m["attempts"] for m in event["m"]] == [1, 1, 1]
-    assert event["m"][1]["correlation_id"] == messages[1]["correlation_id"]
-    assert event["m"][2]["expires_at"] is not None
+    carried = json.loads(event["m"])  # (one JSON text: its HMAC, 'h', covers exactly these bytes)
+    assert carried == fetched
+    assert [m["id"] for m in carried] == [r["id"] for r in sent]
+    assert [m["attempts"] for m in carried] == [1, 1, 1]
+    assert carried[1]["correlation_id"] == messages[1]["correlation_id"]
+    assert carried[2]["expires_at"] is not None
 
     async def again() -> None:
         await call(conn, "send_messages", agent_id="a1", channel="news", messages=messages[:1])
@@ -50,7 +51,7 @@ async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
     assert broadcast["topic"] == "channel:news" and broadcast["private"] is True
     payload = broadcast["payload"]
     assert (payload["c"], payload["s"], payload["f"]) == ("news", 4, 4)
-    assert payload["m"] == (await call(conn, "fetch_messages", agent_id="b1", channel="news"))[3:]
+    assert json.loads(payload["m"]) == (await call(conn, "fetch_messages", agent_id="b1", channel="news"))[3:]
 
 
 @pytest.mark.parametrize("case", ["seventeen", "big payload", "big headers", "queue", "inbox"])
