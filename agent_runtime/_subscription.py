@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import msgspec
 
+from ._db import MessageClass
 from ._durations import required_ms, to_ms
 from .errors import AgentRuntimeError, ConnectionLost, InvalidPayload
 from .models import ChannelKind, NackResult, RawMessage
@@ -120,10 +121,13 @@ class Subscription(Generic[T]):
     """``async with rt.subscribe("tasks") as sub: async for msg in sub: ...``"""
 
     def __init__(self, runtime: AgentRuntime, channel: str, kind: ChannelKind, *, payload_type: type[T] | None,
-                 batch_size: int, visibility: float | None, start: str, poll_interval: float) -> None:
+                 batch_size: int, visibility: float | None, start: str, poll_interval: float,
+                 classes: Sequence[MessageClass] | None = None) -> None:
         self._runtime = runtime
         self.channel = channel
         self.kind = kind
+        # Queues and inboxes: claim only these classes of message (None: all); may change while open.
+        self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
@@ -133,6 +137,8 @@ class Subscription(Generic[T]):
         self._pending_acks: list[RawMessage] = []
         self._acks_since = 0.0  # when the oldest pending ack was made
         self._wake = anyio.Event()
+        self._retry_at: float | None = None  # the one retry timer: when the earliest nacked message is due
+        self._waiting: set[anyio.CancelScope] = set()  # consumers' waits for news (their deadlines)
         self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
         # Broadcast bookkeeping for messages taken straight from wake-ups (see the module doc).
@@ -280,6 +286,8 @@ class Subscription(Generic[T]):
                 self._wake = anyio.Event()
             wake = self._wake
             timeout = self._poll_interval
+            if self._retry_at is not None:
+                timeout = min(timeout, max(self._retry_at - anyio.current_time(), 0.0))
             if not self._fetch_needed():
                 if self._pending_acks:  # (then the fetch that writes them)
                     timeout = min(self._acks_since + ACK_FLUSH_DELAY - anyio.current_time(), timeout)
@@ -312,9 +320,16 @@ class Subscription(Generic[T]):
                     return
         if not self._runtime._stopping.is_set():  # shutdown wakes every subscription
             with anyio.move_on_after(timeout) as waited:
-                await wake.wait()
+                self._waiting.add(waited)
+                try:
+                    await wake.wait()
+                finally:
+                    self._waiting.discard(waited)
             if waited.cancelled_caught:
-                self._news = True  # the safety poll (or the acks' flush) is due
+                self._news = True  # the safety poll, a retry or the acks' flush is due
+            if self._retry_at is not None and self._retry_at <= anyio.current_time():
+                self._retry_at = None
+                self._news = True
 
     def _after_fetch(self, batch: list[RawMessage] | None) -> None:
         """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
@@ -342,7 +357,8 @@ class Subscription(Generic[T]):
         db = self._runtime._require_db()
         if self.kind == "broadcast":
             return await db.fetch(self._runtime.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids)
+        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
+                              self.classes)
 
     async def _flush_acks(self) -> None:
         if self._pending_acks:
@@ -385,7 +401,16 @@ class Subscription(Generic[T]):
             self._frontier = None
             self.wake()
             if result.state == "retry" and delay > 0:
-                self._runtime._wake_later(self, delay)  # when the retry is due
+                self._retry_in(delay)
         elif result.state == "retry":
-            self._runtime._wake_later(self, delay)
+            self._retry_in(delay)
         return result
+
+    def _retry_in(self, delay: float) -> None:
+        """Look again when a nacked message is due: one timer per subscription (the deadline its
+        consumers wait for news with), however many messages were nacked."""
+        due = anyio.current_time() + delay
+        if self._retry_at is None or due < self._retry_at:
+            self._retry_at = due
+            for scope in self._waiting:  # consumers waiting for news wait no longer than that
+                scope.deadline = min(scope.deadline, due)

@@ -23,7 +23,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from . import _locks
-from ._db import Database, messages_from_json
+from ._db import Database, MessageClass, messages_from_json
 from ._durations import required_ms
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
@@ -32,7 +32,16 @@ from ._presence import PresenceEvent, PresenceHub
 from ._subscription import Message, Subscription
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .errors import AgentRuntimeError, InvalidInput, RemoteError, RequestTimeout
+from .errors import (
+    AgentRuntimeError,
+    AgentUnavailable,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+)
 from .models import (
     AgentInfo,
     AgentStatus,
@@ -53,6 +62,14 @@ Handler = Callable[[Message[Any]], Awaitable[Any]]
 
 _JANITOR_LOCK = "agent_runtime:janitor"
 _encoder = msgspec.json.Encoder()
+# The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
+# is refused here, before it is sent.
+MAX_PAYLOAD_BYTES = 1_048_576
+# The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
+_CONTROL: tuple[MessageClass, ...] = ("request", "reply")
+_REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
+# A request still unanswered after this long makes the requester look whether the agent is online.
+_PRESENCE_CHECK_AFTER = 0.5
 
 
 def _default_agent_id(name: str) -> str:
@@ -96,6 +113,7 @@ class AgentRuntime:
         retry_max_delay: float = 60.0,
         migrate: bool = True,
         pool_size: int = 10,
+        request_concurrency: int = 16,
     ) -> None:
         self.name = name
         self.settings: ConnectionSettings = resolve(url, key, access_token)
@@ -130,7 +148,14 @@ class AgentRuntime:
         self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
-        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message[Any]](100)
+        self._request_concurrency = request_concurrency
+        # Claimed requests wait here for one of the request_concurrency workers; while as many
+        # are pending as there are workers, the inbox claims replies only (requests wait in the table).
+        self._requests_send, self._requests_receive = anyio.create_memory_object_stream[Message[Any]](math.inf)
+        self._requests_pending = 0
+        self._control: Subscription[Any] | None = None
+        self._inbox_sub: Subscription[Any] | None = None  # plain messages, opened by the first rt.inbox() read
+        self._inbox_lock = anyio.Lock()
         self._in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -158,7 +183,9 @@ class AgentRuntime:
             self._tg.start_soon(self._metrics_loop)
             if self.janitor_enabled:
                 self._tg.start_soon(self._janitor_loop)
-            await self._tg.start(self._inbox_loop)
+            await self._tg.start(self._control_loop)
+            for _ in range(self._request_concurrency):
+                self._tg.start_soon(self._request_worker)
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -181,6 +208,7 @@ class AgentRuntime:
                 # cancellation, hence the finally: the agent still leaves in order.
                 await tg.__aexit__(None, None, None)
         finally:
+            await self._hand_back_requests()
             await self._leave()
         return None
 
@@ -202,7 +230,6 @@ class AgentRuntime:
                         log.warning("marking %s offline failed: %s", self.agent_id, exc)
             if self._transport is not None:
                 await self._transport.aclose()  # 6. close
-        self._inbox_send.close()
 
     def _require_db(self) -> Database:
         if self._db is None:
@@ -252,16 +279,6 @@ class AgentRuntime:
             self._wake_subscriptions()
             self._lock_waiters.wake_all()
             self._presence.publish(PresenceEvent("resync"))
-
-    def _wake_later(self, sub: Subscription[Any], delay: float) -> None:
-        if self._tg is None:
-            return
-
-        async def wake() -> None:
-            await self._sleep_unless_stopping(delay)
-            sub.wake()
-
-        self._tg.start_soon(wake)
 
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
         db = self._require_db()
@@ -314,25 +331,54 @@ class AgentRuntime:
                 log.warning("janitor round failed: %s", exc)
             await anyio.sleep(self.janitor_interval * random.uniform(0.9, 1.1))
 
-    async def _inbox_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Consumes this agent's inbox: replies complete pending requests, requests go to the
-        request handler, anything else to :meth:`inbox`."""
-        async with Subscription[Any](self, f"agent:{self.agent_id}", "direct", payload_type=None, batch_size=100,
-                                     visibility=None, start="earliest", poll_interval=self.poll_interval) as sub:
+    async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claims this agent's requests and replies, never its plain messages (those wait in the
+        table for :meth:`inbox`): replies complete pending requests at once, requests queue for
+        the request workers. Nothing here waits on the application."""
+        async with Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None,
+                                     batch_size=max(16, self._request_concurrency), visibility=None,
+                                     start="earliest", poll_interval=self.poll_interval, classes=_CONTROL) as sub:
+            self._control = sub
             task_status.started()
             async for msg in sub:
-                kind = msg.headers.get("ar")
-                if kind in ("reply", "error") and msg.correlation_id is not None:
-                    waiter = self._pending_replies.get(msg.correlation_id)
+                if msg.raw.reply_to is not None:
+                    self._begin()
+                    self._requests_pending += 1
+                    if self._requests_pending >= self._request_concurrency:
+                        sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
+                    self._requests_send.send_nowait(msg)
+                else:
+                    waiter = self._pending_replies.get(msg.correlation_id or "")
                     if waiter is not None:
                         waiter[1].append(msg.raw)
                         waiter[0].set()
                     await msg.ack()  # a late reply to a request that gave up is dropped
-                elif kind == "request" and self._request_handler is not None:
-                    self._begin()
-                    self._start_task(self._answer, self._request_handler, msg)
-                else:
-                    await self._inbox_send.send(msg)
+
+    async def _request_worker(self) -> None:
+        async for msg in self._requests_receive:
+            try:
+                await self._answer(msg)
+            finally:
+                self._end()
+                self._requests_pending -= 1
+                sub = self._control
+                if sub is not None and sub.classes == _REPLIES_ONLY and \
+                        self._requests_pending < self._request_concurrency:
+                    sub.classes = _CONTROL
+                    sub.wake()
+
+    async def _hand_back_requests(self) -> None:
+        """At shutdown: requests claimed but never started go back to the table at once (and so
+        do plain messages claimed for rt.inbox() but never read)."""
+        if self._inbox_sub is not None:
+            await self._inbox_sub.close()
+        self._requests_send.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+            async for msg in self._requests_receive:
+                try:
+                    await msg.nack(delay=0, reason="agent shutting down")
+                except AgentRuntimeError as exc:
+                    log.warning("handing back request %s: %s", msg.id, exc)
 
     def _begin(self) -> None:
         self._in_flight += 1
@@ -343,18 +389,69 @@ class AgentRuntime:
         if self._in_flight == 0:
             self._idle.set()
 
-    async def _answer(self, handler: Handler, msg: Message[Any]) -> None:
+    async def _answer(self, msg: Message[Any]) -> None:
+        """Run the request handler and reply. The error boundary of one request: whatever fails
+        (the handler, the reply, the database) is logged, counted and answered or retried here."""
         try:
             try:
-                result = await handler(msg)
-            except Exception as exc:
-                log.exception("request handler failed on %r", msg)
-                await self._reply(msg.raw, {"error": f"{type(exc).__name__}: {exc}"}, kind="error")
-            else:
-                await self._reply(msg.raw, result)
+                kind, payload = await self._outcome(msg)
+                await self._send_reply(msg.raw, payload, kind)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                    await msg.nack(delay=0, reason="request handler cancelled (shutdown)")
+                raise
             await msg.ack()
+        except AgentRuntimeError as exc:  # the reply could not be sent (the database is away...)
+            self.metrics.increment("errors.request", channel=msg.channel)
+            log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
+            try:
+                await msg.nack(reason=f"{type(exc).__name__}: {exc}")
+            except AgentRuntimeError as nack_exc:
+                log.warning("nack of request %s failed too (%s): redelivered after its visibility timeout",
+                            msg.id, nack_exc)
+
+    async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
+        """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
+        raw = msg.raw
+        if raw.reply_to != _inbox(raw.sender_id) or not raw.correlation_id:
+            return _error(PermissionDenied(f"a request's reply_to must be the requester's own inbox "
+                                           f"({_inbox(raw.sender_id)}), not {raw.reply_to!r}"))
+        handler = self._request_handler
+        if handler is None:
+            return _error(AgentUnavailable(f"agent {self.agent_id} has no request handler"))
+        started = anyio.current_time()
+        try:
+            result = await handler(msg)
+        except Exception as exc:
+            self.metrics.increment("errors.request_handler", channel=msg.channel)
+            log.exception("request handler failed on %r", msg)
+            return "error", {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
         finally:
-            self._end()
+            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
+        try:
+            return "reply", _checked_payload(result)
+        except InvalidInput as exc:
+            self.metrics.increment("errors.reply", channel=msg.channel)
+            log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
+            return _error(exc)
+
+    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
+        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
+        becomes an error reply; a requester that is gone gets nothing."""
+        destination = _inbox(request.sender_id)
+        message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
+        try:
+            try:
+                await self._send(destination, [message])
+            except (InvalidInput, PermissionDenied) as exc:
+                if kind == "error":
+                    raise
+                self.metrics.increment("errors.reply", channel=destination)
+                log.warning("the reply to request %s was refused: %s", request.id, exc)
+                kind, payload = _error(exc)
+                await self._send(destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
+        except (NotFound, InvalidInput, PermissionDenied) as exc:
+            log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
 
     # ------------------------------------------------------------------ presence
 
@@ -483,7 +580,7 @@ class AgentRuntime:
         ttl_ms, delay_ms = _ms(ttl, "ttl"), _ms(delay, "delay")
         headers = _to_builtins(headers) if headers else None
         for i, payload in enumerate(payloads):
-            entry: dict[str, Any] = {"payload": _to_builtins(payload)}
+            entry: dict[str, Any] = {"payload": _checked_payload(payload)}
             if headers:
                 entry["headers"] = headers
             if idempotency_keys is not None and idempotency_keys[i]:
@@ -509,13 +606,29 @@ class AgentRuntime:
                                   ttl=ttl)
 
     def inbox(self) -> AsyncIterator[Message[Any]]:
-        """Direct messages to this agent that are not replies (nor requests, when a request
-        handler is set). Ack them like any message."""
-        return self._inbox_receive.__aiter__()
+        """Direct messages to this agent (not requests, not replies). Ack them like any message.
+
+        They are claimed only while read: unread ones wait in the table (durably, for as long as
+        their TTL), and never hold up this agent's requests and replies."""
+        return _Inbox(self)
+
+    async def _plain_inbox(self) -> Subscription[Any]:
+        async with self._inbox_lock:
+            if self._inbox_sub is None:
+                if self._tg is None:
+                    raise AgentRuntimeError("the runtime is not running")
+                sub = Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None, batch_size=10,
+                                        visibility=None, start="earliest", poll_interval=self.poll_interval,
+                                        classes=("plain",))
+                await sub.__aenter__()
+                self._inbox_sub = sub
+            return self._inbox_sub
 
     def on_request(self, handler: Handler) -> Handler:
         """Decorator: answer requests sent to this agent; the handler's return value is the reply
-        (an exception becomes a :class:`RemoteError` at the requester)."""
+        (an exception becomes a :class:`RemoteError` at the requester). At most
+        ``request_concurrency`` requests are handled at a time; more wait in the table. Until a
+        handler is set, requests are refused (:class:`AgentUnavailable` at the requester)."""
         self._request_handler = handler
         return handler
 
@@ -524,33 +637,67 @@ class AgentRuntime:
         """Send a request to an agent's inbox and wait for its reply's payload.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (the request also expires then,
-        so it is not handled after the requester gave up), :class:`RemoteError` if the handler raised."""
+        so it is not handled after the requester gave up), :class:`RemoteError` if the responder
+        could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
+        or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
         timeout_ms = required_ms(timeout, "timeout")
-        correlation_id = str(uuid.uuid4())
-        arrived = anyio.Event()
+        target = _inbox(agent_id)
+        message = {"payload": _checked_payload(payload),
+                   "headers": {**(_to_builtins(headers) if headers else {}), "ar": "request"},
+                   "correlation_id": str(uuid.uuid4()), "reply_to": _inbox(self.agent_id),
+                   "ttl_ms": max(timeout_ms, 1)}
+        done = anyio.Event()  # a reply arrived, or the agent is found offline
         replies: list[RawMessage] = []
-        self._pending_replies[correlation_id] = (arrived, replies)
+        offline: list[bool] = []
+        self._pending_replies[message["correlation_id"]] = (done, replies)
         try:
-            await self._send(_inbox(agent_id), [{
-                "payload": _to_builtins(payload), "headers": {**_to_builtins(headers or {}), "ar": "request"},
-                "correlation_id": correlation_id, "reply_to": f"agent:{self.agent_id}",
-                "ttl_ms": max(timeout_ms, 1)}])
+            await self._send(target, [message])
             with anyio.move_on_after(timeout):
-                await arrived.wait()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                    await done.wait()
+                    tg.cancel_scope.cancel()
         finally:
-            del self._pending_replies[correlation_id]
+            del self._pending_replies[message["correlation_id"]]
+        if not replies and offline:
+            raise AgentUnavailable(f"agent {agent_id} is offline")
         if not replies:
             raise RequestTimeout(f"no reply from {agent_id} within {timeout}s")
         reply = replies[0]
         if reply.headers.get("ar") == "error":
-            error = reply.payload.get("error") if isinstance(reply.payload, dict) else reply.payload
-            raise RemoteError(f"{agent_id} failed: {error}")
+            body = reply.payload if isinstance(reply.payload, dict) else {"error": reply.payload}
+            error, remote_type = body.get("error"), body.get("type")
+            if remote_type == AgentUnavailable.__name__:
+                raise AgentUnavailable(str(error))
+            raise RemoteError(f"{agent_id} failed: {error}",
+                              remote_type=None if remote_type is None else str(remote_type))
         return reply.payload
 
+    async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
+        """While no reply has come, look now and then whether the agent is online at all (a
+        prompt reply costs no look-up)."""
+        delay = _PRESENCE_CHECK_AFTER
+        while not done.is_set():
+            await anyio.sleep(delay)
+            try:
+                agents = await self._require_db().list_agents(None, online_only=True)
+            except AgentRuntimeError as exc:
+                log.debug("presence check for a request failed: %s", exc)
+                continue
+            if not any(a.id == agent_id for a in agents):
+                offline.append(True)
+                done.set()
+                return
+            delay = max(self.heartbeat_interval, delay)
+
     async def _reply(self, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
+        """Answer a request (Message.reply): to the requester's own inbox, and only there."""
         if not request.reply_to or not request.correlation_id:
             raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
-        await self._send(request.reply_to, [{"payload": _to_builtins(payload), "headers": {"ar": kind},
+        if request.reply_to != _inbox(request.sender_id):
+            raise PermissionDenied(f"message {request.id} asks for a reply to {request.reply_to!r}: "
+                                   "replies go to the requester's own inbox only")
+        await self._send(request.reply_to, [{"payload": _checked_payload(payload), "headers": {"ar": kind},
                                              "correlation_id": request.correlation_id}])
 
     # ------------------------------------------------------------------ dead letters
@@ -652,6 +799,37 @@ def _carried(event: Event, channel: str) -> list[RawMessage] | None:
     if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
         return None
     return messages
+
+
+class _Inbox:
+    """``async for msg in rt.inbox()``: opens the runtime's plain-message subscription on the
+    first read (shared by every reader, closed with the runtime)."""
+
+    def __init__(self, rt: AgentRuntime) -> None:
+        self._rt = rt
+        self._sub: Subscription[Any] | None = None
+
+    def __aiter__(self) -> _Inbox:
+        return self
+
+    async def __anext__(self) -> Message[Any]:
+        if self._sub is None:
+            self._sub = await self._rt._plain_inbox()
+        return await self._sub.__anext__()
+
+
+def _error(exc: AgentRuntimeError) -> tuple[str, dict[str, str]]:
+    return "error", {"error": str(exc), "type": type(exc).__name__}
+
+
+def _checked_payload(payload: Any) -> Any:
+    """The payload as JSON-ready builtins, refused here if no channel could take it."""
+    value = _to_builtins(payload)
+    if isinstance(value, str | list | dict):
+        size = len(_encoder.encode(value))
+        if size > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
+    return value
 
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:

@@ -134,6 +134,10 @@ async def test_request_reply_error_and_timeout(make_runtime: RuntimeFactory) -> 
         with anyio.fail_after(3), pytest.raises(RemoteError, match="no way"):
             await client.request(server.agent_id, {"fail": True}, timeout=3)
         async with make_runtime("mute") as mute:
+            @mute.on_request
+            async def never(msg: Any) -> Any:
+                await anyio.sleep_forever()
+
             with pytest.raises(RequestTimeout):
                 await client.request(mute.agent_id, {"x": 1}, timeout=0.5)
 
