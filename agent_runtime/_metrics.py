@@ -94,7 +94,10 @@ class Metrics:
         ]
         try:
             return await db.record_metrics(agent_id, rows)
-        except AgentRuntimeError:
-            for key, figure in batch.items():
-                self._figure(*key).merge(figure)
+        except AgentRuntimeError as exc:
+            if exc.retryable:  # the connection failed: keep them for the next flush
+                for key, figure in batch.items():
+                    self._figure(*key).merge(figure)
+            else:  # refused: sending the same batch again would be refused again, forever
+                log.error("metrics batch of %d figures refused and dropped: %s", len(rows), exc)
             raise

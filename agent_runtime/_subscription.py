@@ -387,11 +387,21 @@ class Subscription(Generic[T]):
     async def _nack(self, raw: RawMessage, *, delay: float | None, reason: str | None, dead: bool) -> NackResult:
         # Everything acked before this message must be written first (broadcast acks are cumulative
         # and a nack rewinds the cursor to just before this message).
-        await self._flush_acks()
         if delay is None:
             delay = self._runtime.retry_delay(raw.attempts)
-        result = await self._runtime._require_db().nack(
-            self._runtime.agent_id, raw.id, delay_ms=required_ms(delay, "delay"), reason=reason, dead=dead)
+        delay_ms = required_ms(delay, "delay")
+        try:
+            await self._flush_acks()
+            result = await self._runtime._require_db().nack(
+                self._runtime.agent_id, raw.id, delay_ms=delay_ms, reason=reason, dead=dead)
+        except AgentRuntimeError:
+            if self.kind == "broadcast":
+                # Not written: nothing after this message may be acked (acks are cumulative), so
+                # everything from the cursor on comes again from a fetch. Queues: the claim times out.
+                self._buffer.clear()
+                self._frontier = None
+                self.wake()
+            raise
         metric = "messages.dead" if result.state == "dead" else "messages.nacked"
         self._runtime.metrics.increment(metric, channel=self.channel)
         if self.kind == "broadcast":

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 
 import anyio
 import msgspec
+import tenacity
 from anyio.abc import TaskGroup
 
 from . import _locks
@@ -258,6 +259,14 @@ class AgentRuntime:
     # ------------------------------------------------------------------ wake-up dispatch
 
     def _dispatch(self, event: Event) -> None:
+        """Wake-ups are hints: one that cannot be understood is logged and dropped, never fatal."""
+        try:
+            self._dispatch_event(event)
+        except Exception:
+            self.metrics.increment("errors.wakeup")
+            log.exception("ignoring a wake-up that could not be dispatched: %r", event)
+
+    def _dispatch_event(self, event: Event) -> None:
         if event.event == "message":
             channel = str(event.data.get("c"))
             subs = self._subscriptions.get(channel)
@@ -398,17 +407,13 @@ class AgentRuntime:
                 await self._send_reply(msg.raw, payload, kind)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await msg.nack(delay=0, reason="request handler cancelled (shutdown)")
+                    await self._nack_quietly(msg, delay=0, reason="request handler cancelled (shutdown)")
                 raise
             await msg.ack()
         except AgentRuntimeError as exc:  # the reply could not be sent (the database is away...)
             self.metrics.increment("errors.request", channel=msg.channel)
             log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
-            try:
-                await msg.nack(reason=f"{type(exc).__name__}: {exc}")
-            except AgentRuntimeError as nack_exc:
-                log.warning("nack of request %s failed too (%s): redelivered after its visibility timeout",
-                            msg.id, nack_exc)
+            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
 
     async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
         """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
@@ -529,37 +534,74 @@ class AgentRuntime:
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
                             kind: ChannelKind | None, start: str, visibility: float | None,
                             concurrency: int) -> None:
+        """One handler's error boundary: a lost connection reopens its subscription with backoff;
+        anything else the database refuses (a channel of another kind, one that was deleted...)
+        stops this handler alone, logged and counted, never the runtime."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
+            wait=tenacity.wait_random_exponential(multiplier=self.retry_base_delay, max=self.retry_max_delay),
+            sleep=anyio.sleep, reraise=True,
+            before_sleep=lambda state: log.warning("handler on %s: %s; reopening", channel,
+                                                   state.outcome.exception() if state.outcome else None))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._consume(channel, handler, payload_type, kind, start, visibility, concurrency)
+        except AgentRuntimeError as exc:
+            self.metrics.increment("errors.handler", channel=channel)
+            log.error("the handler on %s stopped: %s", channel, exc)
+
+    async def _consume(self, channel: str, handler: Handler, payload_type: type[Any] | None,
+                       kind: ChannelKind | None, start: str, visibility: float | None, concurrency: int) -> None:
         # Concurrent handlers share one subscription: one claim (and one ack write) serves them all.
         # Broadcast keeps per-channel order: one handler at a time.
+        failures: list[AgentRuntimeError] = []
         async with self.subscribe(channel, type=payload_type, kind=kind, start=start,
                                   batch_size=max(10, concurrency), visibility_timeout=visibility) as sub:
             async with anyio.create_task_group() as tg:
                 for _ in range(1 if sub.kind == "broadcast" else concurrency):
-                    tg.start_soon(self._handle_each, sub, handler)
+                    tg.start_soon(self._handle_each, sub, handler, failures, tg.cancel_scope)
+        if failures:
+            raise failures[0]
 
-    async def _handle_each(self, sub: Subscription[Any], handler: Handler) -> None:
-        async for msg in sub:
-            self._begin()
-            try:
-                await self._run_handler(handler, msg)
-            finally:
-                self._end()
+    async def _handle_each(self, sub: Subscription[Any], handler: Handler, failures: list[AgentRuntimeError],
+                           scope: anyio.CancelScope) -> None:
+        try:
+            async for msg in sub:
+                self._begin()
+                try:
+                    await self._run_handler(handler, msg)
+                finally:
+                    self._end()
+        except AgentRuntimeError as exc:  # the subscription failed: the boundary above decides
+            failures.append(exc)
+            scope.cancel()
 
     async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
+        """One message's error boundary: the handler raising nacks it; a nack that cannot be
+        written (the database is away) leaves it to be redelivered."""
         started = anyio.current_time()
         try:
             await handler(msg)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                await msg.nack(delay=0, reason="handler cancelled (shutdown)")
+                await self._nack_quietly(msg, delay=0, reason="handler cancelled (shutdown)")
             raise
         except Exception as exc:
+            self.metrics.increment("errors.handler_call", channel=msg.channel)
             log.warning("handler for %s failed on %r: %s", msg.channel, msg, exc)
-            await msg.nack(reason=f"{type(exc).__name__}: {exc}")
+            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
         else:
             await msg.ack()
         finally:
             self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
+
+    async def _nack_quietly(self, msg: Message[Any], *, delay: float | None = None, reason: str) -> None:
+        try:
+            await msg.nack(delay=delay, reason=reason)
+        except AgentRuntimeError as exc:
+            self.metrics.increment("errors.nack", channel=msg.channel)
+            log.warning("nack of %r failed (%s): it will be redelivered", msg, exc)
 
     async def publish(self, channel: str, payload: Any, *, headers: dict[str, Any] | None = None,
                       idempotency_key: str | None = None, ttl: float | None = None,

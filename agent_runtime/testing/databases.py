@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -77,5 +78,5 @@ class TestDatabases:
         return self._url(name)
 
     async def drop(self, url: str) -> None:
-        name = url.split("/")[-1].split("?")[0]
+        name = urlsplit(url).path.lstrip("/")  # (the query names a socket folder, with slashes)
         await self._admin(f'drop database if exists "{name}" with (force)')
