@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -25,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from . import _locks
 from ._db import Database, MessageClass, messages_from_json
-from ._durations import required_ms
+from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
@@ -37,6 +38,7 @@ from .errors import (
     AgentRuntimeError,
     AgentUnavailable,
     InvalidInput,
+    InvalidName,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -125,17 +127,20 @@ class AgentRuntime:
         self.version = version
         self.metadata = dict(metadata or {})
         self._access_token_provider = access_token_provider
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else max(3 * heartbeat_interval, 1.0)
+        # Checked here, so that a bad value is refused by the constructor, not by a timer later.
+        self.heartbeat_interval = bounded(heartbeat_interval, "heartbeat_interval", minimum=0.1, maximum=1200)
+        self.heartbeat_ttl = (max(3 * self.heartbeat_interval, 1.0) if heartbeat_ttl is None else bounded(
+            heartbeat_ttl, "heartbeat_ttl", minimum=max(1.0, self.heartbeat_interval), maximum=3600))
         self.janitor_enabled = janitor
-        self.janitor_interval = janitor_interval
-        self.metrics_interval = metrics_interval
-        self.poll_interval = poll_interval
-        self.shutdown_timeout = shutdown_timeout
-        self.retry_base_delay = retry_base_delay
-        self.retry_max_delay = retry_max_delay
+        self.janitor_interval = bounded(janitor_interval, "janitor_interval", minimum=0.1, maximum=86400)
+        self.metrics_interval = bounded(metrics_interval, "metrics_interval", minimum=0.1, maximum=86400)
+        self.poll_interval = bounded(poll_interval, "poll_interval", minimum=0.1, maximum=86400)
+        self.shutdown_timeout = bounded(shutdown_timeout, "shutdown_timeout", minimum=0, maximum=3600)
+        self.retry_base_delay = bounded(retry_base_delay, "retry_base_delay", minimum=0, maximum=3600)
+        self.retry_max_delay = bounded(retry_max_delay, "retry_max_delay", minimum=self.retry_base_delay,
+                                       maximum=86400)
         self._migrate = migrate
-        self._pool_size = pool_size
+        self._pool_size = whole(pool_size, "pool_size", minimum=1, maximum=1000)
 
         self.metrics = Metrics()
         self.info: AgentInfo | None = None
@@ -149,7 +154,7 @@ class AgentRuntime:
         self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
-        self._request_concurrency = request_concurrency
+        self._request_concurrency = whole(request_concurrency, "request_concurrency", minimum=1, maximum=10000)
         # Claimed requests wait here for one of the request_concurrency workers; while as many
         # are pending as there are workers, the inbox claims replies only (requests wait in the table).
         self._requests_send, self._requests_receive = anyio.create_memory_object_stream[Message[Any]](math.inf)
@@ -482,6 +487,15 @@ class AgentRuntime:
                       visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
                       metadata: dict[str, Any] | None = None) -> ChannelInfo:
         """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
+        _check_channel_name(name, inbox=False)
+        if kind not in ("broadcast", "queue"):
+            raise InvalidInput(f"channel kind must be broadcast or queue (got {kind!r})")
+        if max_attempts is not None:
+            whole(max_attempts, "max_attempts", minimum=1, maximum=1000)
+        if max_payload_bytes is not None:
+            whole(max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_BYTES)
+        if visibility_timeout is not None:
+            bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
         return await self._require_db().ensure_channel(
             self.agent_id, name, kind, retention_ms=_ms(retention, "retention"),
             message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
@@ -507,7 +521,8 @@ class AgentRuntime:
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
-        _ms(visibility_timeout, "visibility_timeout")
+        _check_subscription(channel, kind, start, visibility_timeout)
+        whole(batch_size, "batch_size", minimum=1, maximum=10000)
         return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
@@ -526,9 +541,10 @@ class AgentRuntime:
                kind: ChannelKind | None = None, start: str = "latest", concurrency: int = 1,
                visibility_timeout: float | None = None) -> None:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
-        if concurrency < 1:
-            raise InvalidInput("concurrency must be at least 1")
-        _ms(visibility_timeout, "visibility_timeout")
+        whole(concurrency, "concurrency", minimum=1, maximum=10000)
+        _check_subscription(channel, kind, start, visibility_timeout)
+        if not callable(handler):
+            raise InvalidInput(f"handler must be an async callable (got {handler!r})")
         self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
 
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
@@ -841,6 +857,28 @@ def _carried(event: Event, channel: str) -> list[RawMessage] | None:
     if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
         return None
     return messages
+
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+
+
+def _check_channel_name(name: str, *, inbox: bool) -> None:
+    """The SQL's rule for channel names, checked before anything is sent."""
+    if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
+        raise InvalidName(f"invalid channel name {name!r}",
+                          hint="1-128 characters: letters, digits, _ . : / - (not starting with a symbol)")
+    if not inbox and name.startswith("agent:"):
+        raise InvalidName("channel names starting with agent: are agent inboxes")
+
+
+def _check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None) -> None:
+    _check_channel_name(channel, inbox=True)
+    if kind not in (None, "broadcast", "queue"):
+        raise InvalidInput(f"kind must be broadcast or queue (got {kind!r})")
+    if start not in ("latest", "earliest"):
+        raise InvalidInput(f"start must be 'latest' or 'earliest' (got {start!r})")
+    if visibility_timeout is not None:
+        bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
 
 
 class _Inbox:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:  # rich is imported by to_table only: `import agent_runtime` stays light
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 from .models import AgentInfo, LockInfo, Topology, TopologyChannel
 
@@ -327,6 +329,7 @@ _STATUS_STYLES = {"online": "green", "busy": "yellow", "away": "yellow", "offlin
 
 
 def _ago(when: datetime | None, now: datetime) -> Text:
+    from rich.text import Text
     if when is None:
         return Text("-", style="dim")
     seconds = (when - now).total_seconds()
@@ -343,6 +346,7 @@ def _ago(when: datetime | None, now: datetime) -> Text:
 
 
 def _table(title: str, *columns: str) -> Table:
+    from rich.table import Table
     table = Table(title=title, title_justify="left", title_style="bold", expand=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -350,6 +354,7 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def _none_row(table: Table) -> None:
+    from rich.text import Text
     if table.row_count == 0:
         table.add_row(Text("none", style="dim"), *[Text("") for _ in table.columns[1:]])
 
@@ -359,6 +364,8 @@ def to_table(topo: Topology) -> RenderableType:
 
     Names are shown literally (never read as rich markup). Times are relative to the document's
     ``generated_at``, the database's clock."""
+    from rich.console import Group
+    from rich.text import Text
     now = topo.generated_at
     agents = _table(f"Agents ({len(topo.agents)})", "id", "name", "kind", "status", "capabilities", "host",
                     "last seen")
