@@ -1,8 +1,8 @@
 """Subscriptions: durable, at-least-once delivery from one channel to this agent.
 
 Wake-ups are hints; the fetch (broadcast cursor) or claim (queue, inbox) decides what arrives.
-A subscriber fetches in batches and falls back to a slow safety poll, so a lost notification
-costs latency, never a message.
+A subscriber fetches in batches; the runtime's one safety poll wakes the subscriptions that have
+not fetched for a while, so a lost notification costs latency, never a message.
 
 One shortcut, on broadcast channels only: a wake-up may carry the new messages themselves (few and
 small ones; see the migration ``messages_in_wakeups``), and a subscription may deliver them without
@@ -20,6 +20,7 @@ wake-up announces (replayed dead letters)."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -121,7 +122,7 @@ class Subscription(Generic[T]):
     """``async with rt.subscribe("tasks") as sub: async for msg in sub: ...``"""
 
     def __init__(self, runtime: AgentRuntime, channel: str, kind: ChannelKind, *, payload_type: type[T] | None,
-                 batch_size: int, visibility: float | None, start: str, poll_interval: float,
+                 batch_size: int, visibility: float | None, start: str,
                  classes: Sequence[MessageClass] | None = None) -> None:
         self._runtime = runtime
         self.channel = channel
@@ -132,7 +133,7 @@ class Subscription(Generic[T]):
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
         self._start = start
-        self._poll_interval = poll_interval
+        self._last_fetch = anyio.current_time()  # when a fetch last answered (the runtime's safety poll reads it)
         self._buffer: deque[RawMessage] = deque()
         self._pending_acks: list[RawMessage] = []
         self._acks_since = 0.0  # when the oldest pending ack was made
@@ -152,6 +153,10 @@ class Subscription(Generic[T]):
         self.taken_from_wakeups = 0  # messages delivered without a fetch (diagnostics, tests)
 
     # Wake-ups (called from the runtime's event dispatch; never block)
+    def poll_due(self, now: float, interval: float) -> bool:
+        """For the runtime's safety poll: nothing fetched for ``interval`` seconds, and no fetch owed yet."""
+        return not self._news and not self._closed and now - self._last_fetch >= interval
+
     def wake(self) -> None:
         """News: fetch (or claim)."""
         self._news = True
@@ -285,7 +290,7 @@ class Subscription(Generic[T]):
             if self._wake.is_set():  # (a wake-up from now on is news the fetch below may miss)
                 self._wake = anyio.Event()
             wake = self._wake
-            timeout = self._poll_interval
+            timeout = math.inf  # news comes from wake-ups, and from the runtime's one safety poll
             if self._retry_at is not None:
                 timeout = min(timeout, max(self._retry_at - anyio.current_time(), 0.0))
             if not self._fetch_needed():
@@ -326,7 +331,7 @@ class Subscription(Generic[T]):
                 finally:
                     self._waiting.discard(waited)
             if waited.cancelled_caught:
-                self._news = True  # the safety poll, a retry or the acks' flush is due
+                self._news = True  # a retry or the acks' flush is due
             if self._retry_at is not None and self._retry_at <= anyio.current_time():
                 self._retry_at = None
                 self._news = True
@@ -334,6 +339,7 @@ class Subscription(Generic[T]):
     def _after_fetch(self, batch: list[RawMessage] | None) -> None:
         """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
         self._in_fetch = False
+        self._last_fetch = anyio.current_time()
         if batch is None:
             if self._offered:
                 self._offered.clear()

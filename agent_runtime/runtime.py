@@ -71,6 +71,8 @@ MAX_PAYLOAD_BYTES = 1_048_576
 # The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
 _CONTROL: tuple[MessageClass, ...] = ("request", "reply")
 _REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
+# The safety poll's budget: subscriptions woken per second at most, however many there are.
+SAFETY_POLLS_PER_SECOND = 50
 # A request still unanswered after this long makes the requester look whether the agent is online.
 _PRESENCE_CHECK_AFTER = 0.5
 
@@ -186,6 +188,7 @@ class AgentRuntime:
         try:
             await self._tg.start(self._transport.run_listener, self._dispatch)
             self._tg.start_soon(self._heartbeat_loop)
+            self._tg.start_soon(self._safety_poll_loop)
             self._tg.start_soon(self._metrics_loop)
             if self.janitor_enabled:
                 self._tg.start_soon(self._janitor_loop)
@@ -320,6 +323,24 @@ class AgentRuntime:
             except AgentRuntimeError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    async def _safety_poll_loop(self) -> None:
+        """The one safety poll of this runtime (not one timer per subscription): each tick wakes the
+        subscriptions that have fetched nothing for ``poll_interval``, at most SAFETY_POLLS_PER_SECOND
+        of them, so that thousands of idle subscriptions cost a bounded number of transactions (each
+        is then looked at less often than ``poll_interval``). Wake-ups and reconnects do the rest."""
+        tick = min(self.poll_interval, 1.0)
+        while True:
+            await anyio.sleep(tick)
+            budget = max(1, int(SAFETY_POLLS_PER_SECOND * tick))
+            now = anyio.current_time()
+            for subs in list(self._subscriptions.values()):
+                for sub in list(subs):
+                    if budget and sub.poll_due(now, self.poll_interval):
+                        sub.wake()
+                        budget -= 1
+                if not budget:
+                    break
+
     async def _metrics_loop(self) -> None:
         while True:
             await anyio.sleep(self.metrics_interval)
@@ -351,7 +372,7 @@ class AgentRuntime:
         the request workers. Nothing here waits on the application."""
         async with Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None,
                                      batch_size=max(16, self._request_concurrency), visibility=None,
-                                     start="earliest", poll_interval=self.poll_interval, classes=_CONTROL) as sub:
+                                     start="earliest", classes=_CONTROL) as sub:
             self._control = sub
             task_status.started()
             async for msg in sub:
@@ -676,8 +697,7 @@ class AgentRuntime:
                 if self._tg is None:
                     raise AgentRuntimeError("the runtime is not running")
                 sub = Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None, batch_size=10,
-                                        visibility=None, start="earliest", poll_interval=self.poll_interval,
-                                        classes=("plain",))
+                                        visibility=None, start="earliest", classes=("plain",))
                 await sub.__aenter__()
                 self._inbox_sub = sub
             return self._inbox_sub
@@ -819,7 +839,7 @@ class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
             info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
             kind = info.kind if info else await self._existing_kind()
         self._sub = Subscription(self._rt, self._channel, kind, payload_type=self._type, batch_size=self._batch,
-                                 visibility=self._visibility, start=self._start, poll_interval=self._rt.poll_interval)
+                                 visibility=self._visibility, start=self._start)
         return await self._sub.__aenter__()
 
     async def _existing_kind(self) -> ChannelKind:
