@@ -15,7 +15,7 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -149,6 +149,7 @@ class AgentRuntime:
         self._transport: Transport | None = None
         self._db: Database | None = None
         self._tg: TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None
         self._stopping = anyio.Event()
         self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
@@ -171,58 +172,63 @@ class AgentRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> AgentRuntime:
-        self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
-                                               access_token_provider=self._access_token_provider)
-        self._db = Database(self._transport)
-        try:
+        # Every step that needs undoing pushes its undoing on one exit stack; leaving the runtime
+        # unwinds it in reverse with the real exception (the same when start-up fails half way).
+        async with AsyncExitStack() as stack:
+            self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
+                                                   access_token_provider=self._access_token_provider)
+            stack.push_async_callback(self._close)  # 6. close
+            self._db = Database(self._transport)
             self._transport.set_identity(self.agent_id)
             self.info = await self._db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
                 heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-        except BaseException:
-            await self._transport.aclose()
-            raise
-        try:
-            await self._tg.start(self._transport.run_listener, self._dispatch)
-            self._tg.start_soon(self._heartbeat_loop)
-            self._tg.start_soon(self._safety_poll_loop)
-            self._tg.start_soon(self._metrics_loop)
+            stack.push_async_callback(self._leave)  # 3-5. locks, metrics, offline
+            stack.push_async_callback(self._hand_back_requests)
+            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
+            await tg.start(self._transport.run_listener, self._dispatch)
+            tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._safety_poll_loop)
+            tg.start_soon(self._metrics_loop)
             if self.janitor_enabled:
-                self._tg.start_soon(self._janitor_loop)
-            await self._tg.start(self._control_loop)
+                tg.start_soon(self._janitor_loop)
+            await tg.start(self._control_loop)
             for _ in range(self._request_concurrency):
-                self._tg.start_soon(self._request_worker)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+                tg.start_soon(self._request_worker)
+            self._exit_stack = stack.pop_all()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        self._stopping.set()  # 1. stop intake: consumers fetch nothing more
-        self._wake_subscriptions()  # (those waiting for news see it now)
-        tg, self._tg = self._tg, None
+        # The task group is exited at the nesting level it was entered at, with the exception
+        # that ends the block. When the caller is being cancelled (SIGTERM, an outer task group)
+        # the later steps still run: each is shielded and bounded.
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:
+            return None
         try:
-            if tg is not None:
-                # 2. in-flight handlers get the grace period; then they are cancelled and their
-                #    messages handed back (nacked) in their own shielded cleanup.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await self._idle.wait()
-                tg.cancel_scope.cancel()
-                # Exited at the nesting level it was entered at (no scope around it). When the
-                # caller is being cancelled (SIGTERM, an outer task group) this re-raises the
-                # cancellation, hence the finally: the agent still leaves in order.
-                await tg.__aexit__(None, None, None)
-        finally:
-            await self._hand_back_requests()
-            await self._leave()
-        return None
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False  # only the block's own exception (the task group grouped it): as itself
+            raise
+
+    async def _stop(self) -> None:
+        """Steps 1-2 of shutdown: intake stops (consumers fetch nothing more, and those waiting for
+        news see it now); in-flight handlers get the grace period, then they are cancelled and
+        their messages handed back (nacked) in their own shielded cleanup."""
+        self._stopping.set()
+        self._wake_subscriptions()
+        tg, self._tg = self._tg, None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+            await self._idle.wait()
+        if tg is not None:
+            tg.cancel_scope.cancel()
 
     async def _leave(self) -> None:
-        """Steps 3-6 of shutdown, shielded from cancellation and bounded in time."""
+        """Steps 3-5 of shutdown, shielded from cancellation and bounded in time."""
         db = self._db
         with anyio.CancelScope(shield=True):
             if db is not None:
@@ -237,8 +243,11 @@ class AgentRuntime:
                         await db.deregister_agent(self.agent_id)  # 5. offline
                     except AgentRuntimeError as exc:
                         log.warning("marking %s offline failed: %s", self.agent_id, exc)
-            if self._transport is not None:
-                await self._transport.aclose()  # 6. close
+
+    async def _close(self) -> None:
+        if self._transport is not None:
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()
 
     def _require_db(self) -> Database:
         if self._db is None:
