@@ -14,6 +14,7 @@ from ._presence import PresenceEvent
 from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
+    AgentUnavailable,
     ChannelKindMismatch,
     ConfigurationError,
     Conflict,
@@ -61,6 +62,7 @@ __all__ = [
     "AgentRuntime",
     "AgentRuntimeError",
     "AgentStatus",
+    "AgentUnavailable",
     "ChannelInfo",
     "ChannelKind",
     "ChannelKindMismatch",

@@ -42,6 +42,8 @@ from agent_runtime import (
 from agent_runtime.config import resolve
 from agent_runtime.migrations import load_migrations, migrate_url
 
+__all__ = ["build_parser", "main"]
+
 PROG = "agent-runtime"
 
 out = Console(highlight=False)

@@ -19,6 +19,8 @@ import anyio
 
 from agent_runtime import AgentRuntime, Message, Network, to_table
 
+__all__ = ["coordinator", "monitor", "run_demo", "worker"]
+
 JOBS_CHANNEL = "demo.jobs"
 
 

@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 from .errors import ConfigurationError
 
+__all__ = ["DATABASE", "LocalServer", "default_data_dir", "ensure_running", "status", "stop"]
+
 DATABASE = "agent_runtime"
 
 

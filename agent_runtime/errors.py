@@ -6,6 +6,32 @@ error JSON's ``code``), so :func:`error_from_sqlstate` serves both.
 
 from __future__ import annotations
 
+__all__ = [
+    "AgentRuntimeError",
+    "AgentUnavailable",
+    "ChannelKindMismatch",
+    "ConfigurationError",
+    "Conflict",
+    "ConnectionLost",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidPayload",
+    "LockError",
+    "LockLost",
+    "LockNotHeld",
+    "LockTimeout",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RemoteError",
+    "RequestTimeout",
+    "StaleFencingToken",
+    "UnknownAgent",
+    "UnknownChannel",
+    "UnknownMessage",
+    "error_from_sqlstate",
+]
+
 
 class AgentRuntimeError(Exception):
     """Base of every error the runtime raises."""

@@ -12,6 +12,8 @@ from .connect import open_transport
 from .models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, Topology
 from .transports.base import Transport
 
+__all__ = ["Network"]
+
 OPERATOR = "operator"
 
 

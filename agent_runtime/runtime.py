@@ -58,6 +58,8 @@ from .models import (
 )
 from .transports.base import AccessTokenProvider, Event, Transport
 
+__all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -59,6 +59,8 @@ from ..errors import (
 )
 from .base import RECONNECTED, AccessTokenProvider, Event, EventSink
 
+__all__ = ["SupabaseTransport", "translate_errors"]
+
 log = logging.getLogger(__name__)
 
 # PostgREST's own codes that have a SQLSTATE equivalent in the runtime's table.
