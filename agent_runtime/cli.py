@@ -295,7 +295,7 @@ def _number(value: float | None) -> Text:
 
 
 async def _cmd_metrics(net: Network, args: argparse.Namespace) -> int:
-    metrics = await net.metrics(args.agent, args.metric, since_seconds=args.since)
+    metrics = await net.read_metrics(agent_id=args.agent, metric=args.metric, since=args.since)
     if args.json:
         _write_json(metrics)
         return 0
@@ -350,7 +350,7 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {"json": to_json, "dot": to_dot, "
 
 async def _cmd_topology(net: Network, args: argparse.Namespace) -> int:
     fmt = "json" if args.json else args.format
-    topo = await net.topology(window_seconds=args.window, include_offline=args.all)
+    topo = await net.topology(window=args.window, include_offline=args.all)
     output: Path | None = args.output
     if fmt == "table":
         if output is None:

@@ -171,7 +171,7 @@ async def _show_metrics(url: str, console: Any) -> None:
     async with Network(url) as net:
         totals: dict[str, float] = {}
         waits: list[tuple[int, float]] = []
-        for m in await net.metrics(since_seconds=600):
+        for m in await net.read_metrics(since=600):
             if m.metric.startswith("messages."):
                 totals[m.metric] = totals.get(m.metric, 0) + m.sum  # counters: the sum is the total
             elif m.metric == "lock.wait_ms":

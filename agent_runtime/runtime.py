@@ -30,7 +30,7 @@ from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
-from ._presence import PresenceEvent, PresenceHub
+from ._presence import PresenceEvent, PresenceEvents, PresenceHub
 from ._subscription import Message, Subscription
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
@@ -50,12 +50,10 @@ from .models import (
     AgentStatus,
     ChannelInfo,
     ChannelKind,
-    DeadLetter,
-    MetricSummary,
     RawMessage,
     SendResult,
-    Topology,
 )
+from .network import NetworkViews
 from .transports.base import AccessTokenProvider, Event, Transport
 
 __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
@@ -84,7 +82,7 @@ def _default_agent_id(name: str) -> str:
     return f"{base[:100]}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentRuntime:
+class AgentRuntime(NetworkViews):
     """Join the network as one agent.
 
     ``url``: ``postgresql://...`` for a Postgres database, nothing for the embedded local one
@@ -247,6 +245,7 @@ class AgentRuntime:
                         log.warning("marking %s offline failed: %s", self.agent_id, exc)
 
     async def _close(self) -> None:
+        self._presence.close()
         if self._transport is not None:
             with anyio.CancelScope(shield=True):
                 await self._transport.aclose()
@@ -497,10 +496,6 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ presence
 
-    async def agents(self, capability: str | None = None, *, include_offline: bool = False) -> list[AgentInfo]:
-        """Agents that are online now (by the database clock), optionally with a capability."""
-        return await self._require_db().list_agents(capability, online_only=not include_offline)
-
     async def set_status(self, status: AgentStatus, *, load: float | None = None) -> AgentInfo:
         """Set this agent's status (online, busy, away) and load (0..1); others see a status event."""
         db = self._require_db()
@@ -508,8 +503,10 @@ class AgentRuntime:
         await db.transport.publish_presence(self.info.status)
         return self.info
 
-    def presence_events(self) -> AbstractAsyncContextManager[AsyncIterator[PresenceEvent]]:
-        """``async with rt.presence_events() as events: async for ev in events: ...``"""
+    def presence_events(self) -> PresenceEvents:
+        """Join, leave and status events of other agents: ``async for ev in rt.presence_events():``
+        or ``async with rt.presence_events() as events: async for ev in events:``. Listening begins
+        at this call; iteration ends when the runtime stops."""
         return self._presence.listen()
 
     # ------------------------------------------------------------------ channels and messages
@@ -533,9 +530,6 @@ class AgentRuntime:
             message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
             visibility_timeout_ms=_ms(visibility_timeout, "visibility_timeout"),
             max_payload_bytes=max_payload_bytes, metadata=None if metadata is None else _to_builtins(metadata))
-
-    async def channels(self) -> list[ChannelInfo]:
-        return await self._require_db().list_channels()
 
     @overload
     def subscribe(self, channel: str, *, type: None = None, kind: ChannelKind | None = None, start: str = "latest",
@@ -791,9 +785,6 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def dead_letters(self, channel: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
-        return await self._require_db().list_dead_letters(channel, limit)
-
     async def replay_dead_letters(self, message_ids: Sequence[int]) -> int:
         """Deliver dead letters again (fresh attempts); returns how many were replayed."""
         return await self._require_db().replay_dead_letters(self.agent_id, message_ids)
@@ -816,22 +807,10 @@ class AgentRuntime:
         required_ms(ttl, "ttl")
         return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
-    async def locks(self) -> list[Any]:
-        return await self._require_db().list_locks()
-
     # ------------------------------------------------------------------ metrics and topology
-
-    async def read_metrics(self, *, agent_id: str | None = None, metric: str | None = None,
-                           since: float = 3600) -> list[MetricSummary]:
-        """Metrics flushed so far (all agents unless ``agent_id``), summed over ``since`` seconds."""
-        return await self._require_db().get_metrics(agent_id, metric, required_ms(since, "since"))
 
     async def flush_metrics(self) -> None:
         await self.metrics.flush(self._require_db(), self.agent_id)
-
-    async def topology(self, *, window: float = 300, include_offline: bool = False) -> Topology:
-        """Agents with presence, channels, subscriptions, message flows over ``window`` seconds, locks."""
-        return await self._require_db().topology(required_ms(window, "window"), include_offline)
 
 
 class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):

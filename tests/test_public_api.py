@@ -51,3 +51,17 @@ def test_importing_the_package_loads_no_cli_or_supabase_dependencies() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_runtime_and_network_share_one_implementation_of_each_view() -> None:
+    """agents, channels, locks, read_metrics (since), dead_letters, topology (window): one name, one body."""
+    for name in ("agents", "channels", "locks", "read_metrics", "dead_letters", "topology"):
+        assert getattr(agent_runtime.AgentRuntime, name) is getattr(agent_runtime.Network, name), name
+    own = {n for n in vars(agent_runtime.Network) if not n.startswith("_")}
+    assert own == {"db", "replay_dead_letters", "cleanup"}
+
+
+def test_timeouts_are_timeout_errors() -> None:
+    """`except TimeoutError` catches the runtime's timeouts too."""
+    assert issubclass(agent_runtime.RequestTimeout, TimeoutError)
+    assert issubclass(agent_runtime.LockTimeout, TimeoutError)
