@@ -324,14 +324,30 @@ class AgentRuntime(NetworkViews):
 
     # ------------------------------------------------------------------ background loops
 
+    async def _periodically(self, part: str, pause: Callable[[], float], round_: Callable[[], Awaitable[None]],
+                            *, at_once: bool = False) -> None:
+        """A background service's error boundary: a round that fails is logged and counted
+        (``errors.<part>``), and the next round runs as planned."""
+        if not at_once:
+            await anyio.sleep(pause())
+        while True:
+            try:
+                await round_()
+            except AgentRuntimeError as exc:
+                self.metrics.increment(f"errors.{part}")
+                log.warning("%s failed: %s", part, exc)
+            except Exception:
+                self.metrics.increment(f"errors.{part}")
+                log.exception("%s failed unexpectedly", part)
+            await anyio.sleep(pause())
+
     async def _heartbeat_loop(self) -> None:
         db = self._require_db()
-        while True:
-            await anyio.sleep(self.heartbeat_interval * random.uniform(0.8, 1.0))
-            try:
-                self.info = await db.heartbeat(self.agent_id)
-            except AgentRuntimeError as exc:
-                log.warning("heartbeat failed: %s", exc)
+
+        async def beat() -> None:
+            self.info = await db.heartbeat(self.agent_id)
+
+        await self._periodically("heartbeat", lambda: self.heartbeat_interval * random.uniform(0.8, 1.0), beat)
 
     async def _safety_poll_loop(self) -> None:
         """The one safety poll of this runtime (not one timer per subscription): each tick wakes the
@@ -352,29 +368,28 @@ class AgentRuntime(NetworkViews):
                     break
 
     async def _metrics_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.metrics_interval)
-            try:
-                await self.metrics.flush(self._require_db(), self.agent_id)
-            except AgentRuntimeError as exc:
-                log.warning("metrics flush failed (kept for the next one): %s", exc)
+        db = self._require_db()
+
+        async def flush() -> None:
+            await self.metrics.flush(db, self.agent_id)  # (a failed flush keeps retryable figures)
+
+        await self._periodically("metrics_flush", lambda: self.metrics_interval, flush)
 
     async def _janitor_loop(self) -> None:
         """Leader-elected cleanup: whoever holds the janitor lock runs it; the lease is re-taken
         each round with the same lease id, so the leader keeps it while alive."""
         db = self._require_db()
         lease_id = uuid.uuid4()
-        while True:
-            try:
-                grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id,
-                                              int(self.janitor_interval * 3000))
-                if grant.acquired:
-                    counts = await db.run_cleanup()
-                    if any(counts.values()):
-                        log.info("janitor: %s", counts)
-            except AgentRuntimeError as exc:
-                log.warning("janitor round failed: %s", exc)
-            await anyio.sleep(self.janitor_interval * random.uniform(0.9, 1.1))
+
+        async def clean() -> None:
+            grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id, int(self.janitor_interval * 3000))
+            if grant.acquired:
+                counts = await db.run_cleanup()
+                if any(counts.values()):
+                    log.info("janitor: %s", counts)
+
+        await self._periodically("janitor", lambda: self.janitor_interval * random.uniform(0.9, 1.1), clean,
+                                 at_once=True)
 
     async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Claims this agent's requests and replies, never its plain messages (those wait in the
@@ -446,7 +461,7 @@ class AgentRuntime(NetworkViews):
                     await self._nack_quietly(msg, delay=0, reason="request handler cancelled (shutdown)")
                 raise
             await msg.ack()
-        except AgentRuntimeError as exc:  # the reply could not be sent (the database is away...)
+        except Exception as exc:  # the reply could not be sent (the database is away...)
             self.metrics.increment("errors.request", channel=msg.channel)
             log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
             await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")

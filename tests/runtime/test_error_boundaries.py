@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
+import pytest
 
 from agent_runtime import embedded
 from agent_runtime.runtime import AgentRuntime
@@ -26,6 +27,7 @@ async def _outage(server: embedded.LocalServer, database: str, on: bool) -> None
         await admin.close()
 
 
+@pytest.mark.slow
 async def test_database_outage_while_a_handler_fails_is_survived(make_runtime: RuntimeFactory, db_url: str,
                                                                  pg_server: embedded.LocalServer) -> None:
     """The handler fails while the database is away, so its nack fails too: the runtime lives on
@@ -63,3 +65,27 @@ async def test_database_outage_while_a_handler_fails_is_survived(make_runtime: R
         with anyio.fail_after(10):
             await progress.wait()
         assert handled == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_background_round_that_fails_is_counted_and_the_next_one_runs(
+        make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat that fails (even with a bug, not a database error) does not end the agent: the next beats run."""
+    async with make_runtime("beating", heartbeat_interval=0.1) as rt:
+        db = rt._require_db()
+        real = db.heartbeat
+        calls = 0
+        beat_again = anyio.Event()
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise RuntimeError("a bug in one round")
+            beat_again.set()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(db, "heartbeat", flaky)
+        with anyio.fail_after(5):
+            await beat_again.wait()
+        assert rt.metrics._figures[("errors.heartbeat", "")].count == 2
+        assert await rt.agents()  # still working

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import pytest
 
 from agent_runtime import runtime as runtime_module
 from agent_runtime.runtime import AgentRuntime
@@ -30,6 +31,7 @@ async def test_a_message_without_wake_up_arrives_by_the_safety_poll(make_runtime
             assert msg.payload == {"n": 1}
 
 
+@pytest.mark.slow
 async def test_safety_poll_wakes_a_bounded_number_of_subscriptions(make_runtime: RuntimeFactory,
                                                                    monkeypatch: Any) -> None:
     """200 idle subscriptions, poll_interval 0.2 s, a budget of 20 per second: about 20 fetches a second, not 1,000."""
