@@ -435,10 +435,13 @@ class AgentRuntime(NetworkViews):
         self._requests_send.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
             async for msg in self._requests_receive:
-                try:
-                    await msg.nack(delay=0, reason="agent shutting down")
+                try:  # never handed to a handler: not a failed attempt
+                    await self._require_db().nack(self.agent_id, msg.id, delay_ms=0, reason="agent shutting down",
+                                                  release=True)
                 except AgentRuntimeError as exc:
                     log.warning("handing back request %s: %s", msg.id, exc)
+                finally:
+                    self._end()
 
     def _begin(self) -> None:
         self._in_flight += 1
