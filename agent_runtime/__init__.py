@@ -15,6 +15,7 @@ from ._run import run
 from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
+    AgentUnavailable,
     ChannelKindMismatch,
     ConfigurationError,
     Conflict,
@@ -63,6 +64,7 @@ __all__ = [
     "AgentRuntime",
     "AgentRuntimeError",
     "AgentStatus",
+    "AgentUnavailable",
     "ChannelInfo",
     "ChannelKind",
     "ChannelKindMismatch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -23,6 +23,10 @@ from .models import (
 from .transports.base import Transport
 
 T = TypeVar("T")
+
+# What an inbox holds: requests (they name a reply_to), replies (a correlation id, no reply_to)
+# and plain direct messages (neither).
+MessageClass = Literal["request", "reply", "plain"]
 
 
 def _as(kind: type[T], raw: Any) -> T:
@@ -99,11 +103,15 @@ class Database:
             "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit, **acks))
 
     async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None,
-                    ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
-        acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
+                    ack_ids: Sequence[int] | None = None,
+                    classes: Sequence[MessageClass] | None = None) -> list[RawMessage]:
+        """``classes``: claim only these (an inbox's requests, replies or plain messages); None: all."""
+        extra: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
+        if classes is not None:
+            extra["p_classes"] = list(classes)
         return messages_from_json(await self._call(
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
-            p_visibility_ms=visibility_ms, **acks))
+            p_visibility_ms=visibility_ms, **extra))
 
     # ``channel``: only messages of that channel are acknowledged (ids of others are ignored).
     async def ack(self, agent_id: str, message_ids: Sequence[int], channel: str) -> int:

@@ -35,3 +35,20 @@ def required_ms(value: float, what: str) -> int:
     ms = to_ms(seconds(value, what, optional=False), what)
     assert ms is not None
     return ms
+
+
+def bounded(value: float, what: str, *, minimum: float, maximum: float) -> float:
+    """A setting in seconds that must lie in ``[minimum, maximum]`` (a minimum keeps a timer from
+    becoming a hot loop; a maximum keeps it within what the database accepts)."""
+    checked = seconds(value, what, optional=False)
+    assert checked is not None
+    if not minimum <= checked <= maximum:
+        raise InvalidInput(f"{what} must be between {minimum:g} and {maximum:g} seconds (got {value!r})")
+    return float(checked)
+
+
+def whole(value: int, what: str, *, minimum: int, maximum: int) -> int:
+    """A count that must be an integer in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidInput(f"{what} must be a whole number between {minimum} and {maximum} (got {value!r})")
+    return value

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ._db import Database
-from .errors import AgentRuntimeError
+from .errors import AgentRuntimeError, InvalidInput
 
 log = logging.getLogger(__name__)
+
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_.]{0,127}")
 
 
 @dataclass
@@ -50,12 +54,26 @@ class Metrics:
         self._received: dict[str, tuple[_Figure, _Figure, _Figure]] = {}
 
     def increment(self, metric: str, value: float = 1, *, channel: str = "") -> None:
-        """Add ``value`` to a counter (count grows by one per call, sum by ``value``)."""
-        self._figure(metric, channel).add(value, 1)
+        """Add ``value`` to a counter (count grows by one per call, sum by ``value``). Raises
+        :class:`InvalidInput` for a bad name or a value that is not a finite number."""
+        self._checked(metric, value, channel).add(value, 1)
 
     def observe(self, metric: str, value: float, *, channel: str = "") -> None:
         """Record one measurement (a latency, a size): count, sum, min and max are kept."""
-        self._figure(metric, channel).add(value, 1)
+        self._checked(metric, value, channel).add(value, 1)
+
+    def _checked(self, metric: str, value: float, channel: str) -> _Figure:
+        figure = self._figures.get((metric, channel))
+        if figure is None:  # (a name seen before was checked then)
+            if not isinstance(metric, str) or not _METRIC_NAME.fullmatch(metric):
+                raise InvalidInput(f"invalid metric name {metric!r}",
+                                   hint="1-128 characters: lowercase letters, digits, _ and . (starting with a letter)")
+            if not isinstance(channel, str):
+                raise InvalidInput(f"invalid metric channel {channel!r}")
+            figure = self._figure(metric, channel)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidInput(f"metric value must be a finite number (got {value!r})")
+        return figure
 
     def received(self, channel: str, size_bytes: int, created_at: datetime | None) -> None:
         """One message handed to the application: ``messages.received``, ``bytes.received`` and
@@ -94,7 +112,10 @@ class Metrics:
         ]
         try:
             return await db.record_metrics(agent_id, rows)
-        except AgentRuntimeError:
-            for key, figure in batch.items():
-                self._figure(*key).merge(figure)
+        except AgentRuntimeError as exc:
+            if exc.retryable:  # the connection failed: keep them for the next flush
+                for key, figure in batch.items():
+                    self._figure(*key).merge(figure)
+            else:  # refused: sending the same batch again would be refused again, forever
+                log.error("metrics batch of %d figures refused and dropped: %s", len(rows), exc)
             raise

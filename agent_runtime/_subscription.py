@@ -1,8 +1,8 @@
 """Subscriptions: durable, at-least-once delivery from one channel to this agent.
 
 Wake-ups are hints; the fetch (broadcast cursor) or claim (queue, inbox) decides what arrives.
-A subscriber fetches in batches and falls back to a slow safety poll, so a lost notification
-costs latency, never a message.
+A subscriber fetches in batches; the runtime's one safety poll wakes the subscriptions that have
+not fetched for a while, so a lost notification costs latency, never a message.
 
 One shortcut, on broadcast channels only: a wake-up may carry the new messages themselves (few and
 small ones; see the migration ``messages_in_wakeups``), and a subscription may deliver them without
@@ -20,14 +20,16 @@ wake-up announces (replayed dead letters)."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import msgspec
 
+from ._db import MessageClass
 from ._durations import required_ms, to_ms
 from .errors import AgentRuntimeError, ConnectionLost, InvalidPayload
 from .models import ChannelKind, NackResult, RawMessage
@@ -120,19 +122,24 @@ class Subscription(Generic[T]):
     """``async with rt.subscribe("tasks") as sub: async for msg in sub: ...``"""
 
     def __init__(self, runtime: AgentRuntime, channel: str, kind: ChannelKind, *, payload_type: type[T] | None,
-                 batch_size: int, visibility: float | None, start: str, poll_interval: float) -> None:
+                 batch_size: int, visibility: float | None, start: str,
+                 classes: Sequence[MessageClass] | None = None) -> None:
         self._runtime = runtime
         self.channel = channel
         self.kind = kind
+        # Queues and inboxes: claim only these classes of message (None: all); may change while open.
+        self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
         self._start = start
-        self._poll_interval = poll_interval
+        self._last_fetch = anyio.current_time()  # when a fetch last answered (the runtime's safety poll reads it)
         self._buffer: deque[RawMessage] = deque()
         self._pending_acks: list[RawMessage] = []
         self._acks_since = 0.0  # when the oldest pending ack was made
         self._wake = anyio.Event()
+        self._retry_at: float | None = None  # the one retry timer: when the earliest nacked message is due
+        self._waiting: set[anyio.CancelScope] = set()  # consumers' waits for news (their deadlines)
         self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
         # Broadcast bookkeeping for messages taken straight from wake-ups (see the module doc).
@@ -146,6 +153,10 @@ class Subscription(Generic[T]):
         self.taken_from_wakeups = 0  # messages delivered without a fetch (diagnostics, tests)
 
     # Wake-ups (called from the runtime's event dispatch; never block)
+    def poll_due(self, now: float, interval: float) -> bool:
+        """For the runtime's safety poll: nothing fetched for ``interval`` seconds, and no fetch owed yet."""
+        return not self._news and not self._closed and now - self._last_fetch >= interval
+
     def wake(self) -> None:
         """News: fetch (or claim)."""
         self._news = True
@@ -279,7 +290,9 @@ class Subscription(Generic[T]):
             if self._wake.is_set():  # (a wake-up from now on is news the fetch below may miss)
                 self._wake = anyio.Event()
             wake = self._wake
-            timeout = self._poll_interval
+            timeout = math.inf  # news comes from wake-ups, and from the runtime's one safety poll
+            if self._retry_at is not None:
+                timeout = min(timeout, max(self._retry_at - anyio.current_time(), 0.0))
             if not self._fetch_needed():
                 if self._pending_acks:  # (then the fetch that writes them)
                     timeout = min(self._acks_since + ACK_FLUSH_DELAY - anyio.current_time(), timeout)
@@ -312,13 +325,21 @@ class Subscription(Generic[T]):
                     return
         if not self._runtime._stopping.is_set():  # shutdown wakes every subscription
             with anyio.move_on_after(timeout) as waited:
-                await wake.wait()
+                self._waiting.add(waited)
+                try:
+                    await wake.wait()
+                finally:
+                    self._waiting.discard(waited)
             if waited.cancelled_caught:
-                self._news = True  # the safety poll (or the acks' flush) is due
+                self._news = True  # a retry or the acks' flush is due
+            if self._retry_at is not None and self._retry_at <= anyio.current_time():
+                self._retry_at = None
+                self._news = True
 
     def _after_fetch(self, batch: list[RawMessage] | None) -> None:
         """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
         self._in_fetch = False
+        self._last_fetch = anyio.current_time()
         if batch is None:
             if self._offered:
                 self._offered.clear()
@@ -342,7 +363,8 @@ class Subscription(Generic[T]):
         db = self._runtime._require_db()
         if self.kind == "broadcast":
             return await db.fetch(self._runtime.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids)
+        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
+                              self.classes)
 
     async def _flush_acks(self) -> None:
         if self._pending_acks:
@@ -371,11 +393,21 @@ class Subscription(Generic[T]):
     async def _nack(self, raw: RawMessage, *, delay: float | None, reason: str | None, dead: bool) -> NackResult:
         # Everything acked before this message must be written first (broadcast acks are cumulative
         # and a nack rewinds the cursor to just before this message).
-        await self._flush_acks()
         if delay is None:
             delay = self._runtime.retry_delay(raw.attempts)
-        result = await self._runtime._require_db().nack(
-            self._runtime.agent_id, raw.id, delay_ms=required_ms(delay, "delay"), reason=reason, dead=dead)
+        delay_ms = required_ms(delay, "delay")
+        try:
+            await self._flush_acks()
+            result = await self._runtime._require_db().nack(
+                self._runtime.agent_id, raw.id, delay_ms=delay_ms, reason=reason, dead=dead)
+        except AgentRuntimeError:
+            if self.kind == "broadcast":
+                # Not written: nothing after this message may be acked (acks are cumulative), so
+                # everything from the cursor on comes again from a fetch. Queues: the claim times out.
+                self._buffer.clear()
+                self._frontier = None
+                self.wake()
+            raise
         metric = "messages.dead" if result.state == "dead" else "messages.nacked"
         self._runtime.metrics.increment(metric, channel=self.channel)
         if self.kind == "broadcast":
@@ -385,7 +417,16 @@ class Subscription(Generic[T]):
             self._frontier = None
             self.wake()
             if result.state == "retry" and delay > 0:
-                self._runtime._wake_later(self, delay)  # when the retry is due
+                self._retry_in(delay)
         elif result.state == "retry":
-            self._runtime._wake_later(self, delay)
+            self._retry_in(delay)
         return result
+
+    def _retry_in(self, delay: float) -> None:
+        """Look again when a nacked message is due: one timer per subscription (the deadline its
+        consumers wait for news with), however many messages were nacked."""
+        due = anyio.current_time() + delay
+        if self._retry_at is None or due < self._retry_at:
+            self._retry_at = due
+            for scope in self._waiting:  # consumers waiting for news wait no longer than that
+                scope.deadline = min(scope.deadline, due)

@@ -51,6 +51,8 @@ from agent_runtime.migrations import load_migrations, migrate_url
 from agent_runtime.reports import Column, FittedTable, Grouping, data_span, metrics_table, summarise_metrics
 from agent_runtime.topology import with_endpoints
 
+__all__ = ["build_parser", "main"]
+
 PROG = "agent-runtime"
 NOT_RUNNING = 3  # `local status` when the database is not running (as LSB status commands say it)
 
@@ -319,7 +321,7 @@ async def _cmd_locks(net: Network, args: argparse.Namespace) -> int:
 
 async def _cmd_metrics(net: Network, args: argparse.Namespace) -> int:
     with _spinner("reading the metrics..."):
-        rows = await net.metrics(args.agent, args.metric, since_seconds=args.since)
+        rows = await net.read_metrics(agent_id=args.agent, metric=args.metric, since=args.since)
     by: Grouping = args.by
     summary = summarise_metrics(rows, by)
     if args.json:
@@ -390,9 +392,9 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {"json": to_json, "dot": to_dot, "
 
 
 async def _read_topology(net: Network, args: argparse.Namespace, fmt: str) -> Topology:
-    topo = await net.topology(window_seconds=args.window, include_offline=args.all)
+    topo = await net.topology(window=args.window, include_offline=args.all)
     if not args.all and fmt != "json":  # name the agents that sent in the window and have left since
-        topo = with_endpoints(topo, await net.topology(window_seconds=args.window, include_offline=True))
+        topo = with_endpoints(topo, await net.topology(window=args.window, include_offline=True))
     return topo
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from .errors import ConfigurationError
 
+__all__ = ["ConnectionSettings", "TransportKind", "resolve", "token_claims"]
+
 TransportKind = Literal["embedded", "postgres", "supabase"]
 
 

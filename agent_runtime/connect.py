@@ -11,6 +11,8 @@ from .migrations import migrate_url
 from .transports.base import AccessTokenProvider, Transport
 from .transports.postgres import PostgresTransport
 
+__all__ = ["open_transport", "postgres_url"]
+
 
 async def postgres_url(settings: ConnectionSettings) -> str:
     if settings.kind == "embedded":
@@ -29,7 +31,11 @@ async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, 
         if settings.url is None or settings.key is None:
             raise ConfigurationError("a Supabase URL needs a key",
                                      hint="set SUPABASE_SERVICE_ROLE_KEY, or an agent's JWT in SUPABASE_KEY")
-        from .transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
+        try:
+            from .transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
+        except ImportError as exc:
+            raise ConfigurationError(f"the Supabase transport needs its clients ({exc.name} is missing)",
+                                     hint="pip install 'agent_runtime[supabase]'") from exc
 
         supabase = SupabaseTransport(settings.url, settings.key, access_token=settings.access_token,
                                      access_token_provider=access_token_provider, pool_size=pool_size)

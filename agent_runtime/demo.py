@@ -26,6 +26,8 @@ from rich.text import Text
 from agent_runtime import AgentRuntime, Message, Network, Topology, to_table
 from agent_runtime.reports import metrics_table, summarise_metrics
 
+__all__ = ["coordinator", "monitor", "run_demo", "worker"]
+
 JOBS_CHANNEL = "demo.jobs"
 
 
@@ -301,13 +303,13 @@ def _own(topo: Topology, ids: set[str]) -> Topology:
 
 async def _show_topology(url: str, console: Any, ids: set[str], elapsed: float) -> None:
     async with Network(url) as net:
-        topo = await net.topology(window_seconds=math.ceil(elapsed) + 10, include_offline=True)
+        topo = await net.topology(window=math.ceil(elapsed) + 10, include_offline=True)
         console.print(to_table(_own(topo, ids)))
 
 
 async def _show_metrics(url: str, console: Any, ids: set[str], elapsed: float) -> None:
     async with Network(url) as net:
-        rows = [m for m in await net.metrics(since_seconds=elapsed + 120) if m.agent_id in ids]
+        rows = [m for m in await net.read_metrics(since=elapsed + 120) if m.agent_id in ids]
     console.print(metrics_table(summarise_metrics(rows, span=elapsed), title="metrics of this run's agents",
                                 empty="no metrics recorded"))
 

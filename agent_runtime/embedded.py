@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 from .errors import ConfigurationError
 
+__all__ = ["DATABASE", "LocalServer", "default_data_dir", "ensure_running", "status", "stop"]
+
 DATABASE = "agent_runtime"
 
 # Postgres refuses to run as root: then its binaries run as this system user (no home, no shell).

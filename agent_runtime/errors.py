@@ -6,6 +6,32 @@ error JSON's ``code``), so :func:`error_from_sqlstate` serves both.
 
 from __future__ import annotations
 
+__all__ = [
+    "AgentRuntimeError",
+    "AgentUnavailable",
+    "ChannelKindMismatch",
+    "ConfigurationError",
+    "Conflict",
+    "ConnectionLost",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidPayload",
+    "LockError",
+    "LockLost",
+    "LockNotHeld",
+    "LockTimeout",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RemoteError",
+    "RequestTimeout",
+    "StaleFencingToken",
+    "UnknownAgent",
+    "UnknownChannel",
+    "UnknownMessage",
+    "error_from_sqlstate",
+]
+
 
 class AgentRuntimeError(Exception):
     """Base of every error the runtime raises."""
@@ -95,7 +121,7 @@ class LockLost(LockNotHeld):
     """A held lease could not be renewed in time; the protected work must stop."""
 
 
-class LockTimeout(LockError):
+class LockTimeout(LockError, TimeoutError):
     """The lock could not be acquired within the wait time."""
 
 
@@ -103,12 +129,23 @@ class StaleFencingToken(LockError):
     """A fencing token is not the current holder's: the write it guards is refused."""
 
 
-class RequestTimeout(AgentRuntimeError):
+class RequestTimeout(AgentRuntimeError, TimeoutError):
     """No reply arrived before the request's deadline."""
 
 
 class RemoteError(AgentRuntimeError):
-    """The responder's handler raised; the message carries its error."""
+    """The responder could not answer: its handler raised, its reply could not be encoded or sent,
+    or the request was refused (a ``reply_to`` other than the requester's own inbox). The message
+    carries its error; ``remote_type`` names the responder's exception class."""
+
+    def __init__(self, message: str, *, remote_type: str | None = None, sqlstate: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, sqlstate=sqlstate, hint=hint)
+        self.remote_type = remote_type
+
+
+class AgentUnavailable(AgentRuntimeError):
+    """The agent asked is offline, or does not answer requests (no request handler)."""
 
 
 # The SQL layer's own codes (see the header of the schema migration), then standard ones.

@@ -16,6 +16,8 @@ import asyncpg
 
 from .transports.postgres import describe_target, translate_errors
 
+__all__ = ["Migration", "bootstrap_sql", "load_migrations", "migrate", "migrate_url", "migrations_dir"]
+
 _LOCK_ID = 0x4147_454E_5452_544D  # arbitrary, fixed: "AGENTRTM"
 _LOCK_KEY = _LOCK_ID - (1 << 64) if _LOCK_ID >= 1 << 63 else _LOCK_ID
 

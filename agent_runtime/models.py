@@ -7,6 +7,24 @@ from typing import Any, Literal
 
 import msgspec
 
+__all__ = [
+    "AgentInfo",
+    "AgentStatus",
+    "ChannelInfo",
+    "ChannelKind",
+    "DeadLetter",
+    "Flow",
+    "LockGrant",
+    "LockInfo",
+    "MetricSummary",
+    "NackResult",
+    "RawMessage",
+    "SendResult",
+    "SubscriptionEdge",
+    "Topology",
+    "TopologyChannel",
+]
+
 AgentStatus = Literal["online", "busy", "away", "offline"]
 ChannelKind = Literal["broadcast", "queue", "direct"]
 

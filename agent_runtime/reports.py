@@ -16,15 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from rich import box
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .models import MetricSummary
+from .models import MetricSummary, Topology
 
 __all__ = ["Column", "FittedTable", "MetricRow", "fold_key", "metrics_table", "summarise_metrics"]
 
@@ -227,3 +227,77 @@ def metrics_table(summary: Sequence[MetricRow], by: Grouping = "metric", *, titl
                   _amount(m.mean, unit), _amount(m.min, unit), _amount(m.max, unit)]
         rows.append(cells)
     return FittedTable(title, columns, rows, empty=empty)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rich tables
+# ---------------------------------------------------------------------------------------------
+
+_STATUS_STYLES = {"online": "green", "busy": "yellow", "away": "yellow", "offline": "dim", "unlisted": "dim"}
+
+
+def _ago(when: datetime | None, now: datetime) -> Text:
+    if when is None:
+        return Text("-", style="dim")
+    seconds = (when - now).total_seconds()
+    amount = abs(seconds)
+    if amount < 1:
+        return Text("now")
+    if amount < 120:
+        text = f"{amount:.0f}s"
+    elif amount < 7200:
+        text = f"{amount / 60:.0f}m"
+    else:
+        text = f"{amount / 3600:.0f}h"
+    return Text(f"in {text}" if seconds > 0 else f"{text} ago")
+
+
+def _table(title: str, columns: list[Column], rows: list[list[Text]]) -> FittedTable:
+    return FittedTable(title, columns, rows, empty=f"{title}: none")
+
+
+def topology_table(topo: Topology) -> RenderableType:
+    """The topology as tables (agents, channels, subscriptions, flows and locks) that fit the width
+    they are printed at: cells are cut with an ellipsis, never wrapped, and the least important
+    columns are left out on a narrow terminal.
+
+    Names are shown literally (never read as rich markup). Times are relative to the document's
+    ``generated_at``, the database's clock."""
+    now = topo.generated_at
+    agents = _table(f"Agents ({len(topo.agents)})", [
+        Column("id", 0, 12), Column("name", 1, 8), Column("kind", 6), Column("status", 0),
+        Column("capabilities", 4), Column("host", 5), Column("last seen", 2)], [
+        [Text(a.id, style="bold"), Text(a.name), Text(a.kind), Text(a.status, style=_STATUS_STYLES.get(a.status, "")),
+         Text(", ".join(a.capabilities)),
+         Text(":".join(part for part in (a.host, "" if a.pid is None else str(a.pid)) if part)),
+         _ago(a.last_seen, now)] for a in topo.agents])
+
+    subscribers: dict[str, int] = {}
+    for sub in topo.subscriptions:
+        subscribers[sub.channel] = subscribers.get(sub.channel, 0) + 1
+    channels = _table(f"Channels ({len(topo.channels)})", [
+        Column("name", 0, 12), Column("kind", 0), Column("owner", 3, 10), Column("last seq", 1, justify="right"),
+        Column("subscribers", 2, justify="right")], [
+        [Text(c.name, style="bold"), Text(c.kind), Text(c.owner_id or ""), Text(str(c.last_seq)),
+         Text(str(subscribers.get(c.name, 0)))] for c in topo.channels])
+
+    subs = _table(f"Subscriptions ({len(topo.subscriptions)})", [
+        Column("channel", 0, 12), Column("agent", 0, 12), Column("cursor", 2, justify="right"),
+        Column("lag", 1, justify="right")], [
+        [Text(s.channel), Text(s.agent_id), Text(str(s.cursor)), Text("-" if s.lag is None else str(s.lag))]
+        for s in topo.subscriptions])
+
+    flows = _table(f"Flows over the last {topo.window_ms / 1000:g} s ({len(topo.flows)})", [
+        Column("from", 0, 12), Column("channel", 0, 12), Column("to", 1, 10), Column("messages", 0, justify="right"),
+        Column("bytes", 3, justify="right"), Column("last", 2)], [
+        [Text(f.from_agent), Text(f.channel), Text(f.to_agent or ""), Text(str(f.messages)), Text(str(f.bytes)),
+         _ago(f.last_at, now)] for f in topo.flows])
+
+    locks = _table(f"Locks ({len(topo.locks)})", [
+        Column("key", 0, 12), Column("owner", 0, 10), Column("token", 1, justify="right"), Column("acquired", 3),
+        Column("expires", 2)], [
+        [Text(lock.key, style="bold"), Text(lock.owner_id), Text(str(lock.token)), _ago(lock.acquired_at, now),
+         _ago(lock.expires_at, now)] for lock in topo.locks])
+
+    header = Text(f"agent_runtime topology at {now.isoformat(timespec='seconds')}", style="bold")
+    return Group(header, agents, channels, subs, flows, locks)

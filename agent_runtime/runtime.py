@@ -8,43 +8,57 @@ back), release locks, flush metrics, mark the agent offline, close connections."
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
+import msgspec
+import tenacity
 from anyio.abc import TaskGroup
 
 from . import _locks, _run
-from ._db import Database
-from ._durations import required_ms
+from ._db import Database, MessageClass
+from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
 from ._payload import to_json_value as _to_builtins
-from ._presence import PresenceEvent, PresenceHub
+from ._presence import PresenceEvent, PresenceEvents, PresenceHub
 from ._subscription import Message, Subscription
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .errors import AgentRuntimeError, InvalidInput, RemoteError, RequestTimeout
+from .errors import (
+    AgentRuntimeError,
+    AgentUnavailable,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+)
 from .models import (
     AgentInfo,
     AgentStatus,
     ChannelInfo,
     ChannelKind,
-    DeadLetter,
-    MetricSummary,
     RawMessage,
     SendResult,
-    Topology,
 )
+from .network import NetworkViews
 from .transports.base import AccessTokenProvider, Event, Transport
+
+__all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,17 @@ T = TypeVar("T")
 Handler = Callable[[Message[Any]], Awaitable[Any]]
 
 _JANITOR_LOCK = "agent_runtime:janitor"
+_encoder = msgspec.json.Encoder()
+# The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
+# is refused here, before it is sent.
+MAX_PAYLOAD_BYTES = 1_048_576
+# The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
+_CONTROL: tuple[MessageClass, ...] = ("request", "reply")
+_REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
+# The safety poll's budget: subscriptions woken per second at most, however many there are.
+SAFETY_POLLS_PER_SECOND = 50
+# A request still unanswered after this long makes the requester look whether the agent is online.
+_PRESENCE_CHECK_AFTER = 0.5
 
 
 def _default_agent_id(name: str) -> str:
@@ -59,7 +84,7 @@ def _default_agent_id(name: str) -> str:
     return f"{base[:100]}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentRuntime:
+class AgentRuntime(NetworkViews):
     """Join the network as one agent.
 
     ``url``: ``postgresql://...`` for a Postgres database, nothing for the embedded local one
@@ -95,6 +120,7 @@ class AgentRuntime:
         retry_max_delay: float = 60.0,
         migrate: bool = True,
         pool_size: int = 10,
+        request_concurrency: int = 16,
     ) -> None:
         self.name = name
         self.settings: ConnectionSettings = resolve(url, key, access_token)
@@ -105,23 +131,27 @@ class AgentRuntime:
         self.version = version
         self.metadata = dict(metadata or {})
         self._access_token_provider = access_token_provider
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_ttl = heartbeat_ttl if heartbeat_ttl is not None else max(3 * heartbeat_interval, 1.0)
+        # Checked here, so that a bad value is refused by the constructor, not by a timer later.
+        self.heartbeat_interval = bounded(heartbeat_interval, "heartbeat_interval", minimum=0.1, maximum=1200)
+        self.heartbeat_ttl = (max(3 * self.heartbeat_interval, 1.0) if heartbeat_ttl is None else bounded(
+            heartbeat_ttl, "heartbeat_ttl", minimum=max(1.0, self.heartbeat_interval), maximum=3600))
         self.janitor_enabled = janitor
-        self.janitor_interval = janitor_interval
-        self.metrics_interval = metrics_interval
-        self.poll_interval = poll_interval
-        self.shutdown_timeout = shutdown_timeout
-        self.retry_base_delay = retry_base_delay
-        self.retry_max_delay = retry_max_delay
+        self.janitor_interval = bounded(janitor_interval, "janitor_interval", minimum=0.1, maximum=86400)
+        self.metrics_interval = bounded(metrics_interval, "metrics_interval", minimum=0.1, maximum=86400)
+        self.poll_interval = bounded(poll_interval, "poll_interval", minimum=0.1, maximum=86400)
+        self.shutdown_timeout = bounded(shutdown_timeout, "shutdown_timeout", minimum=0, maximum=3600)
+        self.retry_base_delay = bounded(retry_base_delay, "retry_base_delay", minimum=0, maximum=3600)
+        self.retry_max_delay = bounded(retry_max_delay, "retry_max_delay", minimum=self.retry_base_delay,
+                                       maximum=86400)
         self._migrate = migrate
-        self._pool_size = pool_size
+        self._pool_size = whole(pool_size, "pool_size", minimum=1, maximum=1000)
 
         self.metrics = Metrics()
         self.info: AgentInfo | None = None
         self._transport: Transport | None = None
         self._db: Database | None = None
         self._tg: TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None
         self._stopping = anyio.Event()
         self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
@@ -130,7 +160,14 @@ class AgentRuntime:
         self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
-        self._inbox_send, self._inbox_receive = anyio.create_memory_object_stream[Message[Any]](100)
+        self._request_concurrency = whole(request_concurrency, "request_concurrency", minimum=1, maximum=10000)
+        # Claimed requests wait here for one of the request_concurrency workers; while as many
+        # are pending as there are workers, the inbox claims replies only (requests wait in the table).
+        self._requests_send, self._requests_receive = anyio.create_memory_object_stream[Message[Any]](math.inf)
+        self._requests_pending = 0
+        self._control: Subscription[Any] | None = None
+        self._inbox_sub: Subscription[Any] | None = None  # plain messages, opened by the first rt.inbox() read
+        self._inbox_lock = anyio.Lock()
         self._in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -138,54 +175,63 @@ class AgentRuntime:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> AgentRuntime:
-        self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
-                                               access_token_provider=self._access_token_provider)
-        self._db = Database(self._transport)
-        try:
+        # Every step that needs undoing pushes its undoing on one exit stack; leaving the runtime
+        # unwinds it in reverse with the real exception (the same when start-up fails half way).
+        async with AsyncExitStack() as stack:
+            self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
+                                                   access_token_provider=self._access_token_provider)
+            stack.push_async_callback(self._close)  # 6. close
+            self._db = Database(self._transport)
             self._transport.set_identity(self.agent_id)
             self.info = await self._db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
                 heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-        except BaseException:
-            await self._transport.aclose()
-            raise
-        try:
-            await self._tg.start(self._transport.run_listener, self._dispatch)
-            self._tg.start_soon(self._heartbeat_loop)
-            self._tg.start_soon(self._metrics_loop)
+            stack.push_async_callback(self._leave)  # 3-5. locks, metrics, offline
+            stack.push_async_callback(self._hand_back_requests)
+            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
+            await tg.start(self._transport.run_listener, self._dispatch)
+            tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._safety_poll_loop)
+            tg.start_soon(self._metrics_loop)
             if self.janitor_enabled:
-                self._tg.start_soon(self._janitor_loop)
-            await self._tg.start(self._inbox_loop)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+                tg.start_soon(self._janitor_loop)
+            await tg.start(self._control_loop)
+            for _ in range(self._request_concurrency):
+                tg.start_soon(self._request_worker)
+            self._exit_stack = stack.pop_all()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool | None:
-        self._stopping.set()  # 1. stop intake: consumers fetch nothing more
-        self._wake_subscriptions()  # (those waiting for news see it now)
-        tg, self._tg = self._tg, None
+        # The task group is exited at the nesting level it was entered at, with the exception
+        # that ends the block. When the caller is being cancelled (SIGTERM, an outer task group)
+        # the later steps still run: each is shielded and bounded.
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:
+            return None
         try:
-            if tg is not None:
-                # 2. in-flight handlers get the grace period; then they are cancelled and their
-                #    messages handed back (nacked) in their own shielded cleanup.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await self._idle.wait()
-                tg.cancel_scope.cancel()
-                # Exited at the nesting level it was entered at (no scope around it). When the
-                # caller is being cancelled (SIGTERM, an outer task group) this re-raises the
-                # cancellation, hence the finally: the agent still leaves in order.
-                await tg.__aexit__(None, None, None)
-        finally:
-            await self._leave()
-        return None
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False  # only the block's own exception (the task group grouped it): as itself
+            raise
+
+    async def _stop(self) -> None:
+        """Steps 1-2 of shutdown: intake stops (consumers fetch nothing more, and those waiting for
+        news see it now); in-flight handlers get the grace period, then they are cancelled and
+        their messages handed back (nacked) in their own shielded cleanup."""
+        self._stopping.set()
+        self._wake_subscriptions()
+        tg, self._tg = self._tg, None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+            await self._idle.wait()
+        if tg is not None:
+            tg.cancel_scope.cancel()
 
     async def _leave(self) -> None:
-        """Steps 3-6 of shutdown, shielded from cancellation and bounded in time."""
+        """Steps 3-5 of shutdown, shielded from cancellation and bounded in time."""
         db = self._db
         with anyio.CancelScope(shield=True):
             if db is not None:
@@ -200,9 +246,12 @@ class AgentRuntime:
                         await db.deregister_agent(self.agent_id)  # 5. offline
                     except AgentRuntimeError as exc:
                         log.warning("marking %s offline failed: %s", self.agent_id, exc)
-            if self._transport is not None:
-                await self._transport.aclose()  # 6. close
-        self._inbox_send.close()
+
+    async def _close(self) -> None:
+        self._presence.close()
+        if self._transport is not None:
+            with anyio.CancelScope(shield=True):
+                await self._transport.aclose()
 
     async def run_forever(self) -> None:
         """Serve (handlers, requests, presence) until SIGINT or SIGTERM arrives, then return, so
@@ -237,6 +286,14 @@ class AgentRuntime:
     # ------------------------------------------------------------------ wake-up dispatch
 
     def _dispatch(self, event: Event) -> None:
+        """Wake-ups are hints: one that cannot be understood is logged and dropped, never fatal."""
+        try:
+            self._dispatch_event(event)
+        except Exception:
+            self.metrics.increment("errors.wakeup")
+            log.exception("ignoring a wake-up that could not be dispatched: %r", event)
+
+    def _dispatch_event(self, event: Event) -> None:
         if event.event == "message":
             channel = str(event.data.get("c"))
             subs = self._subscriptions.get(channel)
@@ -259,16 +316,6 @@ class AgentRuntime:
             self._lock_waiters.wake_all()
             self._presence.publish(PresenceEvent("resync"))
 
-    def _wake_later(self, sub: Subscription[Any], delay: float) -> None:
-        if self._tg is None:
-            return
-
-        async def wake() -> None:
-            await self._sleep_unless_stopping(delay)
-            sub.wake()
-
-        self._tg.start_soon(wake)
-
     async def _open_subscription(self, sub: Subscription[Any]) -> None:
         db = self._require_db()
         if sub.kind == "broadcast":
@@ -288,59 +335,124 @@ class AgentRuntime:
 
     # ------------------------------------------------------------------ background loops
 
+    async def _periodically(self, part: str, pause: Callable[[], float], round_: Callable[[], Awaitable[None]],
+                            *, at_once: bool = False) -> None:
+        """A background service's error boundary: a round that fails is logged and counted
+        (``errors.<part>``), and the next round runs as planned."""
+        if not at_once:
+            await anyio.sleep(pause())
+        while True:
+            try:
+                await round_()
+            except AgentRuntimeError as exc:
+                self.metrics.increment(f"errors.{part}")
+                log.warning("%s failed: %s", part, exc)
+            except Exception:
+                self.metrics.increment(f"errors.{part}")
+                log.exception("%s failed unexpectedly", part)
+            await anyio.sleep(pause())
+
     async def _heartbeat_loop(self) -> None:
         db = self._require_db()
+
+        async def beat() -> None:
+            self.info = await db.heartbeat(self.agent_id)
+
+        await self._periodically("heartbeat", lambda: self.heartbeat_interval * random.uniform(0.8, 1.0), beat)
+
+    async def _safety_poll_loop(self) -> None:
+        """The one safety poll of this runtime (not one timer per subscription): each tick wakes the
+        subscriptions that have fetched nothing for ``poll_interval``, at most SAFETY_POLLS_PER_SECOND
+        of them, so that thousands of idle subscriptions cost a bounded number of transactions (each
+        is then looked at less often than ``poll_interval``). Wake-ups and reconnects do the rest."""
+        tick = min(self.poll_interval, 1.0)
         while True:
-            await anyio.sleep(self.heartbeat_interval * random.uniform(0.8, 1.0))
-            try:
-                self.info = await db.heartbeat(self.agent_id)
-            except AgentRuntimeError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            await anyio.sleep(tick)
+            budget = max(1, int(SAFETY_POLLS_PER_SECOND * tick))
+            now = anyio.current_time()
+            for subs in list(self._subscriptions.values()):
+                for sub in list(subs):
+                    if budget and sub.poll_due(now, self.poll_interval):
+                        sub.wake()
+                        budget -= 1
+                if not budget:
+                    break
 
     async def _metrics_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.metrics_interval)
-            try:
-                await self.metrics.flush(self._require_db(), self.agent_id)
-            except AgentRuntimeError as exc:
-                log.warning("metrics flush failed (kept for the next one): %s", exc)
+        db = self._require_db()
+
+        async def flush() -> None:
+            await self.metrics.flush(db, self.agent_id)  # (a failed flush keeps retryable figures)
+
+        await self._periodically("metrics_flush", lambda: self.metrics_interval, flush)
 
     async def _janitor_loop(self) -> None:
         """Leader-elected cleanup: whoever holds the janitor lock runs it; the lease is re-taken
         each round with the same lease id, so the leader keeps it while alive."""
         db = self._require_db()
         lease_id = uuid.uuid4()
-        while True:
-            try:
-                grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id,
-                                              int(self.janitor_interval * 3000))
-                if grant.acquired:
-                    counts = await db.run_cleanup()
-                    if any(counts.values()):
-                        log.info("janitor: %s", counts)
-            except AgentRuntimeError as exc:
-                log.warning("janitor round failed: %s", exc)
-            await anyio.sleep(self.janitor_interval * random.uniform(0.9, 1.1))
 
-    async def _inbox_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Consumes this agent's inbox: replies complete pending requests, requests go to the
-        request handler, anything else to :meth:`inbox`."""
-        async with Subscription[Any](self, f"agent:{self.agent_id}", "direct", payload_type=None, batch_size=100,
-                                     visibility=None, start="earliest", poll_interval=self.poll_interval) as sub:
+        async def clean() -> None:
+            grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id, int(self.janitor_interval * 3000))
+            if grant.acquired:
+                counts = await db.run_cleanup()
+                if any(counts.values()):
+                    log.info("janitor: %s", counts)
+
+        await self._periodically("janitor", lambda: self.janitor_interval * random.uniform(0.9, 1.1), clean,
+                                 at_once=True)
+
+    async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claims this agent's requests and replies, never its plain messages (those wait in the
+        table for :meth:`inbox`): replies complete pending requests at once, requests queue for
+        the request workers. Nothing here waits on the application."""
+        async with Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None,
+                                     batch_size=max(16, self._request_concurrency), visibility=None,
+                                     start="earliest", classes=_CONTROL) as sub:
+            self._control = sub
             task_status.started()
             async for msg in sub:
-                kind = msg.headers.get("ar")
-                if kind in ("reply", "error") and msg.correlation_id is not None:
-                    waiter = self._pending_replies.get(msg.correlation_id)
+                if msg.raw.reply_to is not None:
+                    self._begin()
+                    self._requests_pending += 1
+                    if self._requests_pending >= self._request_concurrency:
+                        sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
+                    self._requests_send.send_nowait(msg)
+                else:
+                    waiter = self._pending_replies.get(msg.correlation_id or "")
                     if waiter is not None:
                         waiter[1].append(msg.raw)
                         waiter[0].set()
                     await msg.ack()  # a late reply to a request that gave up is dropped
-                elif kind == "request" and self._request_handler is not None:
-                    self._begin()
-                    self._start_task(self._answer, self._request_handler, msg)
-                else:
-                    await self._inbox_send.send(msg)
+
+    async def _request_worker(self) -> None:
+        async for msg in self._requests_receive:
+            try:
+                await self._answer(msg)
+            finally:
+                self._end()
+                self._requests_pending -= 1
+                sub = self._control
+                if sub is not None and sub.classes == _REPLIES_ONLY and \
+                        self._requests_pending < self._request_concurrency:
+                    sub.classes = _CONTROL
+                    sub.wake()
+
+    async def _hand_back_requests(self) -> None:
+        """At shutdown: requests claimed but never started go back to the table at once (and so
+        do plain messages claimed for rt.inbox() but never read)."""
+        if self._inbox_sub is not None:
+            await self._inbox_sub.close()
+        self._requests_send.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+            async for msg in self._requests_receive:
+                try:  # never handed to a handler: not a failed attempt
+                    await self._require_db().nack(self.agent_id, msg.id, delay_ms=0, reason="agent shutting down",
+                                                  release=True)
+                except AgentRuntimeError as exc:
+                    log.warning("handing back request %s: %s", msg.id, exc)
+                finally:
+                    self._end()
 
     def _begin(self) -> None:
         self._in_flight += 1
@@ -351,24 +463,67 @@ class AgentRuntime:
         if self._in_flight == 0:
             self._idle.set()
 
-    async def _answer(self, handler: Handler, msg: Message[Any]) -> None:
+    async def _answer(self, msg: Message[Any]) -> None:
+        """Run the request handler and reply. The error boundary of one request: whatever fails
+        (the handler, the reply, the database) is logged, counted and answered or retried here."""
         try:
             try:
-                result = await handler(msg)
-            except Exception as exc:
-                log.exception("request handler failed on %r", msg)
-                await self._reply(msg.raw, {"error": f"{type(exc).__name__}: {exc}"}, kind="error")
-            else:
-                await self._reply(msg.raw, result)
+                kind, payload = await self._outcome(msg)
+                await self._send_reply(msg.raw, payload, kind)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
+                    await self._nack_quietly(msg, delay=0, reason="request handler cancelled (shutdown)")
+                raise
             await msg.ack()
+        except Exception as exc:  # the reply could not be sent (the database is away...)
+            self.metrics.increment("errors.request", channel=msg.channel)
+            log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
+            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
+
+    async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
+        """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
+        raw = msg.raw
+        if raw.reply_to != _inbox(raw.sender_id) or not raw.correlation_id:
+            return _error(PermissionDenied(f"a request's reply_to must be the requester's own inbox "
+                                           f"({_inbox(raw.sender_id)}), not {raw.reply_to!r}"))
+        handler = self._request_handler
+        if handler is None:
+            return _error(AgentUnavailable(f"agent {self.agent_id} has no request handler"))
+        started = anyio.current_time()
+        try:
+            result = await handler(msg)
+        except Exception as exc:
+            self.metrics.increment("errors.request_handler", channel=msg.channel)
+            log.exception("request handler failed on %r", msg)
+            return "error", {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
         finally:
-            self._end()
+            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
+        try:
+            return "reply", _checked_payload(result)
+        except InvalidInput as exc:
+            self.metrics.increment("errors.reply", channel=msg.channel)
+            log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
+            return _error(exc)
+
+    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
+        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
+        becomes an error reply; a requester that is gone gets nothing."""
+        destination = _inbox(request.sender_id)
+        message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
+        try:
+            try:
+                await self._send(destination, [message])
+            except (InvalidInput, PermissionDenied) as exc:
+                if kind == "error":
+                    raise
+                self.metrics.increment("errors.reply", channel=destination)
+                log.warning("the reply to request %s was refused: %s", request.id, exc)
+                kind, payload = _error(exc)
+                await self._send(destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
+        except (NotFound, InvalidInput, PermissionDenied) as exc:
+            log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
 
     # ------------------------------------------------------------------ presence
-
-    async def agents(self, capability: str | None = None, *, include_offline: bool = False) -> list[AgentInfo]:
-        """Agents that are online now (by the database clock), optionally with a capability."""
-        return await self._require_db().list_agents(capability, online_only=not include_offline)
 
     async def set_status(self, status: AgentStatus, *, load: float | None = None) -> AgentInfo:
         """Set this agent's status (online, busy, away) and load (0..1); others see a status event."""
@@ -377,8 +532,10 @@ class AgentRuntime:
         await db.transport.publish_presence(self.info.status)
         return self.info
 
-    def presence_events(self) -> AbstractAsyncContextManager[AsyncIterator[PresenceEvent]]:
-        """``async with rt.presence_events() as events: async for ev in events: ...``"""
+    def presence_events(self) -> PresenceEvents:
+        """Join, leave and status events of other agents: ``async for ev in rt.presence_events():``
+        or ``async with rt.presence_events() as events: async for ev in events:``. Listening begins
+        at this call; iteration ends when the runtime stops."""
         return self._presence.listen()
 
     # ------------------------------------------------------------------ channels and messages
@@ -388,14 +545,20 @@ class AgentRuntime:
                       visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
                       metadata: dict[str, Any] | None = None) -> ChannelInfo:
         """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
+        _check_channel_name(name, inbox=False)
+        if kind not in ("broadcast", "queue"):
+            raise InvalidInput(f"channel kind must be broadcast or queue (got {kind!r})")
+        if max_attempts is not None:
+            whole(max_attempts, "max_attempts", minimum=1, maximum=1000)
+        if max_payload_bytes is not None:
+            whole(max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_BYTES)
+        if visibility_timeout is not None:
+            bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
         return await self._require_db().ensure_channel(
             self.agent_id, name, kind, retention_ms=_ms(retention, "retention"),
             message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
             visibility_timeout_ms=_ms(visibility_timeout, "visibility_timeout"),
             max_payload_bytes=max_payload_bytes, metadata=None if metadata is None else _to_builtins(metadata))
-
-    async def channels(self) -> list[ChannelInfo]:
-        return await self._require_db().list_channels()
 
     @overload
     def subscribe(self, channel: str, *, type: None = None, kind: ChannelKind | None = None, start: str = "latest",
@@ -413,7 +576,8 @@ class AgentRuntime:
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
-        _ms(visibility_timeout, "visibility_timeout")
+        _check_subscription(channel, kind, start, visibility_timeout)
+        whole(batch_size, "batch_size", minimum=1, maximum=10000)
         return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
@@ -432,45 +596,83 @@ class AgentRuntime:
                kind: ChannelKind | None = None, start: str = "latest", concurrency: int = 1,
                visibility_timeout: float | None = None) -> None:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
-        if concurrency < 1:
-            raise InvalidInput("concurrency must be at least 1")
-        _ms(visibility_timeout, "visibility_timeout")
+        whole(concurrency, "concurrency", minimum=1, maximum=10000)
+        _check_subscription(channel, kind, start, visibility_timeout)
+        if not callable(handler):
+            raise InvalidInput(f"handler must be an async callable (got {handler!r})")
         self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
 
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
                             kind: ChannelKind | None, start: str, visibility: float | None,
                             concurrency: int) -> None:
+        """One handler's error boundary: a lost connection reopens its subscription with backoff;
+        anything else the database refuses (a channel of another kind, one that was deleted...)
+        stops this handler alone, logged and counted, never the runtime."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
+            wait=tenacity.wait_random_exponential(multiplier=self.retry_base_delay, max=self.retry_max_delay),
+            sleep=anyio.sleep, reraise=True,
+            before_sleep=lambda state: log.warning("handler on %s: %s; reopening", channel,
+                                                   state.outcome.exception() if state.outcome else None))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._consume(channel, handler, payload_type, kind, start, visibility, concurrency)
+        except AgentRuntimeError as exc:
+            self.metrics.increment("errors.handler", channel=channel)
+            log.error("the handler on %s stopped: %s", channel, exc)
+
+    async def _consume(self, channel: str, handler: Handler, payload_type: type[Any] | None,
+                       kind: ChannelKind | None, start: str, visibility: float | None, concurrency: int) -> None:
         # Concurrent handlers share one subscription: one claim (and one ack write) serves them all.
         # Broadcast keeps per-channel order: one handler at a time.
+        failures: list[AgentRuntimeError] = []
         async with self.subscribe(channel, type=payload_type, kind=kind, start=start,
                                   batch_size=max(10, concurrency), visibility_timeout=visibility) as sub:
             async with anyio.create_task_group() as tg:
                 for _ in range(1 if sub.kind == "broadcast" else concurrency):
-                    tg.start_soon(self._handle_each, sub, handler)
+                    tg.start_soon(self._handle_each, sub, handler, failures, tg.cancel_scope)
+        if failures:
+            raise failures[0]
 
-    async def _handle_each(self, sub: Subscription[Any], handler: Handler) -> None:
-        async for msg in sub:
-            self._begin()
-            try:
-                await self._run_handler(handler, msg)
-            finally:
-                self._end()
+    async def _handle_each(self, sub: Subscription[Any], handler: Handler, failures: list[AgentRuntimeError],
+                           scope: anyio.CancelScope) -> None:
+        try:
+            async for msg in sub:
+                self._begin()
+                try:
+                    await self._run_handler(handler, msg)
+                finally:
+                    self._end()
+        except AgentRuntimeError as exc:  # the subscription failed: the boundary above decides
+            failures.append(exc)
+            scope.cancel()
 
     async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
+        """One message's error boundary: the handler raising nacks it; a nack that cannot be
+        written (the database is away) leaves it to be redelivered."""
         started = anyio.current_time()
         try:
             await handler(msg)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                await msg.nack(delay=0, reason="handler cancelled (shutdown)")
+                await self._nack_quietly(msg, delay=0, reason="handler cancelled (shutdown)")
             raise
         except Exception as exc:
+            self.metrics.increment("errors.handler_call", channel=msg.channel)
             log.warning("handler for %s failed on %r: %s", msg.channel, msg, exc)
-            await msg.nack(reason=f"{type(exc).__name__}: {exc}")
+            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
         else:
             await msg.ack()
         finally:
             self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
+
+    async def _nack_quietly(self, msg: Message[Any], *, delay: float | None = None, reason: str) -> None:
+        try:
+            await msg.nack(delay=delay, reason=reason)
+        except AgentRuntimeError as exc:
+            self.metrics.increment("errors.nack", channel=msg.channel)
+            log.warning("nack of %r failed (%s): it will be redelivered", msg, exc)
 
     async def publish(self, channel: str, payload: Any, *, headers: dict[str, Any] | None = None,
                       idempotency_key: str | None = None, ttl: float | None = None,
@@ -491,7 +693,7 @@ class AgentRuntime:
         ttl_ms, delay_ms = _ms(ttl, "ttl"), _ms(delay, "delay")
         headers = _to_builtins(headers) if headers else None
         for i, payload in enumerate(payloads):
-            entry: dict[str, Any] = {"payload": _to_builtins(payload)}
+            entry: dict[str, Any] = {"payload": _checked_payload(payload)}
             if headers:
                 entry["headers"] = headers
             if idempotency_keys is not None and idempotency_keys[i]:
@@ -517,13 +719,28 @@ class AgentRuntime:
                                   ttl=ttl)
 
     def inbox(self) -> AsyncIterator[Message[Any]]:
-        """Direct messages to this agent that are not replies (nor requests, when a request
-        handler is set). Ack them like any message."""
-        return self._inbox_receive.__aiter__()
+        """Direct messages to this agent (not requests, not replies). Ack them like any message.
+
+        They are claimed only while read: unread ones wait in the table (durably, for as long as
+        their TTL), and never hold up this agent's requests and replies."""
+        return _Inbox(self)
+
+    async def _plain_inbox(self) -> Subscription[Any]:
+        async with self._inbox_lock:
+            if self._inbox_sub is None:
+                if self._tg is None:
+                    raise AgentRuntimeError("the runtime is not running")
+                sub = Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None, batch_size=10,
+                                        visibility=None, start="earliest", classes=("plain",))
+                await sub.__aenter__()
+                self._inbox_sub = sub
+            return self._inbox_sub
 
     def on_request(self, handler: Handler) -> Handler:
         """Decorator: answer requests sent to this agent; the handler's return value is the reply
-        (an exception becomes a :class:`RemoteError` at the requester)."""
+        (an exception becomes a :class:`RemoteError` at the requester). At most
+        ``request_concurrency`` requests are handled at a time; more wait in the table. Until a
+        handler is set, requests are refused (:class:`AgentUnavailable` at the requester)."""
         self._request_handler = handler
         return handler
 
@@ -532,39 +749,70 @@ class AgentRuntime:
         """Send a request to an agent's inbox and wait for its reply's payload.
 
         Raises :class:`RequestTimeout` after ``timeout`` seconds (the request also expires then,
-        so it is not handled after the requester gave up), :class:`RemoteError` if the handler raised."""
+        so it is not handled after the requester gave up), :class:`RemoteError` if the responder
+        could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
+        or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
         timeout_ms = required_ms(timeout, "timeout")
-        correlation_id = str(uuid.uuid4())
-        arrived = anyio.Event()
+        target = _inbox(agent_id)
+        message = {"payload": _checked_payload(payload),
+                   "headers": {**(_to_builtins(headers) if headers else {}), "ar": "request"},
+                   "correlation_id": str(uuid.uuid4()), "reply_to": _inbox(self.agent_id),
+                   "ttl_ms": max(timeout_ms, 1)}
+        done = anyio.Event()  # a reply arrived, or the agent is found offline
         replies: list[RawMessage] = []
-        self._pending_replies[correlation_id] = (arrived, replies)
+        offline: list[bool] = []
+        self._pending_replies[message["correlation_id"]] = (done, replies)
         try:
-            await self._send(_inbox(agent_id), [{
-                "payload": _to_builtins(payload), "headers": {**_to_builtins(headers or {}), "ar": "request"},
-                "correlation_id": correlation_id, "reply_to": f"agent:{self.agent_id}",
-                "ttl_ms": max(timeout_ms, 1)}])
+            await self._send(target, [message])
             with anyio.move_on_after(timeout):
-                await arrived.wait()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                    await done.wait()
+                    tg.cancel_scope.cancel()
         finally:
-            del self._pending_replies[correlation_id]
+            del self._pending_replies[message["correlation_id"]]
+        if not replies and offline:
+            raise AgentUnavailable(f"agent {agent_id} is offline")
         if not replies:
             raise RequestTimeout(f"no reply from {agent_id} within {timeout}s")
         reply = replies[0]
         if reply.headers.get("ar") == "error":
-            error = reply.payload.get("error") if isinstance(reply.payload, dict) else reply.payload
-            raise RemoteError(f"{agent_id} failed: {error}")
+            body = reply.payload if isinstance(reply.payload, dict) else {"error": reply.payload}
+            error, remote_type = body.get("error"), body.get("type")
+            if remote_type == AgentUnavailable.__name__:
+                raise AgentUnavailable(str(error))
+            raise RemoteError(f"{agent_id} failed: {error}",
+                              remote_type=None if remote_type is None else str(remote_type))
         return reply.payload
 
+    async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
+        """While no reply has come, look now and then whether the agent is online at all (a
+        prompt reply costs no look-up)."""
+        delay = _PRESENCE_CHECK_AFTER
+        while not done.is_set():
+            await anyio.sleep(delay)
+            try:
+                agents = await self._require_db().list_agents(None, online_only=True)
+            except AgentRuntimeError as exc:
+                log.debug("presence check for a request failed: %s", exc)
+                continue
+            if not any(a.id == agent_id for a in agents):
+                offline.append(True)
+                done.set()
+                return
+            delay = max(self.heartbeat_interval, delay)
+
     async def _reply(self, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
+        """Answer a request (Message.reply): to the requester's own inbox, and only there."""
         if not request.reply_to or not request.correlation_id:
             raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
-        await self._send(request.reply_to, [{"payload": _to_builtins(payload), "headers": {"ar": kind},
+        if request.reply_to != _inbox(request.sender_id):
+            raise PermissionDenied(f"message {request.id} asks for a reply to {request.reply_to!r}: "
+                                   "replies go to the requester's own inbox only")
+        await self._send(request.reply_to, [{"payload": _checked_payload(payload), "headers": {"ar": kind},
                                              "correlation_id": request.correlation_id}])
 
     # ------------------------------------------------------------------ dead letters
-
-    async def dead_letters(self, channel: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
-        return await self._require_db().list_dead_letters(channel, limit)
 
     async def replay_dead_letters(self, message_ids: Sequence[int]) -> int:
         """Deliver dead letters again (fresh attempts); returns how many were replayed."""
@@ -591,22 +839,10 @@ class AgentRuntime:
         required_ms(ttl, "ttl")
         return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
-    async def locks(self) -> list[Any]:
-        return await self._require_db().list_locks()
-
     # ------------------------------------------------------------------ metrics and topology
-
-    async def read_metrics(self, *, agent_id: str | None = None, metric: str | None = None,
-                           since: float = 3600) -> list[MetricSummary]:
-        """Metrics flushed so far (all agents unless ``agent_id``), summed over ``since`` seconds."""
-        return await self._require_db().get_metrics(agent_id, metric, required_ms(since, "since"))
 
     async def flush_metrics(self) -> None:
         await self.metrics.flush(self._require_db(), self.agent_id)
-
-    async def topology(self, *, window: float = 300, include_offline: bool = False) -> Topology:
-        """Agents with presence, channels, subscriptions, message flows over ``window`` seconds, locks."""
-        return await self._require_db().topology(required_ms(window, "window"), include_offline)
 
 
 class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
@@ -625,7 +861,7 @@ class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
             info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
             kind = info.kind if info else await self._existing_kind()
         self._sub = Subscription(self._rt, self._channel, kind, payload_type=self._type, batch_size=self._batch,
-                                 visibility=self._visibility, start=self._start, poll_interval=self._rt.poll_interval)
+                                 visibility=self._visibility, start=self._start)
         return await self._sub.__aenter__()
 
     async def _existing_kind(self) -> ChannelKind:
@@ -644,6 +880,59 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
+
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
+
+
+def _check_channel_name(name: str, *, inbox: bool) -> None:
+    """The SQL's rule for channel names, checked before anything is sent."""
+    if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
+        raise InvalidName(f"invalid channel name {name!r}",
+                          hint="1-128 characters: letters, digits, _ . : / - (not starting with a symbol)")
+    if not inbox and name.startswith("agent:"):
+        raise InvalidName("channel names starting with agent: are agent inboxes")
+
+
+def _check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None) -> None:
+    _check_channel_name(channel, inbox=True)
+    if kind not in (None, "broadcast", "queue"):
+        raise InvalidInput(f"kind must be broadcast or queue (got {kind!r})")
+    if start not in ("latest", "earliest"):
+        raise InvalidInput(f"start must be 'latest' or 'earliest' (got {start!r})")
+    if visibility_timeout is not None:
+        bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
+
+
+class _Inbox:
+    """``async for msg in rt.inbox()``: opens the runtime's plain-message subscription on the
+    first read (shared by every reader, closed with the runtime)."""
+
+    def __init__(self, rt: AgentRuntime) -> None:
+        self._rt = rt
+        self._sub: Subscription[Any] | None = None
+
+    def __aiter__(self) -> _Inbox:
+        return self
+
+    async def __anext__(self) -> Message[Any]:
+        if self._sub is None:
+            self._sub = await self._rt._plain_inbox()
+        return await self._sub.__anext__()
+
+
+def _error(exc: AgentRuntimeError) -> tuple[str, dict[str, str]]:
+    return "error", {"error": str(exc), "type": type(exc).__name__}
+
+
+def _checked_payload(payload: Any) -> Any:
+    """The payload as JSON-ready builtins, refused here if no channel could take it."""
+    value = _to_builtins(payload)
+    if isinstance(value, str | list | dict):
+        size = len(_encoder.encode(value))
+        if size > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
+    return value
 
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:

@@ -16,6 +16,18 @@ from agent_runtime.testing import TestDatabases
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
+# Whole suites that take seconds per test (agent processes, server restarts, the CLI as a
+# subprocess, benchmarks, hypothesis): `pytest -m "not slow"` leaves them out.
+_SLOW_PARTS = ("tests/failure/", "tests/test_cli.py", "tests/test_benchmarks_smoke.py",
+               "tests/test_testing_plugin.py", "tests/test_examples.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.as_posix()
+        if any(part in path for part in _SLOW_PARTS):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def test_databases() -> Iterator[TestDatabases]:

@@ -16,12 +16,15 @@ import itertools
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from .. import embedded
 from ..migrations import migrate_url
 from ..transports.postgres import translate_errors
+
+_NOT_DURABLE = ("fsync", "synchronous_commit", "full_page_writes")
 
 
 class TestDatabases:
@@ -58,9 +61,18 @@ class TestDatabases:
             finally:
                 await conn.close()
 
+    async def _without_durability(self) -> None:
+        """A test server need not survive a power cut: no waiting for disks at commit, no fsync,
+        no full-page images (set in its own data folder, never the user's server). A setting the
+        server was started with on its command line keeps that value."""
+        for setting in _NOT_DURABLE:
+            await self._admin(f"alter system set {setting} = off")
+        await self._admin("select pg_reload_conf()")
+
     async def template(self) -> str:
         """The migrated template's name (built on first use)."""
         if self._template is None:
+            await self._without_durability()
             name = "ar_template"
             await self._admin(f'drop database if exists "{name}"')
             await self._admin(f'create database "{name}"')
@@ -76,5 +88,5 @@ class TestDatabases:
         return self._url(name)
 
     async def drop(self, url: str) -> None:
-        name = url.split("/")[-1].split("?")[0]
+        name = urlsplit(url).path.lstrip("/")  # (the query names a socket folder, with slashes)
         await self._admin(f'drop database if exists "{name}" with (force)')

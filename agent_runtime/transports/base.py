@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import msgspec
 from anyio.abc import TaskStatus
 
+__all__ = ["RECONNECTED", "AccessTokenProvider", "Event", "EventSink", "Transport"]
+
 
 class Event(msgspec.Struct, frozen=True):
     """A wake-up hint. ``topic`` is ``channel:<name>``, ``agent:<id>``, ``presence`` or ``locks``;

@@ -11,14 +11,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import anyio
 import asyncpg
 import msgspec
+import tenacity
 from anyio.abc import TaskStatus
 
 from ..errors import AgentRuntimeError, ConnectionLost, InvalidInput, error_from_sqlstate
 from .base import RECONNECTED, Event, EventSink
 
+__all__ = ["PostgresTransport", "translate_errors"]
+
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "agent_runtime"
+_RECONNECT_PAUSE = 0.05  # seconds: the first pause before reconnecting, doubled on each failure
 _JSON_ARGS = frozenset({"p_payload", "p_headers", "p_metadata", "p_messages", "p_metrics", "p_info"})
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -114,26 +118,13 @@ class PostgresTransport:
         return None if raw is None else _decoder.decode(raw)
 
     async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        delay = 0.05
         started = False
         while True:
-            try:
-                with translate_errors():
-                    conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
-            except AgentRuntimeError as exc:
-                # Once running, any refusal while reconnecting (the database restarting, not yet
-                # accepting connections...) is retried: the listener must not take the runtime down.
-                if not started and not exc.retryable:
-                    raise
-                log.warning("LISTEN connection failed (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_delay)
-                continue
+            conn = await self._listen_connection(started)
             lost = anyio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: sink(_parse(payload)))
-                delay = 0.05
                 if started:
                     sink(RECONNECTED)  # anything sent while we were away must be caught up
                 else:
@@ -144,7 +135,27 @@ class PostgresTransport:
                 log.warning("LISTEN connection lost: %s", exc)
             finally:
                 conn.terminate()
-            await anyio.sleep(delay)
+            await anyio.sleep(_RECONNECT_PAUSE)
+
+    async def _listen_connection(self, started: bool) -> asyncpg.Connection:
+        """A connection for LISTEN, retried with exponential backoff. Before the first one only a
+        retryable failure is retried (a bad URL fails the start); once running, any refusal while
+        reconnecting (the database restarting, not yet accepting connections...) is, since the
+        listener must not take the runtime down."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: started or (isinstance(exc, AgentRuntimeError) and exc.retryable)),
+            wait=tenacity.wait_exponential(multiplier=_RECONNECT_PAUSE, max=self._reconnect_max_delay),
+            sleep=anyio.sleep, reraise=True,
+            before_sleep=lambda state: log.warning(
+                "LISTEN connection failed (%s); retrying in %.2fs",
+                state.outcome.exception() if state.outcome else None,
+                state.next_action.sleep if state.next_action else 0.0))
+        async for attempt in retrying:
+            with attempt, translate_errors():
+                conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+                return conn
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def _watch(self, conn: asyncpg.Connection, lost: anyio.Event) -> None:
         """Return when the connection is gone. A periodic query notices a half-dead socket that

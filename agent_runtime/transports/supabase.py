@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
+import tenacity
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from postgrest import APIError
@@ -58,6 +59,8 @@ from ..errors import (
     error_from_sqlstate,
 )
 from .base import RECONNECTED, AccessTokenProvider, Event, EventSink
+
+__all__ = ["SupabaseTransport", "translate_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -290,11 +293,15 @@ class SupabaseTransport:
                             "was given: calls and Realtime will be refused after that", exp - time.time())
                 return
             await anyio.sleep(max(exp - time.time() - self._margin(), 0.0))
-            try:
-                await self._refresh_token()
-            except AgentRuntimeError as exc:
-                log.warning("refreshing the access token failed (%s); retrying", exc)
-                await anyio.sleep(min(5.0, max((exp - time.time()) / 4, 0.5)))
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(AgentRuntimeError),
+                wait=tenacity.wait_random_exponential(multiplier=0.5, max=5.0), sleep=anyio.sleep,
+                before_sleep=lambda state: log.warning(
+                    "refreshing the access token failed (%s); retrying",
+                    state.outcome.exception() if state.outcome else None))
+            async for attempt in retrying:
+                with attempt:
+                    await self._refresh_token()
 
     # ------------------------------------------------------------------ topics and presence
 

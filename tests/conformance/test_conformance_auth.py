@@ -144,6 +144,7 @@ async def test_an_expired_token_is_refused(make_runtime: RuntimeFactory, backend
             pass
 
 
+@pytest.mark.slow
 async def test_token_is_refreshed_before_it_expires(make_runtime: RuntimeFactory, backend: Backend) -> None:
     """With a short-lived token and a provider, REST calls and Realtime wake-ups go on past its expiry."""
     opts = _as_agent(backend, "shorty", expires_in=3)

@@ -80,6 +80,7 @@ async def test_queue_nack_redelivers_then_dead_letters_then_replays(make_runtime
         assert await rt.dead_letters("jobs") == []
 
 
+@pytest.mark.slow
 async def test_queue_visibility_timeout_redelivers_to_another_consumer(make_runtime: RuntimeFactory) -> None:
     """A claimed message neither acked nor nacked comes back after its visibility timeout."""
     async with make_runtime("slow") as slow, make_runtime("other") as other:
@@ -134,6 +135,10 @@ async def test_request_reply_error_and_timeout(make_runtime: RuntimeFactory) -> 
         with anyio.fail_after(3), pytest.raises(RemoteError, match="no way"):
             await client.request(server.agent_id, {"fail": True}, timeout=3)
         async with make_runtime("mute") as mute:
+            @mute.on_request
+            async def too_late(msg: Any) -> Any:
+                await anyio.sleep(0.7)  # past the requester's timeout (its reply is then dropped)
+
             with pytest.raises(RequestTimeout):
                 await client.request(mute.agent_id, {"x": 1}, timeout=0.5)
 

@@ -40,6 +40,7 @@ async def test_lock_mutual_exclusion_between_agents(make_runtime: RuntimeFactory
     assert tokens == sorted(tokens) and len(set(tokens)) == 16
 
 
+@pytest.mark.slow
 async def test_waiter_is_woken_by_release_not_by_ttl(make_runtime: RuntimeFactory) -> None:
     """A waiter gets the lock right after the holder releases it, long before the TTL."""
     async with make_runtime("holder") as holder, make_runtime("waiter") as waiter:

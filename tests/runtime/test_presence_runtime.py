@@ -34,3 +34,21 @@ async def test_agents_filter_by_capability(make_runtime: RuntimeFactory) -> None
         assert [a.id for a in await planner.agents(capability="plan")] == [planner.agent_id]
         offline = await planner.agents(capability="plan", include_offline=True)
         assert {a.id for a in offline} == {planner.agent_id, gone.agent_id}
+
+
+async def test_presence_events_as_a_plain_async_for(make_runtime: RuntimeFactory) -> None:
+    """`async for ev in rt.presence_events()` works without `async with`, and ends when the runtime stops."""
+    seen: list[tuple[str, str]] = []
+    async with make_runtime("watcher") as watcher:
+        events = watcher.presence_events()
+        async with make_runtime("joiner") as joiner:
+            with anyio.fail_after(5):
+                async for ev in events:
+                    seen.append((ev.kind, ev.agent_id))
+                    if (ev.kind, ev.agent_id) == ("join", joiner.agent_id):
+                        break
+        leftover = watcher.presence_events()
+    with anyio.fail_after(2):
+        rest = [ev async for ev in leftover]  # the runtime stopped: iteration ends
+    assert ("join", joiner.agent_id) in seen
+    assert all(ev.kind != "join" or ev.agent_id != joiner.agent_id for ev in rest)

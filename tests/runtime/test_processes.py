@@ -15,6 +15,8 @@ from agent_processes import children
 from agent_runtime.errors import StaleFencingToken
 from agent_runtime.runtime import AgentRuntime
 
+pytestmark = pytest.mark.slow  # real OS processes
+
 RuntimeFactory = Callable[..., AgentRuntime]
 SCRIPT = Path(__file__).with_name("_agent_proc.py")
 

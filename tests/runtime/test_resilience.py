@@ -245,3 +245,34 @@ async def test_handing_back_unread_messages_does_not_use_up_their_attempts(
         assert states == {("acked", agent): 1, ("ready", None): 9}, states
         assert await conn.fetchval("select max(attempts) from distributed_messages where state = 'ready'") == 0
         assert await pub.dead_letters("once") == []
+
+
+async def test_requests_claimed_but_not_started_are_handed_back_at_shutdown(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Leaving with requests waiting for a worker: they go back to the table without using up an attempt."""
+    async with make_runtime("client") as client:
+        async with make_runtime("slow", request_concurrency=1, shutdown_timeout=0.2) as slow:
+            started = anyio.Event()
+
+            @slow.on_request
+            async def hold(msg: Any) -> Any:
+                started.set()
+                await anyio.sleep_forever()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(3):
+                    tg.start_soon(_ask_ignoring_errors, client, slow.agent_id, i)
+                with anyio.fail_after(5):
+                    await started.wait()
+                await anyio.sleep(0.3)  # the other two are claimed and queued (or wait in the table)
+                tg.cancel_scope.cancel()
+        rows = await conn.fetch("select m.state, m.attempts from distributed_messages m join communication_channels c "
+                                "on c.id = m.channel_id where c.name = $1 and m.reply_to is not null",
+                                f"agent:{slow.agent_id}")
+        assert len(rows) == 3
+        assert sorted((r["state"], r["attempts"]) for r in rows) == [("ready", 0), ("ready", 0), ("ready", 1)]
+
+
+async def _ask_ignoring_errors(client: AgentRuntime, agent_id: str, i: int) -> None:
+    with anyio.move_on_after(10):
+        await client.request(agent_id, {"i": i}, timeout=30)

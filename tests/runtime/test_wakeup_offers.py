@@ -24,7 +24,7 @@ class _Runtime:
 
 def _sub(kind: ChannelKind = "broadcast", frontier: int | None = 10, batch_size: int = 100) -> Subscription[Any]:
     sub: Subscription[Any] = Subscription(_Runtime(), "news", kind, payload_type=None,  # type: ignore[arg-type]
-                                          batch_size=batch_size, visibility=None, start="latest", poll_interval=5.0)
+                                          batch_size=batch_size, visibility=None, start="latest")
     sub._frontier = frontier
     sub._news = False  # as after its first fetch
     return sub

@@ -1,0 +1,91 @@
+"""Error boundaries on the Postgres transport: a database outage is survived by every part."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import asyncpg
+import pytest
+
+from agent_runtime import embedded
+from agent_runtime.runtime import AgentRuntime
+
+RuntimeFactory = Callable[..., AgentRuntime]
+
+
+async def _outage(server: embedded.LocalServer, database: str, on: bool) -> None:
+    """Refuse (or allow again) every new connection to the test's database, and cut the current ones."""
+    admin = await asyncpg.connect(server.url("postgres"))
+    try:
+        await admin.execute(f'alter database "{database}" allow_connections {"false" if on else "true"}')
+        if on:
+            await admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1", database)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.slow
+async def test_database_outage_while_a_handler_fails_is_survived(make_runtime: RuntimeFactory, db_url: str,
+                                                                 pg_server: embedded.LocalServer) -> None:
+    """The handler fails while the database is away, so its nack fails too: the runtime lives on
+    and, once the database is back, the message is handled."""
+    async with make_runtime("worker", poll_interval=0.5) as rt:
+        await rt.channel("jobs", "queue", visibility_timeout=1)
+        started, fail_now = anyio.Event(), anyio.Event()
+        handled: list[Any] = []
+        progress = anyio.Event()
+
+        async def handler(msg: Any) -> None:
+            if not handled and msg.attempts == 1:
+                started.set()
+                await fail_now.wait()
+                raise RuntimeError("failing while the database is away")
+            handled.append(msg.payload)
+            progress.set()
+
+        rt.handle("jobs", handler)
+        await rt.publish("jobs", {"n": 1})
+        with anyio.fail_after(5):
+            await started.wait()
+        database = urlsplit(db_url).path.lstrip("/")
+        await _outage(pg_server, database, True)
+        try:
+            fail_now.set()
+            await anyio.sleep(1.5)  # the nack, heartbeats, fetches and metrics all fail meanwhile
+        finally:
+            await _outage(pg_server, database, False)
+        with anyio.fail_after(15):
+            await progress.wait()
+        assert handled == [{"n": 1}]
+        progress = anyio.Event()
+        await rt.publish("jobs", {"n": 2})  # and it goes on
+        with anyio.fail_after(10):
+            await progress.wait()
+        assert handled == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_background_round_that_fails_is_counted_and_the_next_one_runs(
+        make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat that fails (even with a bug, not a database error) does not end the agent: the next beats run."""
+    async with make_runtime("beating", heartbeat_interval=0.1) as rt:
+        db = rt._require_db()
+        real = db.heartbeat
+        calls = 0
+        beat_again = anyio.Event()
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise RuntimeError("a bug in one round")
+            beat_again.set()
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(db, "heartbeat", flaky)
+        with anyio.fail_after(5):
+            await beat_again.wait()
+        assert rt.metrics._figures[("errors.heartbeat", "")].count == 2
+        assert await rt.agents()  # still working

@@ -1,0 +1,34 @@
+"""Lifecycle: leaving passes the block's own exception on, and still leaves in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+
+from agent_runtime.errors import InvalidName
+from agent_runtime.runtime import AgentRuntime
+
+RuntimeFactory = Callable[..., AgentRuntime]
+
+
+async def test_an_exception_in_the_block_comes_out_as_itself_and_the_agent_leaves(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """A ValueError raised in the block is what the caller gets (not a group); the agent is offline after."""
+    rt = make_runtime("raiser")
+    with pytest.raises(ValueError, match="the block's own"):
+        async with rt:
+            raise ValueError("the block's own")
+    assert await conn.fetchval("select status from agent_presence where agent_id = $1", rt.agent_id) == "offline"
+
+
+async def test_a_failed_start_raises_its_typed_error_and_leaves_nothing_open(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Registration refused (a bad agent id): InvalidName, and no connection is left behind."""
+    before = await conn.fetchval("select count(*) from pg_stat_activity where datname = current_database()")
+    with pytest.raises(InvalidName):
+        async with make_runtime("bad", agent_id="not a valid id!"):
+            pass
+    after = await conn.fetchval("select count(*) from pg_stat_activity where datname = current_database()")
+    assert after <= before
