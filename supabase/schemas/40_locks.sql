@@ -1,0 +1,137 @@
+-- agent_runtime declared schema, part 40: leases with fencing tokens.
+-- Owns: distributed_locks_token_seq, distributed_locks; lock_json; acquire_lock, renew_lock,
+-- release_lock, check_fencing_token, list_locks.
+
+-- Fencing tokens come from one sequence: strictly increasing per key across owners, and still so
+-- after a lock row is cleaned up.
+create sequence public.distributed_locks_token_seq;
+
+create table public.distributed_locks (
+  -- (Postgres regexes allow repetition counts up to 255 only, hence char_length.)
+  key         text primary key check (char_length(key) between 1 and 256 and key !~ '[[:cntrl:]]'),
+  owner_id    text not null references public.distributed_agents (id) on delete cascade,
+  lease_id    uuid not null,
+  token       bigint not null,
+  acquired_at timestamptz not null default now(),
+  renewed_at  timestamptz not null default now(),
+  expires_at  timestamptz not null,
+  metadata    jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object')
+);
+create index distributed_locks_expires_idx on public.distributed_locks (expires_at);
+create index distributed_locks_owner_idx on public.distributed_locks (owner_id);
+
+create function agent_runtime_private.lock_json(l public.distributed_locks, p_acquired boolean)
+returns jsonb language sql stable as $$
+  select jsonb_build_object('key', l.key, 'acquired', p_acquired, 'owner_id', l.owner_id,
+                            'lease_id', case when p_acquired then l.lease_id end,
+                            'token', case when p_acquired then l.token end,
+                            'acquired_at', l.acquired_at, 'expires_at', l.expires_at,
+                            'ttl_ms', greatest(0, (extract(epoch from l.expires_at - now()) * 1000)::bigint))
+$$;
+
+-- Takes the lease on p_key if it is free or expired (or already held by this same lease, which
+-- extends it). Every new holder gets a fresh fencing token from a global sequence, so tokens
+-- strictly increase per key across owners. Returns {acquired, token, expires_at, owner_id, ttl_ms};
+-- when not acquired, ttl_ms says how long the current holder's lease still runs.
+create function public.acquire_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint,
+                                    p_metadata jsonb default '{}'::jsonb)
+returns jsonb
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
+  v_lock public.distributed_locks;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  perform agent_runtime_private.agent_exists(p_agent_id);
+  if v_ttl is null or p_lease_id is null then
+    raise exception 'lock ttl and lease id are required' using errcode = 'AR400';
+  end if;
+  if p_key is null or char_length(p_key) not between 1 and 256 or p_key ~ '[[:cntrl:]]' then
+    raise exception 'invalid lock key: 1-256 printable characters' using errcode = 'AR401';
+  end if;
+  -- Held by another live lease: answer without writing, so a refused try takes no row lock and
+  -- costs no commit flush (waiters retry often when many want one key).
+  select * into v_lock from distributed_locks where key = p_key;
+  if found and v_lock.expires_at > now() and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
+    return agent_runtime_private.lock_json(v_lock, false);
+  end if;
+  insert into distributed_locks as l (key, owner_id, lease_id, token, expires_at, metadata)
+  values (p_key, p_agent_id, p_lease_id, nextval('distributed_locks_token_seq'), now() + v_ttl,
+          coalesce(p_metadata, '{}'::jsonb))
+  on conflict (key) do update set
+    owner_id = excluded.owner_id, lease_id = excluded.lease_id,
+    token = case when l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id
+                      and l.expires_at > now() then l.token
+                 else excluded.token end,
+    acquired_at = case when l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id
+                            and l.expires_at > now() then l.acquired_at
+                       else now() end,
+    renewed_at = now(), expires_at = excluded.expires_at, metadata = excluded.metadata
+  -- The same lease extends only for its own owner: another agent presenting it takes nothing.
+  where l.expires_at <= now() or (l.lease_id = excluded.lease_id and l.owner_id = excluded.owner_id)
+  returning * into v_lock;
+  if found then
+    return agent_runtime_private.lock_json(v_lock, true);
+  end if;
+  select * into v_lock from distributed_locks where key = p_key;
+  return agent_runtime_private.lock_json(v_lock, false);
+end
+$$;
+
+-- Extends a held lease. Raises AR409 if this lease does not hold the key (never held, released,
+-- expired, or taken over): the holder must stop acting as owner.
+create function public.renew_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint)
+returns jsonb
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
+  v_lock public.distributed_locks;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  update distributed_locks set expires_at = now() + v_ttl, renewed_at = now()
+  where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > now()
+  returning * into v_lock;
+  if not found then
+    raise exception 'lock % is not held by this lease (expired, released or taken over)', p_key
+      using errcode = 'AR409';
+  end if;
+  return agent_runtime_private.lock_json(v_lock, true);
+end
+$$;
+
+-- Releases a held lease; returns false if it was not held (already expired or taken over).
+create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid) returns boolean
+language plpgsql security definer set search_path = public, pg_temp as $$
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  delete from distributed_locks
+  where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > now();
+  return found;
+end
+$$;
+
+-- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
+-- Call it in the same transaction as the write it guards. The lock row is share-locked until that
+-- transaction ends, so no one can take the lease over between the check and the write's commit
+-- (a successor's acquire waits for it): writes never go back to an older token. Volatile, as it locks.
+create function public.check_fencing_token(p_key text, p_token bigint) returns boolean
+language plpgsql security definer set search_path = public, pg_temp as $$
+begin
+  perform 1 from distributed_locks
+  where key = p_key and token = p_token and expires_at > now()
+  for share;
+  if not found then
+    raise exception 'fencing token % is not the current holder''s token for %', p_token, p_key
+      using errcode = 'AR422';
+  end if;
+  return true;
+end
+$$;
+
+create function public.list_locks() returns jsonb
+language sql stable security definer set search_path = public, pg_temp as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'key', key, 'owner_id', owner_id, 'token', token, 'acquired_at', acquired_at,
+           'expires_at', expires_at, 'metadata', metadata) order by key), '[]'::jsonb)
+  from distributed_locks where expires_at > now()
+$$;
