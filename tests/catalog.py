@@ -22,10 +22,8 @@ SCHEMAS = ("public", "agent_runtime_private")
 LEDGER = "agent_runtime_private.schema_migrations"
 
 _ACL = """
-  coalesce((select array_agg(coalesce(r.rolname, 'PUBLIC') || ':' || a.privilege_type
-                             || case when a.is_grantable then '*' else '' end
-                             order by 1)
-            from aclexplode({acl}) a left join pg_roles r on r.oid = a.grantee), '{{}}')
+  array(select coalesce(r.rolname, 'PUBLIC') || ':' || a.privilege_type || case when a.is_grantable then '*' else '' end
+        from aclexplode({acl}) a left join pg_roles r on r.oid = a.grantee order by 1)
 """
 
 QUERIES: dict[str, str] = {
@@ -124,3 +122,25 @@ async def empty_database(test_databases: TestDatabases, *, prefix: str = "empty"
             await admin.execute(f'drop database if exists "{name}" with (force)')
         finally:
             await admin.close()
+
+
+# What a Supabase project's database does to everything `postgres` creates in public (supabase/postgres
+# migrations): anon and authenticated get every privilege unless a migration revokes it.
+SUPABASE_DEFAULT_PRIVILEGES = """
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+"""
+
+
+async def with_supabase_default_privileges(url: str) -> None:
+    """Prepare an empty database as Supabase would be before the migrations run: the roles (the
+    bootstrap) and Supabase's default privileges in public."""
+    from agent_runtime.migrations import bootstrap_sql
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(bootstrap_sql())
+        await conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
+    finally:
+        await conn.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from catalog import catalog, differences, empty_database
+from catalog import catalog, differences, empty_database, with_supabase_default_privileges
 
 from agent_runtime.migrations import bootstrap_sql, migrate
 from agent_runtime.testing import TestDatabases
@@ -61,9 +61,14 @@ def test_schema_files_are_ordered_and_define_each_function_once() -> None:
     assert len(seen) > 40
 
 
-async def test_migrations_build_the_declared_schema(test_databases: TestDatabases) -> None:
-    """A fresh database migrated and one built from supabase/schemas/ have equal catalogs."""
+@pytest.mark.parametrize("defaults", [False, True], ids=["plain", "supabase default privileges"])
+async def test_migrations_build_the_declared_schema(test_databases: TestDatabases, defaults: bool) -> None:
+    """A fresh database migrated and one built from supabase/schemas/ have equal catalogs (also when
+    both start with Supabase's default privileges)."""
     async with empty_database(test_databases) as migrated, empty_database(test_databases) as declared:
+        if defaults:
+            await with_supabase_default_privileges(migrated)
+            await with_supabase_default_privileges(declared)
         from_migrations = await built_from_migrations(migrated)
         from_schema = await built_from_schema(declared)
     assert differences(from_migrations, from_schema) == []

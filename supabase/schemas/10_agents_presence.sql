@@ -46,8 +46,10 @@ create type agent_runtime_private.topology_agent as (
   last_seen timestamptz, heartbeat_at timestamptz, expires_at timestamptz, incarnation integer
 );
 
+-- agent_exists(p_agent) -> void: returns when agent p_agent is registered.
+-- Raises: AR404 unknown agent.
 create function agent_runtime_private.agent_exists(p_agent text) returns void
-language plpgsql stable as $$
+language plpgsql stable set search_path = '' as $$
 begin
   if not exists (select 1 from public.distributed_agents where id = p_agent) then
     raise exception 'unknown agent %', p_agent using errcode = 'AR404',
@@ -55,11 +57,13 @@ begin
   end if;
 end
 $$;
+revoke all on function agent_runtime_private.agent_exists(text) from public, anon, authenticated, service_role;
 
--- An agent with its presence as one row (p may be null: an agent without a presence row is
--- offline). Inlined by the planner where it is called, so a caller's columns are read directly.
+-- agent_row(a, p) -> topology_agent: an agent with its presence as one row (p may be null: an
+-- agent without a presence row is offline); status and online are computed from the expiry.
+-- Raises: nothing of its own.
 create function agent_runtime_private.agent_row(a public.distributed_agents, p public.agent_presence)
-returns agent_runtime_private.topology_agent language sql stable as $$
+returns agent_runtime_private.topology_agent language sql stable set search_path = '' as $$
   select row(
     a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
     case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
@@ -67,19 +71,26 @@ returns agent_runtime_private.topology_agent language sql stable as $$
     a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
   )::agent_runtime_private.topology_agent
 $$;
+revoke all on function agent_runtime_private.agent_row(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
 
+-- agent_json(a, p) -> json: agent_row as a JSON object (the registry functions return it as jsonb).
+-- Raises: nothing of its own.
 create function agent_runtime_private.agent_json(a public.distributed_agents, p public.agent_presence)
-returns json language sql stable as $$
+returns json language sql stable set search_path = '' as $$
   select to_json(agent_runtime_private.agent_row(a, p))
 $$;
+revoke all on function agent_runtime_private.agent_json(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
 
--- The registry functions return agent_json as jsonb, as before.
+-- register_agent(p_agent_id, p_name, p_kind, p_capabilities, p_version, p_host, p_pid, p_metadata,
+-- p_heartbeat_ttl_ms) -> jsonb: registers (or resumes, after a crash) the agent, marks it online,
+-- creates its inbox channel 'agent:<id>'; returns the agent document plus 'resumed'.
+-- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed.
 create function public.register_agent(
   p_agent_id text, p_name text, p_kind text default 'agent', p_capabilities text[] default '{}',
   p_version text default '', p_host text default '', p_pid integer default null,
   p_metadata jsonb default '{}'::jsonb, p_heartbeat_ttl_ms integer default 15000
 ) returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_ttl interval := coalesce(agent_runtime_private.ms(p_heartbeat_ttl_ms, 'heartbeat ttl', 1000, 3600000),
                              interval '15 seconds');
@@ -98,8 +109,8 @@ begin
   if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
     raise exception 'metadata must be a JSON object' using errcode = 'AR400';
   end if;
-  select exists (select 1 from distributed_agents where id = p_agent_id) into v_resumed;
-  insert into distributed_agents as a (id, name, kind, capabilities, version, host, pid, metadata,
+  select exists (select 1 from public.distributed_agents where id = p_agent_id) into v_resumed;
+  insert into public.distributed_agents as a (id, name, kind, capabilities, version, host, pid, metadata,
                                        status, heartbeat_ttl)
   values (p_agent_id, p_name, coalesce(p_kind, 'agent'), coalesce(p_capabilities, '{}'),
           coalesce(p_version, ''), coalesce(p_host, ''), p_pid, p_metadata, 'online', v_ttl)
@@ -110,14 +121,14 @@ begin
     started_at = now(), last_seen = now(), incarnation = a.incarnation + 1
   returning * into v_agent;
 
-  insert into agent_presence as p (agent_id, status, heartbeat_at, expires_at, changed_at)
+  insert into public.agent_presence as p (agent_id, status, heartbeat_at, expires_at, changed_at)
   values (p_agent_id, 'online', now(), now() + v_ttl, now())
   on conflict (agent_id) do update set
     status = 'online', heartbeat_at = now(), expires_at = now() + v_ttl, changed_at = now()
   returning * into v_presence;
 
   -- The agent's inbox: a direct channel only it consumes.
-  insert into communication_channels (name, kind, owner_id, created_by)
+  insert into public.communication_channels (name, kind, owner_id, created_by)
   values ('agent:' || p_agent_id, 'direct', p_agent_id, p_agent_id)
   on conflict (name) do nothing;
 
@@ -127,12 +138,16 @@ exception
     raise exception 'invalid agent registration: %', sqlerrm using errcode = 'AR400';
 end
 $$;
+revoke all on function public.register_agent(text, text, text, text[], text, text, integer, jsonb, integer) from public, anon, authenticated;
+grant execute on function public.register_agent(text, text, text, text[], text, text, integer, jsonb, integer) to authenticated, service_role;
 
--- The heartbeat (the seed's name): refreshes presence expiry and last_seen, optionally status/load.
+-- update_agent_last_seen(p_agent_id, p_status, p_load, p_info) -> jsonb: the heartbeat (the seed's
+-- name): refreshes presence expiry and last_seen, optionally status/load/info; returns the agent.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent.
 create function public.update_agent_last_seen(
   p_agent_id text, p_status text default null, p_load real default null, p_info jsonb default null
 ) returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_agent public.distributed_agents;
   v_presence public.agent_presence;
@@ -147,13 +162,13 @@ begin
   if p_info is not null and jsonb_typeof(p_info) <> 'object' then
     raise exception 'info must be a JSON object' using errcode = 'AR400';
   end if;
-  update distributed_agents set last_seen = now(),
+  update public.distributed_agents set last_seen = now(),
     status = coalesce(p_status, case when status = 'offline' then 'online' else status end)
   where id = p_agent_id returning * into v_agent;
   if not found then
     perform agent_runtime_private.agent_exists(p_agent_id);
   end if;
-  update agent_presence set
+  update public.agent_presence set
     heartbeat_at = now(),
     expires_at = now() + v_agent.heartbeat_ttl,
     -- An agent whose presence had lapsed comes back online on its next heartbeat.
@@ -166,37 +181,52 @@ begin
   return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
 end
 $$;
+revoke all on function public.update_agent_last_seen(text, text, real, jsonb) from public, anon, authenticated;
+grant execute on function public.update_agent_last_seen(text, text, real, jsonb) to authenticated, service_role;
 
+-- set_agent_status(p_agent_id, p_status, p_load) -> jsonb: a heartbeat that sets the status.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent.
 create function public.set_agent_status(p_agent_id text, p_status text, p_load real default null)
-returns jsonb language sql security definer set search_path = public, pg_temp as $$
+returns jsonb language sql security definer set search_path = '' as $$
   select public.update_agent_last_seen(p_agent_id, p_status, p_load)
 $$;
+revoke all on function public.set_agent_status(text, text, real) from public, anon, authenticated;
+grant execute on function public.set_agent_status(text, text, real) to authenticated, service_role;
 
--- Orderly leave: marks the agent offline, keeps its row so the same id can resume.
+-- deregister_agent(p_agent_id) -> jsonb: orderly leave: marks the agent offline and releases its
+-- locks, keeps its row so the same id can resume; returns the agent.
+-- Raises: AR403 not allowed; AR404 unknown agent.
 create function public.deregister_agent(p_agent_id text) returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_agent public.distributed_agents;
   v_presence public.agent_presence;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  update distributed_agents set status = 'offline', last_seen = now()
+  update public.distributed_agents set status = 'offline', last_seen = now()
   where id = p_agent_id returning * into v_agent;
   if not found then
     perform agent_runtime_private.agent_exists(p_agent_id);
   end if;
-  update agent_presence set status = 'offline', expires_at = now(), changed_at = now()
+  update public.agent_presence set status = 'offline', expires_at = now(), changed_at = now()
   where agent_id = p_agent_id returning * into v_presence;
-  delete from distributed_locks where owner_id = p_agent_id;
+  delete from public.distributed_locks where owner_id = p_agent_id;
   return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
 end
 $$;
+revoke all on function public.deregister_agent(text) from public, anon, authenticated;
+grant execute on function public.deregister_agent(text) to authenticated, service_role;
 
+-- list_agents(p_capability, p_online_only) -> jsonb: the agents (online ones by default), optionally
+-- those with a capability, ordered by id.
+-- Raises: nothing of its own.
 create function public.list_agents(p_capability text default null, p_online_only boolean default true)
-returns jsonb language sql stable security definer set search_path = public, pg_temp as $$
+returns jsonb language sql stable security definer set search_path = '' as $$
   select coalesce(json_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::json)::jsonb
-  from distributed_agents a
-  left join agent_presence p on p.agent_id = a.id
+  from public.distributed_agents a
+  left join public.agent_presence p on p.agent_id = a.id
   where (p_capability is null or a.capabilities @> array[p_capability])
     and (not p_online_only or (p.status <> 'offline' and p.expires_at > now()))
 $$;
+revoke all on function public.list_agents(text, boolean) from public, anon, authenticated;
+grant execute on function public.list_agents(text, boolean) to authenticated, service_role;

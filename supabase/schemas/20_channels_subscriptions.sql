@@ -24,6 +24,9 @@ create table public.communication_channels (
   check ((kind = 'direct') = (owner_id is not null))
 );
 
+-- The foreign key's index (deleting an agent finds its inbox; the inbox look-up by owner).
+create index communication_channels_owner_idx on public.communication_channels (owner_id);
+
 create table public.channel_subscriptions (
   channel_id     bigint not null references public.communication_channels (id) on delete cascade,
   agent_id       text not null references public.distributed_agents (id) on delete cascade,
@@ -39,8 +42,10 @@ create table public.channel_subscriptions (
 );
 create index channel_subscriptions_agent_idx on public.channel_subscriptions (agent_id);
 
+-- channel(p_name) -> communication_channels: the channel's row.
+-- Raises: AR404 unknown agent; AR405 unknown channel or not subscribed.
 create function agent_runtime_private.channel(p_name text)
-returns public.communication_channels language plpgsql stable as $$
+returns public.communication_channels language plpgsql stable set search_path = '' as $$
 declare
   v public.communication_channels;
 begin
@@ -55,9 +60,12 @@ begin
   return v;
 end
 $$;
+revoke all on function agent_runtime_private.channel(text) from public, anon, authenticated, service_role;
 
+-- channel_json(c) -> jsonb: a channel's settings as a document (durations in ms).
+-- Raises: nothing of its own.
 create function agent_runtime_private.channel_json(c public.communication_channels) returns jsonb
-language sql stable as $$
+language sql stable set search_path = '' as $$
   select jsonb_build_object(
     'id', c.id, 'name', c.name, 'kind', c.kind, 'owner_id', c.owner_id,
     'retention_ms', (extract(epoch from c.retention) * 1000)::bigint,
@@ -67,16 +75,18 @@ language sql stable as $$
     'max_payload_bytes', c.max_payload_bytes, 'metadata', c.metadata,
     'last_seq', c.last_seq, 'created_by', c.created_by, 'created_at', c.created_at)
 $$;
+revoke all on function agent_runtime_private.channel_json(public.communication_channels) from public, anon, authenticated, service_role;
 
 -- Creates the channel if it does not exist; an existing channel keeps its settings, but asking
 -- for a different kind is an error (AR412).
+-- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed; AR412 channel kind mismatch.
 create function public.ensure_channel(
   p_agent_id text, p_name text, p_kind text default 'broadcast',
   p_retention_ms bigint default null, p_message_ttl_ms bigint default null,
   p_max_attempts integer default null, p_visibility_timeout_ms bigint default null,
   p_max_payload_bytes integer default null, p_metadata jsonb default null
 ) returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v public.communication_channels;
 begin
@@ -92,14 +102,14 @@ begin
     raise exception 'invalid channel kind % (broadcast or queue)', coalesce(p_kind, '<null>')
       using errcode = 'AR400';
   end if;
-  select * into v from communication_channels where name = p_name;
+  select * into v from public.communication_channels where name = p_name;
   if found then
     if v.kind <> p_kind then
       raise exception 'channel % is a % channel, not %', p_name, v.kind, p_kind using errcode = 'AR412';
     end if;
     return agent_runtime_private.channel_json(v);
   end if;
-  insert into communication_channels as c (name, kind, retention, message_ttl, max_attempts,
+  insert into public.communication_channels as c (name, kind, retention, message_ttl, max_attempts,
                                            visibility_timeout, max_payload_bytes, metadata, created_by)
   values (
     p_name, p_kind,
@@ -123,13 +133,16 @@ exception
     raise exception 'invalid channel settings: %', sqlerrm using errcode = 'AR400';
 end
 $$;
+revoke all on function public.ensure_channel(text, text, text, bigint, bigint, integer, bigint, integer, jsonb) from public, anon, authenticated;
+grant execute on function public.ensure_channel(text, text, text, bigint, bigint, integer, bigint, integer, jsonb) to authenticated, service_role;
 
 -- Durable subscription: subscribing again keeps the cursor. p_from applies to a new broadcast
 -- subscription only: 'latest' starts after the current last message, 'earliest' replays what is
 -- retained.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed.
 create function public.subscribe_channel(p_agent_id text, p_channel text, p_from text default 'latest')
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_channel public.communication_channels;
   v_sub public.channel_subscriptions;
@@ -143,7 +156,7 @@ begin
   if v_channel.kind = 'direct' and v_channel.owner_id <> p_agent_id then
     raise exception 'only agent % may consume its inbox', v_channel.owner_id using errcode = 'AR403';
   end if;
-  insert into channel_subscriptions (channel_id, agent_id, cursor_seq)
+  insert into public.channel_subscriptions (channel_id, agent_id, cursor_seq)
   values (v_channel.id, p_agent_id, case when p_from = 'latest' then v_channel.last_seq else 0 end)
   on conflict (channel_id, agent_id) do update set updated_at = now()
   returning * into v_sub;
@@ -154,15 +167,22 @@ begin
                             'max_attempts', v_channel.max_attempts);
 end
 $$;
+revoke all on function public.subscribe_channel(text, text, text) from public, anon, authenticated;
+grant execute on function public.subscribe_channel(text, text, text) to authenticated, service_role;
 
+-- unsubscribe_channel(p_agent_id, p_channel) -> boolean: drops the subscription (and its cursor);
+-- false if there was none.
+-- Raises: AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed.
 create function public.unsubscribe_channel(p_agent_id text, p_channel text) returns boolean
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_channel public.communication_channels;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   v_channel := agent_runtime_private.channel(p_channel);
-  delete from channel_subscriptions where channel_id = v_channel.id and agent_id = p_agent_id;
+  delete from public.channel_subscriptions where channel_id = v_channel.id and agent_id = p_agent_id;
   return found;
 end
 $$;
+revoke all on function public.unsubscribe_channel(text, text) from public, anon, authenticated;
+grant execute on function public.unsubscribe_channel(text, text) to authenticated, service_role;

@@ -72,41 +72,58 @@ create type agent_runtime_private.outgoing_message as (
   existing_seq bigint, dup_of integer
 );
 
+-- message_row(m, p_channel, p_attempts) -> message_wire: a message as delivered (fetch, claim,
+-- wake-ups, dead letters): one definition of a message's document.
+-- Raises: nothing of its own.
 create function agent_runtime_private.message_row(m public.distributed_messages, p_channel text,
                                                              p_attempts integer)
-returns agent_runtime_private.message_wire language sql stable as $$
+returns agent_runtime_private.message_wire language sql stable set search_path = '' as $$
   select row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
              m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
              p_attempts)::agent_runtime_private.message_wire
 $$;
+revoke all on function agent_runtime_private.message_row(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
 
--- The same document as jsonb (list_dead_letters adds keys to it).
+-- message_json(m, p_channel, p_attempts) -> jsonb: message_row as jsonb (list_dead_letters adds keys).
+-- Raises: nothing of its own.
 create function agent_runtime_private.message_json(m public.distributed_messages, p_channel text,
                                                               p_attempts integer)
-returns jsonb language sql stable as $$
+returns jsonb language sql stable set search_path = '' as $$
   select to_jsonb(agent_runtime_private.message_row(m, p_channel, p_attempts))
 $$;
+revoke all on function agent_runtime_private.message_json(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
 
+-- list_channels() -> jsonb: every channel the caller may read (an agent token: not other agents'
+-- inboxes) with its settings, online subscribers, ready/in-flight and dead message counts.
+-- Raises: nothing of its own.
 create function public.list_channels() returns jsonb
-language sql stable security definer set search_path = public, pg_temp as $$
+language sql stable security definer set search_path = '' as $$
   select coalesce(jsonb_agg(agent_runtime_private.channel_json(c) || jsonb_build_object(
-           'subscribers', (select count(*) from channel_subscriptions s where s.channel_id = c.id),
-           'ready', (select count(*) from distributed_messages m
+           'subscribers', (select count(*) from public.channel_subscriptions s
+                           join public.agent_presence p on p.agent_id = s.agent_id
+                           where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > now()),
+           'ready', (select count(*) from public.distributed_messages m
                      where m.channel_id = c.id and m.state in ('ready', 'inflight')
                        and c.kind <> 'broadcast'),
-           'dead', (select count(*) from distributed_messages m
+           'dead', (select count(*) from public.distributed_messages m
                     where m.channel_id = c.id and m.state = 'dead'))
          order by c.name), '[]'::jsonb)
-  from communication_channels c
+  from public.communication_channels c
+  -- What RLS lets the caller read: an agent token sees no other agent's inbox.
+  where c.kind <> 'direct' or agent_runtime_private.is_trusted()
+     or c.owner_id = agent_runtime_private.jwt_agent_id()
 $$;
+revoke all on function public.list_channels() from public, anon, authenticated;
+grant execute on function public.list_channels() to authenticated, service_role;
 
 -- Sends a batch to one channel. p_messages is a JSON array of objects with 'payload' and optional
 -- 'headers', 'idempotency_key', 'correlation_id', 'reply_to', 'ttl_ms', 'delay_ms'. A message whose
 -- (sender, idempotency_key) was already sent is not sent again; its original id is returned with
 -- duplicate = true. All or nothing: one bad message refuses the batch.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR408 concurrent conflict, retry; AR413 payload too large.
 create function public.send_messages(p_agent_id text, p_channel text, p_messages jsonb)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
   v_channel record;
   v_count integer;
@@ -118,9 +135,9 @@ declare
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   -- The sender and the channel in one look-up; the errors below come in the usual order.
-  select c.*, exists (select 1 from distributed_agents a where a.id = p_agent_id) as agent_known
+  select c.*, exists (select 1 from public.distributed_agents a where a.id = p_agent_id) as agent_known
   into v_channel
-  from (select) as one left join communication_channels c on c.name = p_channel;
+  from (select) as one left join public.communication_channels c on c.name = p_channel;
   if not v_channel.agent_known then
     raise exception 'unknown agent %', p_agent_id using errcode = 'AR404', hint = 'register the agent first';
   end if;
@@ -183,11 +200,11 @@ begin
   -- equals commit order. Everything above ran without it; what follows holds it until commit.
   if v_keys = 0 then
     with numbered as (
-      update communication_channels set last_seq = last_seq + v_count
+      update public.communication_channels set last_seq = last_seq + v_count
       where id = v_channel.id
       returning last_seq
     ), inserted as (
-      insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
+      insert into public.distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
                                         correlation_id, reply_to, expires_at, visible_at)
       select v_channel.id, n.last_seq - v_count + o.ord, p_agent_id, o.payload, o.headers,
              o.size_bytes, o.correlation_id, o.reply_to, now() + coalesce(o.ttl, v_channel.message_ttl),
@@ -214,13 +231,13 @@ begin
            )::agent_runtime_private.outgoing_message order by o.ord)
     into v_out
     from unnest(v_out) o
-    left join distributed_messages m on m.sender_id = p_agent_id and m.idempotency_key = o.idempotency_key
+    left join public.distributed_messages m on m.sender_id = p_agent_id and m.idempotency_key = o.idempotency_key
     left join (select k.idempotency_key, min(k.ord) as first_ord from unnest(v_out) k
                where k.idempotency_key is not null group by k.idempotency_key) f
       on f.idempotency_key = o.idempotency_key;
     select count(*) into v_count from unnest(v_out) o where o.existing_id is null and o.dup_of is null;
 
-    update communication_channels set last_seq = last_seq + v_count
+    update public.communication_channels set last_seq = last_seq + v_count
     where id = v_channel.id
     returning last_seq into v_channel.last_seq;
 
@@ -228,7 +245,7 @@ begin
       select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
       from unnest(v_out) o where o.existing_id is null and o.dup_of is null
     ), inserted as (
-      insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
+      insert into public.distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
                                         correlation_id, reply_to, idempotency_key, expires_at,
                                         visible_at)
       select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
@@ -256,13 +273,19 @@ begin
   end;
 end
 $$;
+revoke all on function public.send_messages(text, text, jsonb) from public, anon, authenticated;
+grant execute on function public.send_messages(text, text, jsonb) to authenticated, service_role;
 
+-- send_message(p_agent_id, p_channel, p_payload, p_headers, p_idempotency_key, p_correlation_id,
+-- p_reply_to, p_ttl_ms, p_delay_ms) -> jsonb: one message through send_messages; returns {id, seq,
+-- duplicate}.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR408 concurrent conflict, retry; AR413 payload too large.
 create function public.send_message(
   p_agent_id text, p_channel text, p_payload jsonb, p_headers jsonb default '{}'::jsonb,
   p_idempotency_key text default null, p_correlation_id uuid default null,
   p_reply_to text default null, p_ttl_ms bigint default null, p_delay_ms bigint default null
 ) returns jsonb
-language sql security definer set search_path = public, pg_temp as $$
+language sql security definer set search_path = '' as $$
   select public.send_messages(p_agent_id, p_channel, jsonb_build_array(jsonb_strip_nulls(
     jsonb_build_object('payload', p_payload, 'headers', coalesce(p_headers, '{}'::jsonb),
                        'idempotency_key', p_idempotency_key, 'correlation_id', p_correlation_id,
@@ -270,15 +293,18 @@ language sql security definer set search_path = public, pg_temp as $$
     || case when p_payload = 'null'::jsonb then jsonb_build_object('payload', 'null'::jsonb)
             else '{}'::jsonb end)) -> 0
 $$;
+revoke all on function public.send_message(text, text, jsonb, jsonb, text, uuid, text, bigint, bigint) from public, anon, authenticated;
+grant execute on function public.send_message(text, text, jsonb, jsonb, text, uuid, text, bigint, bigint) to authenticated, service_role;
 
 -- Broadcast: the next messages after this subscriber's cursor, in seq order, replayed dead letters
 -- first. Head-of-line retry: while a nacked message waits for its retry time nothing is returned.
 -- p_ack_ids (optional): acknowledge these first, in the same transaction (ack_messages), so a
 -- consumer's acks ride along with its next fetch: one round trip instead of two.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR412 channel kind mismatch.
 create function public.fetch_messages(p_agent_id text, p_channel text, p_limit integer default 100,
                                       p_ack_ids bigint[] default null)
 returns json
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
   v_channel public.communication_channels;
   v_sub public.channel_subscriptions;
@@ -297,17 +323,17 @@ begin
     raise exception 'channel % is a % channel: claim its messages', p_channel, v_channel.kind
       using errcode = 'AR412';
   end if;
-  select * into v_sub from channel_subscriptions where channel_id = v_channel.id and agent_id = p_agent_id;
+  select * into v_sub from public.channel_subscriptions where channel_id = v_channel.id and agent_id = p_agent_id;
   if not found then
     raise exception 'agent % is not subscribed to %', p_agent_id, p_channel using errcode = 'AR405',
       hint = 'subscribe first';
   end if;
 
-  if exists (select 1 from message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
+  if exists (select 1 from public.message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
     select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
     into v_replays
-    from message_dead_letters d
-    cross join lateral (select * from distributed_messages x where x.id = d.message_id offset 0) m
+    from public.message_dead_letters d
+    cross join lateral (select * from public.distributed_messages x where x.id = d.message_id offset 0) m
     where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
   end if;
 
@@ -316,7 +342,7 @@ begin
              m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
            order by m.seq)
     into v_messages
-    from (select * from distributed_messages
+    from (select * from public.distributed_messages
           where channel_id = v_channel.id and seq > v_sub.cursor_seq
             and (expires_at is null or expires_at > now())
           order by seq limit p_limit) m;
@@ -329,6 +355,8 @@ begin
   return (v_replays::jsonb || v_messages::jsonb)::json;
 end
 $$;
+revoke all on function public.fetch_messages(text, text, integer, bigint[]) from public, anon, authenticated;
+grant execute on function public.fetch_messages(text, text, integer, bigint[]) to authenticated, service_role;
 
 -- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
 -- they run (clock_timestamp()), not with now().
@@ -348,10 +376,11 @@ $$;
 -- attempts goes to the dead letters instead. SKIP LOCKED: concurrent consumers never get the same
 -- message and never wait on each other.
 -- p_ack_ids (optional): acknowledge these first, in the same transaction, as fetch_messages does.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR412 channel kind mismatch.
 create function public.claim_messages(p_agent_id text, p_channel text, p_limit integer default 10,
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null)
 returns json
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
@@ -375,20 +404,20 @@ begin
                            v_channel.visibility_timeout);
 
   -- Timed-out claims that used up their attempts die here, before anyone can claim them again.
-  update distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
+  update public.distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
                                   claimed_by = null
   where channel_id = v_channel.id and state = 'inflight' and visible_at <= clock_timestamp()
     and attempts >= v_channel.max_attempts;
 
   with picked as (
-    select id from distributed_messages
+    select id from public.distributed_messages
     where channel_id = v_channel.id and state in ('ready', 'inflight') and visible_at <= clock_timestamp()
       and (expires_at is null or expires_at > now())
     order by seq
     limit p_limit
     for update skip locked
   ), claimed as (
-    update distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
+    update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
                                       claimed_by = p_agent_id, visible_at = now() + v_visibility
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
@@ -398,6 +427,8 @@ begin
   return coalesce(v_result, '[]'::json);
 end
 $$;
+revoke all on function public.claim_messages(text, text, integer, bigint, bigint[]) from public, anon, authenticated;
+grant execute on function public.claim_messages(text, text, integer, bigint, bigint[]) to authenticated, service_role;
 
 -- Acknowledges messages this agent received. Queue/inbox: only the current claimant's ack counts
 -- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
@@ -405,8 +436,9 @@ $$;
 -- resolves replayed dead letters. Returns the number of messages acknowledged.
 -- (As before; the queue update, and its statement trigger, run only when one of the messages is
 -- in flight for this agent, which a broadcast message never is.)
+-- Raises: AR400 invalid input; AR403 not allowed.
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[]) returns integer
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
   v_acked integer := 0;
   v_n integer;
@@ -418,11 +450,11 @@ begin
 
   -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
   -- looking the ids up)
-  if exists (select 1 from distributed_messages m
+  if exists (select 1 from public.distributed_messages m
              where m.id = any (p_message_ids) and coalesce(m.state, '') = 'inflight'
                and m.claimed_by = p_agent_id) then
-    update distributed_messages m set state = 'acked', acked_at = now(), claimed_by = p_agent_id
-    from communication_channels c
+    update public.distributed_messages m set state = 'acked', acked_at = now(), claimed_by = p_agent_id
+    from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
       and coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id;
     get diagnostics v_acked = row_count;
@@ -430,11 +462,11 @@ begin
 
   with acked as (
     select m.channel_id, max(m.seq) as seq, count(*) as n
-    from distributed_messages m join communication_channels c on c.id = m.channel_id
+    from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
     where m.id = any (p_message_ids) and c.kind = 'broadcast'
     group by m.channel_id
   ), moved as (
-    update channel_subscriptions s set
+    update public.channel_subscriptions s set
       cursor_seq = greatest(s.cursor_seq, a.seq),
       retry_seq = case when s.retry_seq <= a.seq then null else s.retry_seq end,
       retry_attempts = case when s.retry_seq <= a.seq then 0 else s.retry_attempts end,
@@ -447,11 +479,13 @@ begin
   select coalesce(sum(n), 0) into v_n from moved;
   v_acked := v_acked + v_n;
 
-  update message_dead_letters set state = 'resolved'
+  update public.message_dead_letters set state = 'resolved'
   where agent_id = p_agent_id and message_id = any (p_message_ids) and state = 'replaying';
   return v_acked;
 end
 $$;
+revoke all on function public.ack_messages(text, bigint[]) from public, anon, authenticated;
+grant execute on function public.ack_messages(text, bigint[]) to authenticated, service_role;
 
 -- Negative acknowledgement: the message is redelivered after p_delay_ms, or goes to the dead
 -- letters once it has used the channel's max attempts (or at once with p_dead => true, for a
@@ -459,11 +493,12 @@ $$;
 -- retry_at}. 'ignored' means this agent no longer holds the message. p_release => true hands back
 -- a queue/inbox message that was claimed but never handed to a handler (a consumer closing with
 -- a prefetched batch): the claim does not count as an attempt, so it can never dead-letter it.
+-- Raises: AR400 invalid input; AR403 not allowed; AR406 unknown message.
 create function public.nack_message(p_agent_id text, p_message_id bigint, p_delay_ms bigint default 0,
                                     p_reason text default null, p_dead boolean default false,
                                     p_release boolean default false)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_delay interval := coalesce(agent_runtime_private.ms(p_delay_ms, 'delay', 0, 86400000), interval '0');
   v_reason text := left(p_reason, 2000);
@@ -476,93 +511,101 @@ begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   -- Locked: a claim by another consumer committing meanwhile is seen (and the nack ignored), not
   -- overwritten by this late nack.
-  select * into v_msg from distributed_messages where id = p_message_id for update;
+  select * into v_msg from public.distributed_messages where id = p_message_id for update;
   if not found then
     raise exception 'unknown message %', p_message_id using errcode = 'AR406';
   end if;
-  select * into v_channel from communication_channels where id = v_msg.channel_id;
+  select * into v_channel from public.communication_channels where id = v_msg.channel_id;
 
   if v_channel.kind <> 'broadcast' then
     if v_msg.state <> 'inflight' or v_msg.claimed_by is distinct from p_agent_id then
       return jsonb_build_object('state', 'ignored', 'attempts', v_msg.attempts);
     end if;
     if p_release and not p_dead then
-      update distributed_messages set state = 'ready', claimed_by = null,
+      update public.distributed_messages set state = 'ready', claimed_by = null,
                                       attempts = greatest(attempts - 1, 0), visible_at = now() + v_delay
       where id = p_message_id returning * into v_msg;
       return jsonb_build_object('state', 'retry', 'attempts', v_msg.attempts, 'retry_at', v_msg.visible_at);
     end if;
     if p_dead or v_msg.attempts >= v_channel.max_attempts then
-      update distributed_messages set state = 'dead', last_error = v_reason, claimed_by = null
+      update public.distributed_messages set state = 'dead', last_error = v_reason, claimed_by = null
       where id = p_message_id;
       return jsonb_build_object('state', 'dead', 'attempts', v_msg.attempts);
     end if;
-    update distributed_messages set state = 'ready', claimed_by = null, last_error = v_reason,
+    update public.distributed_messages set state = 'ready', claimed_by = null, last_error = v_reason,
                                     visible_at = now() + v_delay
     where id = p_message_id returning * into v_msg;
     return jsonb_build_object('state', 'retry', 'attempts', v_msg.attempts, 'retry_at', v_msg.visible_at);
   end if;
 
   -- Broadcast: a replayed dead letter failing again goes straight back to dead.
-  select * into v_dead from message_dead_letters
+  select * into v_dead from public.message_dead_letters
   where message_id = p_message_id and agent_id = p_agent_id and state = 'replaying';
   if found then
-    update message_dead_letters set state = 'dead', attempts = attempts + 1, reason = v_reason,
+    update public.message_dead_letters set state = 'dead', attempts = attempts + 1, reason = v_reason,
                                     dead_at = now()
     where id = v_dead.id;
     return jsonb_build_object('state', 'dead', 'attempts', v_dead.attempts + 1);
   end if;
 
-  select * into v_sub from channel_subscriptions
+  select * into v_sub from public.channel_subscriptions
   where channel_id = v_channel.id and agent_id = p_agent_id for update;
   if not found or v_msg.seq <= v_sub.cursor_seq then
     return jsonb_build_object('state', 'ignored', 'attempts', 0);
   end if;
   v_attempts := case when v_sub.retry_seq = v_msg.seq then v_sub.retry_attempts + 1 else 1 end;
   if p_dead or v_attempts >= v_channel.max_attempts then
-    insert into message_dead_letters (message_id, agent_id, attempts, reason)
+    insert into public.message_dead_letters (message_id, agent_id, attempts, reason)
     values (p_message_id, p_agent_id, v_attempts, v_reason)
     on conflict (message_id, agent_id) do update set state = 'dead', attempts = excluded.attempts,
       reason = excluded.reason, dead_at = now();
     -- Skip past the dead message (everything before it was delivered in order).
-    update channel_subscriptions set cursor_seq = v_msg.seq, retry_seq = null, retry_attempts = 0,
+    update public.channel_subscriptions set cursor_seq = v_msg.seq, retry_seq = null, retry_attempts = 0,
                                      retry_at = null, updated_at = now()
     where channel_id = v_channel.id and agent_id = p_agent_id;
     return jsonb_build_object('state', 'dead', 'attempts', v_attempts);
   end if;
   -- Rewind to just before the nacked message: it and everything after are delivered again.
-  update channel_subscriptions set cursor_seq = v_msg.seq - 1, retry_seq = v_msg.seq,
+  update public.channel_subscriptions set cursor_seq = v_msg.seq - 1, retry_seq = v_msg.seq,
                                    retry_attempts = v_attempts, retry_at = now() + v_delay,
                                    updated_at = now()
   where channel_id = v_channel.id and agent_id = p_agent_id;
   return jsonb_build_object('state', 'retry', 'attempts', v_attempts, 'retry_at', now() + v_delay);
 end
 $$;
+revoke all on function public.nack_message(text, bigint, bigint, text, boolean, boolean) from public, anon, authenticated;
+grant execute on function public.nack_message(text, bigint, bigint, text, boolean, boolean) to authenticated, service_role;
 
 -- Extends the visibility of messages this agent holds (a long handler keeps its claim).
+-- Raises: AR400 invalid input; AR403 not allowed.
 create function public.extend_visibility(p_agent_id text, p_message_ids bigint[], p_visibility_ms bigint)
 returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_n integer;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  update distributed_messages
+  update public.distributed_messages
   set visible_at = now() + agent_runtime_private.ms(p_visibility_ms, 'visibility timeout', 100, 43200000)
   where id = any (p_message_ids) and state = 'inflight' and claimed_by = p_agent_id;
   get diagnostics v_n = row_count;
   return v_n;
 end
 $$;
+revoke all on function public.extend_visibility(text, bigint[], bigint) from public, anon, authenticated;
+grant execute on function public.extend_visibility(text, bigint[], bigint) to authenticated, service_role;
 
 -- Dead letters of queues/inboxes (state on the message) and of broadcast subscribers (one row per
 -- subscriber), newest first.
+-- Raises: AR400 invalid input; AR404 unknown agent; AR405 unknown channel or not subscribed.
 create function public.list_dead_letters(p_channel text default null, p_limit integer default 100)
 returns jsonb
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = '' as $$
 declare
   v_channel_id bigint;
   v_result jsonb;
+  v_trusted boolean := agent_runtime_private.is_trusted();
+  v_me text := agent_runtime_private.jwt_agent_id();
 begin
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
@@ -576,30 +619,34 @@ begin
              agent_runtime_private.message_json(m, c.name, m.attempts)
              || jsonb_build_object('dead_letter_id', null, 'subscriber_id', null,
                                    'reason', m.last_error) as j
-      from distributed_messages m join communication_channels c on c.id = m.channel_id
+      from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
       where m.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
-        -- An agent token never sees another agent's inbox (payloads included).
-        and (c.kind <> 'direct' or c.owner_id = agent_runtime_private.jwt_agent_id()
-             or agent_runtime_private.is_trusted())
+        -- What RLS lets an agent token read: its inbox and the channels it subscribes to.
+        and (v_trusted or c.owner_id = v_me
+             or exists (select 1 from public.channel_subscriptions s where s.channel_id = c.id and s.agent_id = v_me))
       union all
       select m.id, dl.dead_at,
              agent_runtime_private.message_json(m, c.name, dl.attempts)
              || jsonb_build_object('dead_letter_id', dl.id, 'subscriber_id', dl.agent_id,
                                    'reason', dl.reason)
-      from message_dead_letters dl
-      join distributed_messages m on m.id = dl.message_id
-      join communication_channels c on c.id = m.channel_id
+      from public.message_dead_letters dl
+      join public.distributed_messages m on m.id = dl.message_id
+      join public.communication_channels c on c.id = m.channel_id
       where dl.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+        and (v_trusted or dl.agent_id = v_me)  -- an agent token: its own dead letters only
     ) d order by d.dead_at desc, d.id desc limit p_limit
   ) x;
   return v_result;
 end
 $$;
+revoke all on function public.list_dead_letters(text, integer) from public, anon, authenticated;
+grant execute on function public.list_dead_letters(text, integer) to authenticated, service_role;
 
 -- Replays dead letters by message id: a queue message becomes ready again with fresh attempts;
 -- a broadcast dead letter is delivered again to the subscriber it died for. Returns the count.
+-- Raises: AR400 invalid input; AR403 not allowed.
 create function public.replay_dead_letters(p_agent_id text, p_message_ids bigint[]) returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_n integer;
   v_m integer;
@@ -610,18 +657,20 @@ begin
   end if;
   -- An agent token replays only what it could consume: its inbox, queues it subscribes to, and
   -- its own broadcast dead letters. Trusted callers (operators, the CLI) replay anything.
-  update distributed_messages m set state = 'ready', attempts = 0, visible_at = now(), claimed_by = null,
+  update public.distributed_messages m set state = 'ready', attempts = 0, visible_at = now(), claimed_by = null,
                                     expires_at = case when expires_at <= now() then null else expires_at end
   where m.id = any (p_message_ids) and m.state = 'dead'
     and (agent_runtime_private.is_trusted() or exists (
-      select 1 from communication_channels c where c.id = m.channel_id and (c.owner_id = p_agent_id
-        or exists (select 1 from channel_subscriptions s
+      select 1 from public.communication_channels c where c.id = m.channel_id and (c.owner_id = p_agent_id
+        or exists (select 1 from public.channel_subscriptions s
                    where s.channel_id = c.id and s.agent_id = p_agent_id))));
   get diagnostics v_n = row_count;
-  update message_dead_letters set state = 'replaying', replayed_at = now()
+  update public.message_dead_letters set state = 'replaying', replayed_at = now()
   where message_id = any (p_message_ids) and state = 'dead'
     and (agent_runtime_private.is_trusted() or agent_id = p_agent_id);
   get diagnostics v_m = row_count;
   return v_n + v_m;
 end
 $$;
+revoke all on function public.replay_dead_letters(text, bigint[]) from public, anon, authenticated;
+grant execute on function public.replay_dead_letters(text, bigint[]) to authenticated, service_role;

@@ -20,23 +20,28 @@ create table public.distributed_locks (
 create index distributed_locks_expires_idx on public.distributed_locks (expires_at);
 create index distributed_locks_owner_idx on public.distributed_locks (owner_id);
 
+-- lock_json(l, p_acquired) -> jsonb: a lease as returned to its (would-be) holder; lease id and
+-- token only when acquired.
+-- Raises: nothing of its own.
 create function agent_runtime_private.lock_json(l public.distributed_locks, p_acquired boolean)
-returns jsonb language sql stable as $$
+returns jsonb language sql stable set search_path = '' as $$
   select jsonb_build_object('key', l.key, 'acquired', p_acquired, 'owner_id', l.owner_id,
                             'lease_id', case when p_acquired then l.lease_id end,
                             'token', case when p_acquired then l.token end,
                             'acquired_at', l.acquired_at, 'expires_at', l.expires_at,
                             'ttl_ms', greatest(0, (extract(epoch from l.expires_at - now()) * 1000)::bigint))
 $$;
+revoke all on function agent_runtime_private.lock_json(public.distributed_locks, boolean) from public, anon, authenticated, service_role;
 
 -- Takes the lease on p_key if it is free or expired (or already held by this same lease, which
 -- extends it). Every new holder gets a fresh fencing token from a global sequence, so tokens
 -- strictly increase per key across owners. Returns {acquired, token, expires_at, owner_id, ttl_ms};
 -- when not acquired, ttl_ms says how long the current holder's lease still runs.
+-- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed; AR404 unknown agent.
 create function public.acquire_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint,
                                     p_metadata jsonb default '{}'::jsonb)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
   v_lock public.distributed_locks;
@@ -51,12 +56,12 @@ begin
   end if;
   -- Held by another live lease: answer without writing, so a refused try takes no row lock and
   -- costs no commit flush (waiters retry often when many want one key).
-  select * into v_lock from distributed_locks where key = p_key;
+  select * into v_lock from public.distributed_locks where key = p_key;
   if found and v_lock.expires_at > now() and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
     return agent_runtime_private.lock_json(v_lock, false);
   end if;
-  insert into distributed_locks as l (key, owner_id, lease_id, token, expires_at, metadata)
-  values (p_key, p_agent_id, p_lease_id, nextval('distributed_locks_token_seq'), now() + v_ttl,
+  insert into public.distributed_locks as l (key, owner_id, lease_id, token, expires_at, metadata)
+  values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), now() + v_ttl,
           coalesce(p_metadata, '{}'::jsonb))
   on conflict (key) do update set
     owner_id = excluded.owner_id, lease_id = excluded.lease_id,
@@ -73,22 +78,25 @@ begin
   if found then
     return agent_runtime_private.lock_json(v_lock, true);
   end if;
-  select * into v_lock from distributed_locks where key = p_key;
+  select * into v_lock from public.distributed_locks where key = p_key;
   return agent_runtime_private.lock_json(v_lock, false);
 end
 $$;
+revoke all on function public.acquire_lock(text, text, uuid, bigint, jsonb) from public, anon, authenticated;
+grant execute on function public.acquire_lock(text, text, uuid, bigint, jsonb) to authenticated, service_role;
 
 -- Extends a held lease. Raises AR409 if this lease does not hold the key (never held, released,
 -- expired, or taken over): the holder must stop acting as owner.
+-- Raises: AR400 invalid input; AR403 not allowed; AR409 lock not held.
 create function public.renew_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
   v_lock public.distributed_locks;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  update distributed_locks set expires_at = now() + v_ttl, renewed_at = now()
+  update public.distributed_locks set expires_at = now() + v_ttl, renewed_at = now()
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > now()
   returning * into v_lock;
   if not found then
@@ -98,26 +106,32 @@ begin
   return agent_runtime_private.lock_json(v_lock, true);
 end
 $$;
+revoke all on function public.renew_lock(text, text, uuid, bigint) from public, anon, authenticated;
+grant execute on function public.renew_lock(text, text, uuid, bigint) to authenticated, service_role;
 
 -- Releases a held lease; returns false if it was not held (already expired or taken over).
+-- Raises: AR403 not allowed.
 create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid) returns boolean
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  delete from distributed_locks
+  delete from public.distributed_locks
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > now();
   return found;
 end
 $$;
+revoke all on function public.release_lock(text, text, uuid) from public, anon, authenticated;
+grant execute on function public.release_lock(text, text, uuid) to authenticated, service_role;
 
 -- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
 -- Call it in the same transaction as the write it guards. The lock row is share-locked until that
 -- transaction ends, so no one can take the lease over between the check and the write's commit
 -- (a successor's acquire waits for it): writes never go back to an older token. Volatile, as it locks.
+-- Raises: AR422 stale fencing token.
 create function public.check_fencing_token(p_key text, p_token bigint) returns boolean
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 begin
-  perform 1 from distributed_locks
+  perform 1 from public.distributed_locks
   where key = p_key and token = p_token and expires_at > now()
   for share;
   if not found then
@@ -127,11 +141,17 @@ begin
   return true;
 end
 $$;
+revoke all on function public.check_fencing_token(text, bigint) from public, anon, authenticated;
+grant execute on function public.check_fencing_token(text, bigint) to authenticated, service_role;
 
+-- list_locks() -> jsonb: the live leases (key, owner, token, times, metadata) ordered by key.
+-- Raises: nothing of its own.
 create function public.list_locks() returns jsonb
-language sql stable security definer set search_path = public, pg_temp as $$
+language sql stable security definer set search_path = '' as $$
   select coalesce(jsonb_agg(jsonb_build_object(
            'key', key, 'owner_id', owner_id, 'token', token, 'acquired_at', acquired_at,
            'expires_at', expires_at, 'metadata', metadata) order by key), '[]'::jsonb)
-  from distributed_locks where expires_at > now()
+  from public.distributed_locks where expires_at > now()
 $$;
+revoke all on function public.list_locks() from public, anon, authenticated;
+grant execute on function public.list_locks() to authenticated, service_role;

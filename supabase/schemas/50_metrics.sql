@@ -16,8 +16,9 @@ create index communication_metrics_bucket_idx on public.communication_metrics (b
 
 -- Records a batch of aggregated figures into one-minute buckets (by the database clock):
 -- p_metrics is a JSON array of {metric, channel?, count, sum, min?, max?}. Returns rows written.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent.
 create function public.record_communication_metrics(p_agent_id text, p_metrics jsonb) returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_n integer;
 begin
@@ -27,7 +28,7 @@ begin
     raise exception 'metrics must be a JSON array of at most 10000 entries' using errcode = 'AR400';
   end if;
   begin
-    insert into communication_metrics as cm (agent_id, channel, metric, bucket, count, sum, min, max)
+    insert into public.communication_metrics as cm (agent_id, channel, metric, bucket, count, sum, min, max)
     select p_agent_id, coalesce(e ->> 'channel', ''), e ->> 'metric',
            date_bin(interval '1 minute', now(), timestamptz '2000-01-01'),
            sum(coalesce((e ->> 'count')::bigint, 1)), sum(coalesce((e ->> 'sum')::double precision, 0)),
@@ -47,12 +48,15 @@ begin
   return v_n;
 end
 $$;
+revoke all on function public.record_communication_metrics(text, jsonb) from public, anon, authenticated;
+grant execute on function public.record_communication_metrics(text, jsonb) to authenticated, service_role;
 
 -- Reads metrics back, summed over buckets since p_since_ms ago.
+-- Raises: nothing of its own.
 create function public.get_communication_metrics(p_agent_id text default null, p_metric text default null,
                                                  p_since_ms bigint default 3600000)
 returns jsonb
-language sql stable security definer set search_path = public, pg_temp as $$
+language sql stable security definer set search_path = '' as $$
   select coalesce(jsonb_agg(jsonb_build_object(
            'agent_id', agent_id, 'channel', channel, 'metric', metric, 'count', count, 'sum', sum,
            'min', min, 'max', max, 'mean', case when count > 0 then sum / count end,
@@ -61,11 +65,15 @@ language sql stable security definer set search_path = public, pg_temp as $$
   from (
     select agent_id, channel, metric, sum(count)::bigint as count, sum(sum) as sum, min(min) as min,
            max(max) as max, min(bucket) as first_bucket, max(bucket) as last_bucket
-    from communication_metrics
+    from public.communication_metrics
     where (p_agent_id is null or agent_id = p_agent_id) and (p_metric is null or metric = p_metric)
+      -- What RLS lets the caller read: an agent token reads its own figures only.
+      and (agent_runtime_private.is_trusted() or agent_id = agent_runtime_private.jwt_agent_id())
       and bucket >= date_bin(interval '1 minute',
                              now() - coalesce(p_since_ms, 3600000) * interval '1 millisecond',
                              timestamptz '2000-01-01')
     group by agent_id, channel, metric
   ) s
 $$;
+revoke all on function public.get_communication_metrics(text, text, bigint) from public, anon, authenticated;
+grant execute on function public.get_communication_metrics(text, text, bigint) to authenticated, service_role;

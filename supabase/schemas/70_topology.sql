@@ -27,10 +27,11 @@ create type agent_runtime_private.topology_flow as (
 -- Built as json, not jsonb: at 10,000 agents the document is megabytes, and jsonb would build
 -- every object as a tree. See the top of this file for how it is kept fast.
 -- (The row types above are the objects' keys: changing a key means changing its type.)
+-- Raises: nothing of its own.
 create function public.get_network_topology(p_window_ms bigint default 300000,
                                                        p_include_offline boolean default false)
 returns json
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = '' as $$
 declare
   v_agents agent_runtime_private.topology_agent[];
   v_channels agent_runtime_private.topology_channel[];
@@ -41,15 +42,15 @@ declare
 begin
   select array_agg(agent_runtime_private.agent_row(a, p) order by a.id collate "C")
   into v_agents
-  from distributed_agents a left join agent_presence p on p.agent_id = a.id
+  from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id
   where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
 
   select array_agg(row(c.name, c.kind, c.owner_id, c.last_seq)::agent_runtime_private.topology_channel
                    order by c.name collate "C")
   into v_channels
-  from communication_channels c
+  from public.communication_channels c
   where c.kind <> 'direct' or p_include_offline or exists (
-    select 1 from agent_presence p
+    select 1 from public.agent_presence p
     where p.agent_id = c.owner_id and p.status <> 'offline' and p.expires_at > now());
 
   select array_agg(row(s.agent_id, c.name, s.cursor_seq,
@@ -57,20 +58,20 @@ begin
                    )::agent_runtime_private.topology_subscription
                    order by c.name_rank, s.agent_id collate "C")
   into v_subscriptions
-  from channel_subscriptions s
+  from public.channel_subscriptions s
   join (select c.id, c.name, c.kind, c.last_seq, row_number() over (order by c.name collate "C") as name_rank
-        from communication_channels c where c.kind <> 'direct') c on c.id = s.channel_id
-  join agent_presence p on p.agent_id = s.agent_id
+        from public.communication_channels c where c.kind <> 'direct') c on c.id = s.channel_id
+  join public.agent_presence p on p.agent_id = s.agent_id
   where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
 
   select array_agg(row(f.sender_id, c.name, c.owner_id, f.n, f.bytes, f.last_at)::agent_runtime_private.topology_flow
                    order by f.n desc, c.name collate "C", f.sender_id collate "C")
   into v_flows
   from (select channel_id, sender_id, count(*) as n, sum(size_bytes) as bytes, max(created_at) as last_at
-        from distributed_messages
+        from public.distributed_messages
         where created_at > v_since
         group by channel_id, sender_id) f
-  join communication_channels c on c.id = f.channel_id;
+  join public.communication_channels c on c.id = f.channel_id;
 
   return json_build_object(
     'generated_at', now(),
@@ -82,3 +83,5 @@ begin
     'locks', public.list_locks());
 end
 $$;
+revoke all on function public.get_network_topology(bigint, boolean) from public, anon, authenticated;
+grant execute on function public.get_network_topology(bigint, boolean) to authenticated, service_role;

@@ -6,8 +6,10 @@
 -- Owns: notify, on_messages_inserted, on_messages_ready, on_presence_changed, on_lock_released and
 -- their triggers.
 
+-- notify(p_topic, p_event, p_payload) -> void: one wake-up, by pg_notify on 'agent_runtime' and by
+-- realtime.send (private topic). Raises nothing (realtime.send swallows its errors).
 create function agent_runtime_private.notify(p_topic text, p_event text, p_payload jsonb) returns void
-language plpgsql as $$
+language plpgsql set search_path = '' as $$
 begin
   perform pg_notify('agent_runtime', (p_payload || jsonb_build_object('t', p_topic, 'e', p_event))::text);
   -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
@@ -15,12 +17,14 @@ begin
   perform realtime.send(p_payload, p_event, p_topic, true);
 end
 $$;
+revoke all on function agent_runtime_private.notify(text, text, jsonb) from public, anon, authenticated, service_role;
 
 -- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
 -- channel it carries the messages themselves when they are few, small and visible now (see the
 -- top of this file); otherwise, and on queues and inboxes, it is the bare hint {c, s}.
+-- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_inserted() returns trigger
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   r record;
   v_topic text;
@@ -30,7 +34,7 @@ begin
   for r in
     select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
            bool_and(n.visible_at <= now()) as visible, sum(n.size_bytes) as payload_bytes
-    from new_rows n join communication_channels c on c.id = n.channel_id
+    from new_rows n join public.communication_channels c on c.id = n.channel_id
     group by c.id, c.name, c.kind
   loop
     v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
@@ -63,17 +67,19 @@ $$;
 create trigger distributed_messages_notify after insert on public.distributed_messages
   referencing new table as new_rows for each statement
   execute function agent_runtime_private.on_messages_inserted();
+revoke all on function agent_runtime_private.on_messages_inserted() from public, anon, authenticated, service_role;
 
 -- A nack with no delay or a replay makes messages visible again: wake consumers.
+-- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_ready() returns trigger
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   r record;
 begin
   for r in
     select c.name, c.kind, max(n.seq) as seq
     from new_rows n join old_rows o on o.id = n.id
-    join communication_channels c on c.id = n.channel_id
+    join public.communication_channels c on c.id = n.channel_id
     where n.state = 'ready' and o.state <> 'ready'
     group by c.name, c.kind
   loop
@@ -87,9 +93,13 @@ $$;
 create trigger distributed_messages_ready_notify after update on public.distributed_messages
   referencing new table as new_rows old table as old_rows for each statement
   execute function agent_runtime_private.on_messages_ready();
+revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
 
+-- on_presence_changed() trigger: a join, leave or status change (not a plain heartbeat) notifies
+-- 'presence'.
+-- Raises: nothing of its own.
 create function agent_runtime_private.on_presence_changed() returns trigger
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 declare
   v_event text;
 begin
@@ -111,9 +121,12 @@ end
 $$;
 create trigger agent_presence_notify after insert or update of status on public.agent_presence
   for each row execute function agent_runtime_private.on_presence_changed();
+revoke all on function agent_runtime_private.on_presence_changed() from public, anon, authenticated, service_role;
 
+-- on_lock_released() trigger: a deleted lease notifies 'locks' (waiters try again at once).
+-- Raises: nothing of its own.
 create function agent_runtime_private.on_lock_released() returns trigger
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = '' as $$
 begin
   perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', old.key));
   return null;
@@ -121,3 +134,4 @@ end
 $$;
 create trigger distributed_locks_notify after delete on public.distributed_locks
   for each row execute function agent_runtime_private.on_lock_released();
+revoke all on function agent_runtime_private.on_lock_released() from public, anon, authenticated, service_role;
