@@ -464,8 +464,9 @@ language sql stable security definer set search_path = '' as $$
          order by c.name), '[]'::jsonb)
   from public.communication_channels c
   -- What RLS lets the caller read: an agent token sees no other agent's inbox.
-  where c.kind <> 'direct' or agent_runtime_private.is_trusted()
-     or c.owner_id = agent_runtime_private.jwt_agent_id()
+  -- (Scalar subqueries: evaluated once per call, not per row.)
+  where c.kind <> 'direct' or (select agent_runtime_private.is_trusted())
+     or c.owner_id = (select agent_runtime_private.jwt_agent_id())
 $$;
 revoke all on function public.list_channels() from public, anon, authenticated;
 grant execute on function public.list_channels() to authenticated, service_role;
@@ -1219,7 +1220,7 @@ language sql stable security definer set search_path = '' as $$
     from public.communication_metrics
     where (p_agent_id is null or agent_id = p_agent_id) and (p_metric is null or metric = p_metric)
       -- What RLS lets the caller read: an agent token reads its own figures only.
-      and (agent_runtime_private.is_trusted() or agent_id = agent_runtime_private.jwt_agent_id())
+      and ((select agent_runtime_private.is_trusted()) or agent_id = (select agent_runtime_private.jwt_agent_id()))
       and bucket >= date_bin(interval '1 minute',
                              now() - coalesce(p_since_ms, 3600000) * interval '1 millisecond',
                              timestamptz '2000-01-01')

@@ -110,8 +110,9 @@ language sql stable security definer set search_path = '' as $$
          order by c.name), '[]'::jsonb)
   from public.communication_channels c
   -- What RLS lets the caller read: an agent token sees no other agent's inbox.
-  where c.kind <> 'direct' or agent_runtime_private.is_trusted()
-     or c.owner_id = agent_runtime_private.jwt_agent_id()
+  -- (Scalar subqueries: evaluated once per call, not per row.)
+  where c.kind <> 'direct' or (select agent_runtime_private.is_trusted())
+     or c.owner_id = (select agent_runtime_private.jwt_agent_id())
 $$;
 revoke all on function public.list_channels() from public, anon, authenticated;
 grant execute on function public.list_channels() to authenticated, service_role;

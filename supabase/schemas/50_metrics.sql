@@ -68,7 +68,7 @@ language sql stable security definer set search_path = '' as $$
     from public.communication_metrics
     where (p_agent_id is null or agent_id = p_agent_id) and (p_metric is null or metric = p_metric)
       -- What RLS lets the caller read: an agent token reads its own figures only.
-      and (agent_runtime_private.is_trusted() or agent_id = agent_runtime_private.jwt_agent_id())
+      and ((select agent_runtime_private.is_trusted()) or agent_id = (select agent_runtime_private.jwt_agent_id()))
       and bucket >= date_bin(interval '1 minute',
                              now() - coalesce(p_since_ms, 3600000) * interval '1 millisecond',
                              timestamptz '2000-01-01')
