@@ -44,6 +44,9 @@ QUERIES: dict[str, str] = {
         left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
         where n.nspname = any($1) and c.relkind in ('r', 'p', 'v', 'm', 'c') and a.attnum > 0
           and not a.attisdropped and n.nspname || '.' || c.relname <> $2""",
+    "views": """
+        select c.oid::regclass::text, pg_get_viewdef(c.oid) from pg_class c
+        join pg_namespace n on n.oid = c.relnamespace where n.nspname = any($1) and c.relkind in ('v', 'm')""",
     "indexes": """
         select pg_get_indexdef(i.indexrelid) from pg_index i
         join pg_class c on c.oid = i.indrelid join pg_namespace n on n.oid = c.relnamespace

@@ -16,10 +16,32 @@
 --   grants (SELECT for authenticated), so default privileges (Supabase grants anon and
 --   authenticated everything, TRUNCATE and setval included) change nothing.
 -- * An index for the one unindexed foreign key, communication_channels.owner_id.
+-- * Agents' documents from one view, agent_runtime_private.agent_documents, instead of
+--   agent_row/agent_json (functions with a pinned search_path are not inlined: calling them per
+--   agent made list_agents and the topology several times slower).
 
 revoke all on schema agent_runtime_private from public, anon, authenticated, service_role;
 
 create index communication_channels_owner_idx on public.communication_channels (owner_id);
+
+-- Agents' documents come from one view (inlined by the planner) instead of agent_row/agent_json,
+-- which a pinned search_path would keep from being inlined (dropped below).
+-- agent_documents: every agent with its presence (an agent without a presence row is offline) and
+-- its document, one topology_agent row whose status and online are computed from the expiry by the
+-- database clock. The one definition of what an agent looks like: the registry functions,
+-- list_agents and the topology all read it. A view rather than a function: the planner inlines it
+-- into each query (it would not inline a function with a pinned search_path, and calling one per
+-- agent made listing 10,000 agents several times slower), and a view's names are resolved once,
+-- when it is created.
+create view agent_runtime_private.agent_documents as
+  select a.id, a.capabilities, p.status as presence_status, p.expires_at as presence_expires_at,
+         row(a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
+             case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
+             coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
+             a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
+         )::agent_runtime_private.topology_agent as doc
+  from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id;
+revoke all on table agent_runtime_private.agent_documents from public, anon, authenticated, service_role;
 
 -- caller_role() -> text: the caller's real role (see the top of this file): the SET ROLE value
 -- when the session switched role, else the login role. Never null; raises nothing.
@@ -109,28 +131,6 @@ end
 $$;
 revoke all on function agent_runtime_private.agent_exists(text) from public, anon, authenticated, service_role;
 
--- agent_row(a, p) -> topology_agent: an agent with its presence as one row (p may be null: an
--- agent without a presence row is offline); status and online are computed from the expiry.
--- Raises: nothing of its own.
-create or replace function agent_runtime_private.agent_row(a public.distributed_agents, p public.agent_presence)
-returns agent_runtime_private.topology_agent language sql stable set search_path = '' as $$
-  select row(
-    a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
-    case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
-    coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
-    a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
-  )::agent_runtime_private.topology_agent
-$$;
-revoke all on function agent_runtime_private.agent_row(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
-
--- agent_json(a, p) -> json: agent_row as a JSON object (the registry functions return it as jsonb).
--- Raises: nothing of its own.
-create or replace function agent_runtime_private.agent_json(a public.distributed_agents, p public.agent_presence)
-returns json language sql stable set search_path = '' as $$
-  select to_json(agent_runtime_private.agent_row(a, p))
-$$;
-revoke all on function agent_runtime_private.agent_json(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
-
 -- register_agent(p_agent_id, p_name, p_kind, p_capabilities, p_version, p_host, p_pid, p_metadata,
 -- p_heartbeat_ttl_ms) -> jsonb: registers (or resumes, after a crash) the agent, marks it online,
 -- creates its inbox channel 'agent:<id>'; returns the agent document plus 'resumed'.
@@ -182,7 +182,7 @@ begin
   values ('agent:' || p_agent_id, 'direct', p_agent_id, p_agent_id)
   on conflict (name) do nothing;
 
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb || jsonb_build_object('resumed', v_resumed);
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id) || jsonb_build_object('resumed', v_resumed);
 exception
   when check_violation then
     raise exception 'invalid agent registration: %', sqlerrm using errcode = 'AR400';
@@ -228,7 +228,7 @@ begin
     info = coalesce(p_info, info)
   where agent_id = p_agent_id
   returning * into v_presence;
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id);
 end
 $$;
 revoke all on function public.update_agent_last_seen(text, text, real, jsonb) from public, anon, authenticated;
@@ -261,7 +261,7 @@ begin
   update public.agent_presence set status = 'offline', expires_at = now(), changed_at = now()
   where agent_id = p_agent_id returning * into v_presence;
   delete from public.distributed_locks where owner_id = p_agent_id;
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id);
 end
 $$;
 revoke all on function public.deregister_agent(text) from public, anon, authenticated;
@@ -272,11 +272,10 @@ grant execute on function public.deregister_agent(text) to authenticated, servic
 -- Raises: nothing of its own.
 create or replace function public.list_agents(p_capability text default null, p_online_only boolean default true)
 returns jsonb language sql stable security definer set search_path = '' as $$
-  select coalesce(json_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::json)::jsonb
-  from public.distributed_agents a
-  left join public.agent_presence p on p.agent_id = a.id
-  where (p_capability is null or a.capabilities @> array[p_capability])
-    and (not p_online_only or (p.status <> 'offline' and p.expires_at > now()))
+  select coalesce(json_agg(to_json(d.doc) order by d.id), '[]'::json)::jsonb
+  from agent_runtime_private.agent_documents d
+  where (p_capability is null or d.capabilities @> array[p_capability])
+    and (not p_online_only or (d.presence_status <> 'offline' and d.presence_expires_at > now()))
 $$;
 revoke all on function public.list_agents(text, boolean) from public, anon, authenticated;
 grant execute on function public.list_agents(text, boolean) to authenticated, service_role;
@@ -1344,10 +1343,10 @@ declare
   -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
   v_since timestamptz := now() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
 begin
-  select array_agg(agent_runtime_private.agent_row(a, p) order by a.id collate "C")
+  select array_agg(d.doc order by d.id collate "C")
   into v_agents
-  from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id
-  where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
+  from agent_runtime_private.agent_documents d
+  where p_include_offline or (d.presence_status <> 'offline' and d.presence_expires_at > now());
 
   select array_agg(row(c.name, c.kind, c.owner_id, c.last_seq)::agent_runtime_private.topology_channel
                    order by c.name collate "C")
@@ -1509,6 +1508,9 @@ begin
 end
 $$;
 revoke all on function agent_runtime_private.on_lock_released() from public, anon, authenticated, service_role;
+
+drop function agent_runtime_private.agent_json(public.distributed_agents, public.agent_presence);
+drop function agent_runtime_private.agent_row(public.distributed_agents, public.agent_presence);
 
 -- The policies, reading the agent id with auth.jwt().
 drop policy agents_read on public.distributed_agents;

@@ -1,6 +1,6 @@
 -- agent_runtime declared schema, part 10: the registry and presence.
--- Owns: distributed_agents, agent_presence; type topology_agent (an agent's document); agent_exists,
--- agent_row, agent_json; register_agent, update_agent_last_seen (the heartbeat), set_agent_status,
+-- Owns: distributed_agents, agent_presence; type topology_agent (an agent's document); agent_exists;
+-- view agent_documents; register_agent, update_agent_last_seen (the heartbeat), set_agent_status,
 -- deregister_agent, list_agents.
 
 create table public.distributed_agents (
@@ -59,27 +59,22 @@ end
 $$;
 revoke all on function agent_runtime_private.agent_exists(text) from public, anon, authenticated, service_role;
 
--- agent_row(a, p) -> topology_agent: an agent with its presence as one row (p may be null: an
--- agent without a presence row is offline); status and online are computed from the expiry.
--- Raises: nothing of its own.
-create function agent_runtime_private.agent_row(a public.distributed_agents, p public.agent_presence)
-returns agent_runtime_private.topology_agent language sql stable set search_path = '' as $$
-  select row(
-    a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
-    case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
-    coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
-    a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
-  )::agent_runtime_private.topology_agent
-$$;
-revoke all on function agent_runtime_private.agent_row(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
-
--- agent_json(a, p) -> json: agent_row as a JSON object (the registry functions return it as jsonb).
--- Raises: nothing of its own.
-create function agent_runtime_private.agent_json(a public.distributed_agents, p public.agent_presence)
-returns json language sql stable set search_path = '' as $$
-  select to_json(agent_runtime_private.agent_row(a, p))
-$$;
-revoke all on function agent_runtime_private.agent_json(public.distributed_agents, public.agent_presence) from public, anon, authenticated, service_role;
+-- agent_documents: every agent with its presence (an agent without a presence row is offline) and
+-- its document, one topology_agent row whose status and online are computed from the expiry by the
+-- database clock. The one definition of what an agent looks like: the registry functions,
+-- list_agents and the topology all read it. A view rather than a function: the planner inlines it
+-- into each query (it would not inline a function with a pinned search_path, and calling one per
+-- agent made listing 10,000 agents several times slower), and a view's names are resolved once,
+-- when it is created.
+create view agent_runtime_private.agent_documents as
+  select a.id, a.capabilities, p.status as presence_status, p.expires_at as presence_expires_at,
+         row(a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
+             case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
+             coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
+             a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
+         )::agent_runtime_private.topology_agent as doc
+  from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id;
+revoke all on table agent_runtime_private.agent_documents from public, anon, authenticated, service_role;
 
 -- register_agent(p_agent_id, p_name, p_kind, p_capabilities, p_version, p_host, p_pid, p_metadata,
 -- p_heartbeat_ttl_ms) -> jsonb: registers (or resumes, after a crash) the agent, marks it online,
@@ -132,7 +127,7 @@ begin
   values ('agent:' || p_agent_id, 'direct', p_agent_id, p_agent_id)
   on conflict (name) do nothing;
 
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb || jsonb_build_object('resumed', v_resumed);
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id) || jsonb_build_object('resumed', v_resumed);
 exception
   when check_violation then
     raise exception 'invalid agent registration: %', sqlerrm using errcode = 'AR400';
@@ -178,7 +173,7 @@ begin
     info = coalesce(p_info, info)
   where agent_id = p_agent_id
   returning * into v_presence;
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id);
 end
 $$;
 revoke all on function public.update_agent_last_seen(text, text, real, jsonb) from public, anon, authenticated;
@@ -211,7 +206,7 @@ begin
   update public.agent_presence set status = 'offline', expires_at = now(), changed_at = now()
   where agent_id = p_agent_id returning * into v_presence;
   delete from public.distributed_locks where owner_id = p_agent_id;
-  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
+  return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id);
 end
 $$;
 revoke all on function public.deregister_agent(text) from public, anon, authenticated;
@@ -222,11 +217,10 @@ grant execute on function public.deregister_agent(text) to authenticated, servic
 -- Raises: nothing of its own.
 create function public.list_agents(p_capability text default null, p_online_only boolean default true)
 returns jsonb language sql stable security definer set search_path = '' as $$
-  select coalesce(json_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::json)::jsonb
-  from public.distributed_agents a
-  left join public.agent_presence p on p.agent_id = a.id
-  where (p_capability is null or a.capabilities @> array[p_capability])
-    and (not p_online_only or (p.status <> 'offline' and p.expires_at > now()))
+  select coalesce(json_agg(to_json(d.doc) order by d.id), '[]'::json)::jsonb
+  from agent_runtime_private.agent_documents d
+  where (p_capability is null or d.capabilities @> array[p_capability])
+    and (not p_online_only or (d.presence_status <> 'offline' and d.presence_expires_at > now()))
 $$;
 revoke all on function public.list_agents(text, boolean) from public, anon, authenticated;
 grant execute on function public.list_agents(text, boolean) to authenticated, service_role;

@@ -40,10 +40,10 @@ declare
   -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
   v_since timestamptz := now() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
 begin
-  select array_agg(agent_runtime_private.agent_row(a, p) order by a.id collate "C")
+  select array_agg(d.doc order by d.id collate "C")
   into v_agents
-  from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id
-  where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
+  from agent_runtime_private.agent_documents d
+  where p_include_offline or (d.presence_status <> 'offline' and d.presence_expires_at > now());
 
   select array_agg(row(c.name, c.kind, c.owner_id, c.last_seq)::agent_runtime_private.topology_channel
                    order by c.name collate "C")
