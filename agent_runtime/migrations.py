@@ -10,7 +10,10 @@ SQL, and they keep one ledger:
   ``supabase db push`` and the runtime can follow each other in either order;
 * elsewhere the runtime's ``agent_runtime_private.schema_migrations`` records each version with the
   sha256 of its file, and a file changed after it was applied is refused (:class:`MigrationError`
-  naming the file).
+  naming the file). Should the CLI's ledger appear later (``db push`` on a plain Postgres the
+  runtime migrated), the runtime's versions are carried into it.
+
+An agent connecting to an up-to-date database only reads the ledger (no DDL, no lock).
 
 A database built by the four migration files that came before the squash (its ledger has those four
 versions and no checksums; its catalog equals what the squashed first migration builds) is brought
@@ -157,6 +160,19 @@ class _SupabaseLedger:
             alter table supabase_migrations.schema_migrations add column if not exists name text;
         """)
 
+    async def adopt_runtime_ledger(self, conn: asyncpg.Connection, migrations: list[Migration]) -> None:
+        """A database the runtime migrated with its own ledger before the CLI's appeared (a plain
+        Postgres that then met `supabase db push`): its versions are applied, so record them here."""
+        if not await conn.fetchval("select to_regclass('agent_runtime_private.schema_migrations') is not null"):
+            return
+        runtime = _RuntimeLedger()
+        await runtime.open(conn)  # (brings a pre-checksum ledger up to date, or refuses it)
+        done = await self.applied(conn)
+        for version in await runtime.applied(conn):
+            migration = next((m for m in migrations if m.version == version), None)
+            if migration is not None and version not in done:
+                await self.record(conn, migration)
+
     async def applied(self, conn: asyncpg.Connection) -> dict[str, str | None]:
         rows = await conn.fetch("select version from supabase_migrations.schema_migrations")
         return dict.fromkeys((r["version"] for r in rows), None)  # the CLI keeps no checksum
@@ -218,12 +234,31 @@ async def _ledger(conn: asyncpg.Connection, supabase: bool) -> _SupabaseLedger |
     return _RuntimeLedger()
 
 
+async def _up_to_date(conn: asyncpg.Connection, migrations: list[Migration]) -> bool:
+    """Read-only: every migration is recorded (with its checksum, in the runtime's ledger). The common
+    case of an agent connecting, answered without DDL, lock or bootstrap."""
+    ledgers = await conn.fetchrow("""
+        select to_regclass('supabase_migrations.schema_migrations') is not null as cli,
+               exists (select 1 from pg_attribute where attname = 'checksum' and not attisdropped
+                       and attrelid = to_regclass('agent_runtime_private.schema_migrations')) as runtime""")
+    if ledgers["cli"]:
+        rows = await conn.fetch("select version, null::text as checksum from supabase_migrations.schema_migrations")
+    elif ledgers["runtime"]:
+        rows = await conn.fetch("select version, checksum from agent_runtime_private.schema_migrations")
+    else:
+        return False
+    recorded = {r["version"]: r["checksum"] for r in rows}
+    return all(m.version in recorded and recorded[m.version] in (None, m.checksum) for m in migrations)
+
+
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply what is missing; return the versions applied by this call (empty when up to date).
 
     Raises :class:`MigrationError` (and changes nothing) when an applied migration's file changed or
     the database's ledger is in a state it does not recognise."""
     migrations = load_migrations() if migrations is None else migrations
+    if await _up_to_date(conn, migrations):
+        return []
     applied_now: list[str] = []
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -232,6 +267,8 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
             await conn.execute(bootstrap_sql())
         ledger = await _ledger(conn, supabase)
         await ledger.open(conn)
+        if isinstance(ledger, _SupabaseLedger):
+            await ledger.adopt_runtime_ledger(conn, migrations)
         applied = await ledger.applied(conn)
         for migration in migrations:
             if migration.version in applied:

@@ -170,6 +170,20 @@ async def test_supabase_cli_ledger_is_used_where_it_exists(test_databases: TestD
             await conn.close()
 
 
+async def test_the_runtime_ledger_is_carried_into_the_cli_ledger(conn: asyncpg.Connection) -> None:
+    """A database the runtime migrated (its own ledger) on which the CLI's ledger then appeared (a
+    `supabase db push` that found nothing recorded and failed): the runtime applies nothing and
+    records its versions in the CLI's ledger, so the next `db push` finds them."""
+    await conn.execute("""
+        create schema supabase_migrations;
+        create table supabase_migrations.schema_migrations (version text not null primary key);
+    """)
+    assert await migrate(conn) == []
+    rows = await conn.fetch("select version, name, statements from supabase_migrations.schema_migrations order by 1")
+    assert [(r["version"], r["name"], r["statements"]) for r in rows] == [
+        (m.version, m.name, split_statements(m.sql)) for m in load_migrations()]
+
+
 async def test_on_supabase_the_cli_ledger_is_created(test_databases: TestDatabases) -> None:
     """On a Supabase database (it has the supabase_admin role) the runtime creates the CLI's ledger
     with the CLI's own DDL and records there; it never runs the bootstrap."""

@@ -110,7 +110,7 @@ async def database(server: TestDatabases, name: str, *, supabase_like: bool) -> 
     yield url
 
 
-async def db_push(project: Path, port: int, name: str, *extra: str) -> str:
+async def db_push(project: Path, port: int, name: str, *extra: str, succeeds: bool = True) -> str:
     """``supabase db push --db-url ...`` in a project folder holding our supabase/ files; its output."""
     process = await asyncio.create_subprocess_exec(
         "npx", "--prefix", str(CLI_DIR), "supabase", "--workdir", str(project), "db", "push", "--yes",
@@ -119,7 +119,7 @@ async def db_push(project: Path, port: int, name: str, *extra: str) -> str:
         env={**os.environ, "DO_NOT_TRACK": "1", "SUPABASE_TELEMETRY_DISABLED": "1"})
     output, _ = await asyncio.wait_for(process.communicate(), 240)
     text = output.decode(errors="replace")
-    assert process.returncode == 0, text
+    assert (process.returncode == 0) == succeeds, text
     return text
 
 
@@ -208,3 +208,23 @@ async def test_db_push_on_plain_postgres(private_server: TestDatabases, project:
             assert await conn.fetchval("select to_regclass('agent_runtime_private.schema_migrations')") is None
         finally:
             await conn.close()
+
+
+@pytest.mark.usefixtures("supabase_cli")
+async def test_the_runtime_then_db_push_on_plain_postgres(private_server: TestDatabases, project: Path) -> None:
+    """On a plain Postgres the runtime keeps its own ledger, so a first `db push` after it fails
+    (42P07: the CLI's ledger was empty); the next `migrate` (or agent) carries the runtime's versions
+    into the CLI's ledger, and `db push` then finds the database up to date."""
+    async with tcp_relay(private_server) as port, \
+            database(private_server, "plain_runtime_first", supabase_like=False) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("drop role if exists supabase_admin")  # (made by the other tests)
+        finally:
+            await conn.close()
+        assert await migrate_url(url) == [m.version for m in load_migrations()]
+        failed = await db_push(project, port, "plain_runtime_first", succeeds=False)
+        assert "42P07" in failed, failed
+        assert await migrate_url(url) == []
+        assert "up to date" in await db_push(project, port, "plain_runtime_first")
+        await _agent_works(url)
