@@ -18,7 +18,8 @@
 -- * An index for the one unindexed foreign key, communication_channels.owner_id.
 -- * Agents' documents from one view, agent_runtime_private.agent_documents, instead of
 --   agent_row/agent_json (functions with a pinned search_path are not inlined: calling them per
---   agent made list_agents and the topology several times slower).
+--   agent made list_agents and the topology several times slower), and messages' documents from
+--   messages_json, one call per batch, instead of message_row, one call per message.
 
 revoke all on schema agent_runtime_private from public, anon, authenticated, service_role;
 
@@ -425,24 +426,29 @@ $$;
 revoke all on function public.unsubscribe_channel(text, text) from public, anon, authenticated;
 grant execute on function public.unsubscribe_channel(text, text) to authenticated, service_role;
 
--- message_row(m, p_channel, p_attempts) -> message_wire: a message as delivered (fetch, claim,
--- wake-ups, dead letters): one definition of a message's document.
+-- messages_json(p_messages, p_channel, p_attempts) -> json: messages as delivered (fetch, claim,
+-- wake-ups, dead letters), in the arrays' order, p_attempts[i] the delivery attempt of
+-- p_messages[i]; null for no messages. The one definition of a message's document (message_wire's
+-- fields). It takes a batch, not one message, because a function with a pinned search_path is not
+-- inlined: called once per message it cost the fetch path microseconds per message.
 -- Raises: nothing of its own.
-create or replace function agent_runtime_private.message_row(m public.distributed_messages, p_channel text,
-                                                             p_attempts integer)
-returns agent_runtime_private.message_wire language sql stable set search_path = '' as $$
-  select row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
-             m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
-             p_attempts)::agent_runtime_private.message_wire
+create or replace function agent_runtime_private.messages_json(p_messages public.distributed_messages[], p_channel text,
+                                                    p_attempts integer[])
+returns json language sql stable set search_path = '' as $$
+  select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+                      m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+                      p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
+  from unnest(p_messages) with ordinality as m
 $$;
-revoke all on function agent_runtime_private.message_row(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
+revoke all on function agent_runtime_private.messages_json(public.distributed_messages[], text, integer[]) from public, anon, authenticated, service_role;
 
--- message_json(m, p_channel, p_attempts) -> jsonb: message_row as jsonb (list_dead_letters adds keys).
+-- message_json(m, p_channel, p_attempts) -> jsonb: one message's document as jsonb (list_dead_letters
+-- adds keys to it).
 -- Raises: nothing of its own.
 create or replace function agent_runtime_private.message_json(m public.distributed_messages, p_channel text,
-                                                              p_attempts integer)
+                                                   p_attempts integer)
 returns jsonb language sql stable set search_path = '' as $$
-  select to_jsonb(agent_runtime_private.message_row(m, p_channel, p_attempts))
+  select (agent_runtime_private.messages_json(array[m], p_channel, array[p_attempts]) -> 0)::jsonb
 $$;
 revoke all on function agent_runtime_private.message_json(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
 
@@ -684,7 +690,8 @@ begin
   end if;
 
   if exists (select 1 from public.message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
-    select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
+    select agent_runtime_private.messages_json(array_agg(m::public.distributed_messages order by m.seq),
+                                               v_channel.name, array_agg(d.attempts + 1 order by m.seq))
     into v_replays
     from public.message_dead_letters d
     cross join lateral (select * from public.distributed_messages x where x.id = d.message_id offset 0) m
@@ -692,9 +699,9 @@ begin
   end if;
 
   if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
-    select json_agg(agent_runtime_private.message_row(
-             m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
-           order by m.seq)
+    select agent_runtime_private.messages_json(
+             array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
+             array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
     into v_messages
     from (select * from public.distributed_messages
           where channel_id = v_channel.id and seq > v_sub.cursor_seq
@@ -776,7 +783,8 @@ begin
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
   )
-  select json_agg(agent_runtime_private.message_row(c.msg, v_channel.name, c.attempts) order by c.seq)
+  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                             array_agg(c.attempts order by c.seq))
   into v_result from claimed c;
   return coalesce(v_result, '[]'::json);
 end
@@ -1424,7 +1432,8 @@ begin
     v_messages := null;
     if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
        and r.payload_bytes < 6000 then
-      select json_agg(agent_runtime_private.message_row(n, r.name, 1) order by n.seq)
+      select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
+                                                 array_agg(1 order by n.seq))
       into v_messages
       from new_rows n where n.channel_id = r.id;
       if octet_length(v_messages::text) >= 6000 then
@@ -1508,6 +1517,8 @@ begin
 end
 $$;
 revoke all on function agent_runtime_private.on_lock_released() from public, anon, authenticated, service_role;
+
+drop function agent_runtime_private.message_row(public.distributed_messages, text, integer);
 
 drop function agent_runtime_private.agent_json(public.distributed_agents, public.agent_presence);
 drop function agent_runtime_private.agent_row(public.distributed_agents, public.agent_presence);

@@ -1,10 +1,10 @@
 -- agent_runtime declared schema, part 30: messages (send, fetch/claim, ack/nack) and dead letters.
 -- Owns: distributed_messages, message_dead_letters; types message_wire (a message's document) and
--- outgoing_message (a batch being sent); message_row, message_json; list_channels (it counts
+-- outgoing_message (a batch being sent); messages_json, message_json; list_channels (it counts
 -- messages), send_messages, send_message, fetch_messages, claim_messages, ack_messages,
 -- nack_message, extend_visibility, list_dead_letters, replay_dead_letters.
 --
--- Performance notes (benchmarks/): one definition of a message's JSON, message_row, a composite so
+-- Performance notes (benchmarks/): one definition of a message's JSON, messages_json, composites so
 -- that json_agg writes it without building a jsonb tree per message; fetch_messages and
 -- claim_messages return json. fetch_messages, ack_messages and send_messages keep generic plans
 -- (plan_cache_mode) made once per session, possibly on empty tables, so every statement in them
@@ -72,24 +72,29 @@ create type agent_runtime_private.outgoing_message as (
   existing_seq bigint, dup_of integer
 );
 
--- message_row(m, p_channel, p_attempts) -> message_wire: a message as delivered (fetch, claim,
--- wake-ups, dead letters): one definition of a message's document.
+-- messages_json(p_messages, p_channel, p_attempts) -> json: messages as delivered (fetch, claim,
+-- wake-ups, dead letters), in the arrays' order, p_attempts[i] the delivery attempt of
+-- p_messages[i]; null for no messages. The one definition of a message's document (message_wire's
+-- fields). It takes a batch, not one message, because a function with a pinned search_path is not
+-- inlined: called once per message it cost the fetch path microseconds per message.
 -- Raises: nothing of its own.
-create function agent_runtime_private.message_row(m public.distributed_messages, p_channel text,
-                                                             p_attempts integer)
-returns agent_runtime_private.message_wire language sql stable set search_path = '' as $$
-  select row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
-             m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
-             p_attempts)::agent_runtime_private.message_wire
+create function agent_runtime_private.messages_json(p_messages public.distributed_messages[], p_channel text,
+                                                    p_attempts integer[])
+returns json language sql stable set search_path = '' as $$
+  select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+                      m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+                      p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
+  from unnest(p_messages) with ordinality as m
 $$;
-revoke all on function agent_runtime_private.message_row(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
+revoke all on function agent_runtime_private.messages_json(public.distributed_messages[], text, integer[]) from public, anon, authenticated, service_role;
 
--- message_json(m, p_channel, p_attempts) -> jsonb: message_row as jsonb (list_dead_letters adds keys).
+-- message_json(m, p_channel, p_attempts) -> jsonb: one message's document as jsonb (list_dead_letters
+-- adds keys to it).
 -- Raises: nothing of its own.
 create function agent_runtime_private.message_json(m public.distributed_messages, p_channel text,
-                                                              p_attempts integer)
+                                                   p_attempts integer)
 returns jsonb language sql stable set search_path = '' as $$
-  select to_jsonb(agent_runtime_private.message_row(m, p_channel, p_attempts))
+  select (agent_runtime_private.messages_json(array[m], p_channel, array[p_attempts]) -> 0)::jsonb
 $$;
 revoke all on function agent_runtime_private.message_json(public.distributed_messages, text, integer) from public, anon, authenticated, service_role;
 
@@ -331,7 +336,8 @@ begin
   end if;
 
   if exists (select 1 from public.message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
-    select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
+    select agent_runtime_private.messages_json(array_agg(m::public.distributed_messages order by m.seq),
+                                               v_channel.name, array_agg(d.attempts + 1 order by m.seq))
     into v_replays
     from public.message_dead_letters d
     cross join lateral (select * from public.distributed_messages x where x.id = d.message_id offset 0) m
@@ -339,9 +345,9 @@ begin
   end if;
 
   if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
-    select json_agg(agent_runtime_private.message_row(
-             m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
-           order by m.seq)
+    select agent_runtime_private.messages_json(
+             array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
+             array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
     into v_messages
     from (select * from public.distributed_messages
           where channel_id = v_channel.id and seq > v_sub.cursor_seq
@@ -423,7 +429,8 @@ begin
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
   )
-  select json_agg(agent_runtime_private.message_row(c.msg, v_channel.name, c.attempts) order by c.seq)
+  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                             array_agg(c.attempts order by c.seq))
   into v_result from claimed c;
   return coalesce(v_result, '[]'::json);
 end

@@ -41,7 +41,8 @@ begin
     v_messages := null;
     if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
        and r.payload_bytes < 6000 then
-      select json_agg(agent_runtime_private.message_row(n, r.name, 1) order by n.seq)
+      select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
+                                                 array_agg(1 order by n.seq))
       into v_messages
       from new_rows n where n.channel_id = r.id;
       if octet_length(v_messages::text) >= 6000 then
