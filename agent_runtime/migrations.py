@@ -165,7 +165,7 @@ class _SupabaseLedger:
         Postgres that then met `supabase db push`): its versions are applied, so record them here."""
         if not await conn.fetchval("select to_regclass('agent_runtime_private.schema_migrations') is not null"):
             return
-        runtime = _RuntimeLedger()
+        runtime = _RuntimeLedger(migrations)
         await runtime.open(conn)  # (brings a pre-checksum ledger up to date, or refuses it)
         done = await self.applied(conn)
         for version in await runtime.applied(conn):
@@ -186,6 +186,9 @@ class _SupabaseLedger:
 class _RuntimeLedger:
     """``agent_runtime_private.schema_migrations``: version, name, sha256 of the file, when."""
 
+    def __init__(self, migrations: list[Migration]) -> None:
+        self.migrations = migrations
+
     async def open(self, conn: asyncpg.Connection) -> None:
         exists = await conn.fetchval("select to_regclass('agent_runtime_private.schema_migrations') is not null")
         if exists and not await conn.fetchval(
@@ -201,21 +204,25 @@ class _RuntimeLedger:
         """)
 
     async def _adopt_legacy(self, conn: asyncpg.Connection) -> None:
-        """A ledger of the migrator before checksums: accepted only when it holds exactly the four
-        squashed versions (the squash then counts as applied), refused in any other state."""
+        """A ledger of the migrator before checksums: accepted only when it holds the four squashed
+        versions (the squash then counts as applied), besides only versions of today's migrations
+        (each then recorded with its file's checksum); refused in any other state."""
         rows = await conn.fetch("select version from agent_runtime_private.schema_migrations")
         versions = {r["version"] for r in rows}
-        if versions != LEGACY_VERSIONS:
+        current = {m.version: m for m in self.migrations}
+        if SQUASHED_VERSION not in current or not LEGACY_VERSIONS <= versions or not (
+                versions - LEGACY_VERSIONS <= current.keys()):
             raise MigrationError(
                 "this database was migrated by an earlier agent_runtime and is in a state this one cannot "
                 f"upgrade in place (applied: {', '.join(sorted(versions)) or 'none'})",
                 hint=await _rebuild_hint(conn))
-        squashed = next(m for m in load_migrations() if m.version == SQUASHED_VERSION)
         await conn.execute("alter table agent_runtime_private.schema_migrations add column checksum text")
-        await conn.execute("delete from agent_runtime_private.schema_migrations where version <> $1", SQUASHED_VERSION)
-        await conn.execute(
-            "update agent_runtime_private.schema_migrations set name = $2, checksum = $3 where version = $1",
-            squashed.version, squashed.name, squashed.checksum)
+        await conn.execute("delete from agent_runtime_private.schema_migrations where version = any($1::text[])",
+                           sorted(LEGACY_VERSIONS - {SQUASHED_VERSION}))
+        for version in (versions - LEGACY_VERSIONS) | {SQUASHED_VERSION}:
+            await conn.execute(
+                "update agent_runtime_private.schema_migrations set name = $2, checksum = $3 where version = $1",
+                version, current[version].name, current[version].checksum)
         await conn.execute("alter table agent_runtime_private.schema_migrations alter column checksum set not null")
 
     async def applied(self, conn: asyncpg.Connection) -> dict[str, str | None]:
@@ -228,10 +235,11 @@ class _RuntimeLedger:
             migration.version, migration.name, migration.checksum)
 
 
-async def _ledger(conn: asyncpg.Connection, supabase: bool) -> _SupabaseLedger | _RuntimeLedger:
+async def _ledger(conn: asyncpg.Connection, supabase: bool,
+                  migrations: list[Migration]) -> _SupabaseLedger | _RuntimeLedger:
     if supabase or await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations') is not null"):
         return _SupabaseLedger()
-    return _RuntimeLedger()
+    return _RuntimeLedger(migrations)
 
 
 async def _up_to_date(conn: asyncpg.Connection, migrations: list[Migration]) -> bool:
@@ -265,7 +273,7 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
         supabase = await _is_supabase(conn)
         if not supabase:
             await conn.execute(bootstrap_sql())
-        ledger = await _ledger(conn, supabase)
+        ledger = await _ledger(conn, supabase, migrations)
         await ledger.open(conn)
         if isinstance(ledger, _SupabaseLedger):
             await ledger.adopt_runtime_ledger(conn, migrations)

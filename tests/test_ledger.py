@@ -122,6 +122,26 @@ async def test_legacy_database_is_upgraded_in_place(test_databases: TestDatabase
             await conn.close()
 
 
+async def test_legacy_database_with_a_later_migration_is_upgraded_in_place(test_databases: TestDatabases) -> None:
+    """An old ledger with the four versions and a version of a migration that still exists (one that
+    landed before the squash) keeps that one as applied, now with its checksum."""
+    later = Migration("20261201000900", "landed_before_the_squash",
+                      "create table public.before_squash_probe (id int)")
+    migrations = [*load_migrations(), later]
+    async with empty_database(test_databases) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await _build_legacy(conn, sorted(LEGACY.glob("*.sql")))
+            await conn.execute(later.sql)
+            await conn.execute("insert into agent_runtime_private.schema_migrations (version, name) values ($1, $2)",
+                               later.version, later.name)
+            assert await migrate(conn, migrations) == [m.version for m in load_migrations()[1:]]
+            assert [v for v, _, _ in await _ledger(conn)] == sorted(m.version for m in migrations)
+            assert (later.version, later.name, later.checksum) in await _ledger(conn)
+        finally:
+            await conn.close()
+
+
 async def test_legacy_database_in_another_state_is_refused(test_databases: TestDatabases) -> None:
     """An old ledger with only some of the four versions is refused, with the command that rebuilds
     the database, and nothing changes."""
