@@ -125,7 +125,7 @@ async def test_legacy_database_is_upgraded_in_place(test_databases: TestDatabase
 async def test_legacy_database_with_a_later_migration_is_upgraded_in_place(test_databases: TestDatabases) -> None:
     """An old ledger with the four versions and a version of a migration that still exists (one that
     landed before the squash) keeps that one as applied, now with its checksum."""
-    later = Migration("20261201000900", "landed_before_the_squash",
+    later = Migration("20261130000000", "landed_before_the_squash",
                       "create table public.before_squash_probe (id int)")
     migrations = [*load_migrations(), later]
     async with empty_database(test_databases) as url:

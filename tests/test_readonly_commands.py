@@ -23,13 +23,12 @@ COMMANDS = (("agents",), ("channels",), ("topology",), ("locks",), ("metrics",),
 
 @pytest.fixture(scope="module")
 def fresh_server() -> Iterator[TestDatabases]:
-    with tempfile.TemporaryDirectory(prefix="ar-readonly-") as root:
-        databases = TestDatabases(Path(root))
-        databases.start()
-        try:
-            yield databases
-        finally:
-            databases.stop()
+    databases = TestDatabases()  # (its own scratch folder, one the server's user can reach)
+    databases.start()
+    try:
+        yield databases
+    finally:
+        databases.stop()
 
 
 async def _state(url: str) -> dict[str, list[str]]:

@@ -45,8 +45,8 @@ def supabase_cli() -> None:
 
 
 @pytest.fixture(scope="module")
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDatabases]:
-    databases = TestDatabases(tmp_path_factory.mktemp("supabase-cli"))
+def private_server() -> Iterator[TestDatabases]:
+    databases = TestDatabases()  # (its own scratch folder, one the server's user can reach)
     databases.start()
     try:
         yield databases
