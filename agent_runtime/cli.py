@@ -169,7 +169,9 @@ def _with_network(fn: NetworkHandler) -> Handler:
     """Connect (starting the embedded database if that is the target), run ``fn``, disconnect."""
 
     async def run(args: argparse.Namespace) -> int:
-        network = Network(args.url, key=args.key)
+        # Never migrates: looking at a database must not change it (only `migrate` does). On a
+        # database without the schema the first call fails with NotMigrated ("run agent-runtime migrate").
+        network = Network(args.url, key=args.key, migrate=False)
         settings = network.settings
         message = f"connecting to {settings.describe()}"
         if settings.kind == "embedded" and embedded.status() is None:

@@ -87,6 +87,15 @@ class NotFound(AgentRuntimeError):
     """Something named does not exist."""
 
 
+class NotMigrated(NotFound):
+    """The database does not have the runtime's schema (a function or table of it is missing)."""
+
+
+class MigrationError(AgentRuntimeError):
+    """The migrations cannot be applied: an applied migration's file changed, or the database is in a
+    state the migrator does not recognise. Nothing was changed."""
+
+
 class UnknownAgent(NotFound):
     """No agent with that id is registered."""
 
@@ -168,7 +177,8 @@ _SQLSTATE_ERRORS: dict[str, type[AgentRuntimeError]] = {
     "23514": InvalidInput,  # check_violation
     "23502": InvalidInput,  # not_null_violation
     "42501": PermissionDenied,  # insufficient_privilege
-    "42883": NotFound,  # undefined_function: the schema is not migrated
+    "42883": NotMigrated,  # undefined_function: the schema is not migrated
+    "42P01": NotMigrated,  # undefined_table
     "28000": ConfigurationError,  # invalid_authorization_specification: no such role
     "28P01": ConfigurationError,  # invalid_password
     "3D000": ConfigurationError,  # invalid_catalog_name: no such database
@@ -207,4 +217,7 @@ def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = N
             cls = InvalidInput
         else:
             cls = AgentRuntimeError
+    if cls is NotMigrated:
+        return NotMigrated(f"not migrated: run agent-runtime migrate --url ... ({message})", sqlstate=sqlstate,
+                           hint=hint or "this database does not have the agent_runtime schema")
     return cls(message, sqlstate=sqlstate, hint=hint)

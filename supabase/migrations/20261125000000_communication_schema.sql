@@ -1,8 +1,10 @@
--- agent_runtime: the communication schema.
+-- agent_runtime: the communication schema (the initial migration).
 --
--- This file is the single source of the runtime's semantics: every rule that must hold across
--- processes (atomicity, ordering, expiry, fencing, ownership) lives in the functions below and
--- uses the database clock. Clients only call these functions (over asyncpg or PostgREST).
+-- The readable, current definition lives in supabase/schemas/ (one file per concern); this file
+-- and the migrations after it build exactly that (tests/test_schema.py compares the catalogs).
+-- Never edit an applied migration: every change is a new file. (Squashed before the first release
+-- from four files, kept as test data in tests/fixtures/legacy_migrations/: a database they built
+-- equals one this file builds, and the migrator recognises it.)
 --
 -- Domain errors use SQLSTATEs of class 'AR' (mapped to exceptions in agent_runtime/errors.py):
 --   AR400 invalid input        AR401 invalid name          AR403 not allowed to act as that agent
@@ -175,6 +177,40 @@ create table public.communication_metrics (
 create index communication_metrics_bucket_idx on public.communication_metrics (bucket);
 
 -- ---------------------------------------------------------------------------------------------
+-- Composite types (rows the functions build documents from)
+-- ---------------------------------------------------------------------------------------------
+
+create type agent_runtime_private.topology_agent as (
+  id text, name text, kind text, capabilities text[], version text, host text, pid integer,
+  metadata jsonb, status text, load real, online boolean, started_at timestamptz,
+  last_seen timestamptz, heartbeat_at timestamptz, expires_at timestamptz, incarnation integer
+);
+
+create type agent_runtime_private.topology_channel as (
+  name text, kind text, owner_id text, last_seq bigint
+);
+
+create type agent_runtime_private.topology_subscription as (
+  agent_id text, channel text, cursor bigint, lag bigint
+);
+
+create type agent_runtime_private.topology_flow as (
+  "from" text, channel text, "to" text, messages bigint, bytes bigint, last_at timestamptz
+);
+
+create type agent_runtime_private.message_wire as (
+  id bigint, channel text, seq bigint, sender_id text, payload jsonb, headers jsonb, size_bytes integer,
+  correlation_id uuid, reply_to text, idempotency_key text, created_at timestamptz,
+  expires_at timestamptz, attempts integer
+);
+
+create type agent_runtime_private.outgoing_message as (
+  ord integer, payload jsonb, headers jsonb, size_bytes integer, idempotency_key text,
+  correlation_id uuid, reply_to text, ttl interval, delay interval, existing_id bigint,
+  existing_seq bigint, dup_of integer
+);
+
+-- ---------------------------------------------------------------------------------------------
 -- Private helpers
 -- ---------------------------------------------------------------------------------------------
 
@@ -249,33 +285,43 @@ begin
 end
 $$;
 
+create function agent_runtime_private.message_row(m public.distributed_messages, p_channel text,
+                                                             p_attempts integer)
+returns agent_runtime_private.message_wire language sql stable as $$
+  select row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+             m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+             p_attempts)::agent_runtime_private.message_wire
+$$;
+
+-- The same document as jsonb (list_dead_letters adds keys to it).
 create function agent_runtime_private.message_json(m public.distributed_messages, p_channel text,
-                                                   p_attempts integer)
-returns jsonb language sql immutable as $$
-  select jsonb_build_object(
-    'id', m.id, 'channel', p_channel, 'seq', m.seq, 'sender_id', m.sender_id,
-    'payload', m.payload, 'headers', m.headers, 'size_bytes', m.size_bytes,
-    'correlation_id', m.correlation_id, 'reply_to', m.reply_to,
-    'idempotency_key', m.idempotency_key, 'created_at', m.created_at,
-    'expires_at', m.expires_at, 'attempts', p_attempts)
+                                                              p_attempts integer)
+returns jsonb language sql stable as $$
+  select to_jsonb(agent_runtime_private.message_row(m, p_channel, p_attempts))
+$$;
+
+-- An agent with its presence as one row (p may be null: an agent without a presence row is
+-- offline). Inlined by the planner where it is called, so a caller's columns are read directly.
+create function agent_runtime_private.agent_row(a public.distributed_agents, p public.agent_presence)
+returns agent_runtime_private.topology_agent language sql stable as $$
+  select row(
+    a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
+    case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
+    coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
+    a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
+  )::agent_runtime_private.topology_agent
 $$;
 
 create function agent_runtime_private.agent_json(a public.distributed_agents, p public.agent_presence)
-returns jsonb language sql stable as $$
-  select jsonb_build_object(
-    'id', a.id, 'name', a.name, 'kind', a.kind, 'capabilities', to_jsonb(a.capabilities),
-    'version', a.version, 'host', a.host, 'pid', a.pid, 'metadata', a.metadata,
-    'status', case when p.expires_at is null or p.expires_at <= now() then 'offline'
-                   else p.status end,
-    'load', coalesce(p.load, 0), 'online', coalesce(p.status <> 'offline' and p.expires_at > now(), false),
-    'started_at', a.started_at, 'last_seen', a.last_seen, 'heartbeat_at', p.heartbeat_at,
-    'expires_at', p.expires_at, 'incarnation', a.incarnation)
+returns json language sql stable as $$
+  select to_json(agent_runtime_private.agent_row(a, p))
 $$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Registry and presence
 -- ---------------------------------------------------------------------------------------------
 
+-- The registry functions return agent_json as jsonb, as before.
 create function public.register_agent(
   p_agent_id text, p_name text, p_kind text default 'agent', p_capabilities text[] default '{}',
   p_version text default '', p_host text default '', p_pid integer default null,
@@ -323,7 +369,7 @@ begin
   values ('agent:' || p_agent_id, 'direct', p_agent_id, p_agent_id)
   on conflict (name) do nothing;
 
-  return agent_runtime_private.agent_json(v_agent, v_presence) || jsonb_build_object('resumed', v_resumed);
+  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb || jsonb_build_object('resumed', v_resumed);
 exception
   when check_violation then
     raise exception 'invalid agent registration: %', sqlerrm using errcode = 'AR400';
@@ -365,7 +411,7 @@ begin
     info = coalesce(p_info, info)
   where agent_id = p_agent_id
   returning * into v_presence;
-  return agent_runtime_private.agent_json(v_agent, v_presence);
+  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
 end
 $$;
 
@@ -390,13 +436,13 @@ begin
   update agent_presence set status = 'offline', expires_at = now(), changed_at = now()
   where agent_id = p_agent_id returning * into v_presence;
   delete from distributed_locks where owner_id = p_agent_id;
-  return agent_runtime_private.agent_json(v_agent, v_presence);
+  return agent_runtime_private.agent_json(v_agent, v_presence)::jsonb;
 end
 $$;
 
 create function public.list_agents(p_capability text default null, p_online_only boolean default true)
 returns jsonb language sql stable security definer set search_path = public, pg_temp as $$
-  select coalesce(jsonb_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::jsonb)
+  select coalesce(json_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::json)::jsonb
   from distributed_agents a
   left join agent_presence p on p.agent_id = a.id
   where (p_capability is null or a.capabilities @> array[p_capability])
@@ -541,15 +587,24 @@ $$;
 -- duplicate = true. All or nothing: one bad message refuses the batch.
 create function public.send_messages(p_agent_id text, p_channel text, p_messages jsonb)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
-  v_channel public.communication_channels;
+  v_channel record;
   v_count integer;
-  v_bad record;
+  v_out agent_runtime_private.outgoing_message[];
+  v_malformed integer;
+  v_oversized integer;
+  v_keys integer;
   v_result jsonb;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  perform agent_runtime_private.agent_exists(p_agent_id);
+  -- The sender and the channel in one look-up; the errors below come in the usual order.
+  select c.*, exists (select 1 from distributed_agents a where a.id = p_agent_id) as agent_known
+  into v_channel
+  from (select) as one left join communication_channels c on c.name = p_channel;
+  if not v_channel.agent_known then
+    raise exception 'unknown agent %', p_agent_id using errcode = 'AR404', hint = 'register the agent first';
+  end if;
   if p_messages is null or jsonb_typeof(p_messages) <> 'array' then
     raise exception 'messages must be a JSON array' using errcode = 'AR400';
   end if;
@@ -560,91 +615,126 @@ begin
   if v_count > 10000 then
     raise exception 'at most 10000 messages per batch (got %)', v_count using errcode = 'AR400';
   end if;
-  v_channel := agent_runtime_private.channel(p_channel);
+  if v_channel.id is null then
+    if p_channel ~ '^agent:' then
+      raise exception 'unknown agent %', substr(p_channel, 7) using errcode = 'AR404';
+    end if;
+    raise exception 'unknown channel %', p_channel using errcode = 'AR405', hint = 'create it with ensure_channel';
+  end if;
 
-  create temp table if not exists pg_temp.ar_outgoing (
-    ord integer, payload jsonb, headers jsonb, size_bytes integer, idempotency_key text,
-    correlation_id uuid, reply_to text, ttl interval, delay interval, existing_id bigint,
-    existing_seq bigint, dup_of integer
-  ) on commit drop;
-  truncate pg_temp.ar_outgoing;
-
+  -- One pass parses the batch and finds the first malformed and the first oversized message.
   begin
-    insert into pg_temp.ar_outgoing
-    select e.ord::integer, e.m -> 'payload', coalesce(e.m -> 'headers', '{}'::jsonb),
-           octet_length((e.m -> 'payload')::text), e.m ->> 'idempotency_key',
-           (e.m ->> 'correlation_id')::uuid, e.m ->> 'reply_to',
-           agent_runtime_private.ms((e.m ->> 'ttl_ms')::bigint, 'ttl', 1, 315360000000),
-           agent_runtime_private.ms((e.m ->> 'delay_ms')::bigint, 'delay', 0, 315360000000),
-           null, null, null
-    from jsonb_array_elements(p_messages) with ordinality as e(m, ord);
+    select array_agg(row(p.*)::agent_runtime_private.outgoing_message order by p.ord),
+           min(p.ord) filter (where p.payload is null or jsonb_typeof(p.headers) <> 'object'
+             or (p.idempotency_key is not null and length(p.idempotency_key) not between 1 and 200)
+             or (p.reply_to is not null and p.reply_to !~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$')),
+           min(p.ord) filter (where p.size_bytes > v_channel.max_payload_bytes),
+           count(p.idempotency_key)
+    into v_out, v_malformed, v_oversized, v_keys
+    from (select e.ord::integer as ord, e.m -> 'payload' as payload,
+                 coalesce(e.m -> 'headers', '{}'::jsonb) as headers,
+                 octet_length((e.m -> 'payload')::text) as size_bytes, e.m ->> 'idempotency_key' as idempotency_key,
+                 (e.m ->> 'correlation_id')::uuid as correlation_id, e.m ->> 'reply_to' as reply_to,
+                 case when e.m ? 'ttl_ms' then
+                   agent_runtime_private.ms((e.m ->> 'ttl_ms')::bigint, 'ttl', 1, 315360000000) end as ttl,
+                 case when e.m ? 'delay_ms' then
+                   agent_runtime_private.ms((e.m ->> 'delay_ms')::bigint, 'delay', 0, 315360000000) end as delay,
+                 null::bigint as existing_id, null::bigint as existing_seq, null::integer as dup_of
+          from jsonb_array_elements(p_messages) with ordinality as e(m, ord)) p;
   exception
     when invalid_text_representation or numeric_value_out_of_range or invalid_parameter_value then
       raise exception 'malformed message: %', sqlerrm using errcode = 'AR400';
   end;
-
-  select * into v_bad from pg_temp.ar_outgoing
-  where payload is null or jsonb_typeof(headers) <> 'object'
-     or (idempotency_key is not null and length(idempotency_key) not between 1 and 200)
-     or (reply_to is not null and reply_to !~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$')
-  limit 1;
-  if found then
-    raise exception 'malformed message #%: needs a payload; headers must be an object; idempotency_key 1-200 characters; reply_to a channel name', v_bad.ord
+  if v_malformed is not null then
+    raise exception 'malformed message #%: needs a payload; headers must be an object; idempotency_key 1-200 characters; reply_to a channel name', v_malformed
       using errcode = 'AR400';
   end if;
-  select * into v_bad from pg_temp.ar_outgoing where size_bytes > v_channel.max_payload_bytes limit 1;
-  if found then
-    raise exception 'payload of message #% is % bytes; channel % allows %', v_bad.ord,
-      v_bad.size_bytes, v_channel.name, v_channel.max_payload_bytes using errcode = 'AR413';
+  if v_oversized is not null then
+    raise exception 'payload of message #% is % bytes; channel % allows %', v_oversized,
+      v_out[v_oversized].size_bytes, v_channel.name, v_channel.max_payload_bytes using errcode = 'AR413';
+  end if;
+  -- A broadcast channel delivers every message in order as soon as it is sent: a delay there would
+  -- either be ignored or hold back everything after it, so it is refused (new in this migration).
+  if v_channel.kind = 'broadcast' and exists (select 1 from unnest(v_out) o where o.delay > interval '0') then
+    raise exception 'delay is for queue and direct channels; channel % is a broadcast channel', v_channel.name
+      using errcode = 'AR400';
   end if;
 
-  update pg_temp.ar_outgoing o set existing_id = m.id, existing_seq = m.seq
-  from distributed_messages m
-  where o.idempotency_key is not null and m.sender_id = p_agent_id
-    and m.idempotency_key = o.idempotency_key;
-  -- A key repeated inside one batch is sent once: the first occurrence wins, and the later ones
-  -- return its id as duplicates (one result per input message).
-  update pg_temp.ar_outgoing o set dup_of = f.first_ord
-  from (select idempotency_key, min(ord) as first_ord from pg_temp.ar_outgoing
-        where idempotency_key is not null group by idempotency_key) f
-  where o.idempotency_key = f.idempotency_key and o.ord > f.first_ord and o.existing_id is null;
-  select count(*) into v_count from pg_temp.ar_outgoing where existing_id is null and dup_of is null;
-
   -- Taking the channel row lock serialises producers on this channel until commit, so seq order
-  -- equals commit order.
-  update communication_channels set last_seq = last_seq + v_count
-  where id = v_channel.id
-  returning last_seq into v_channel.last_seq;
+  -- equals commit order. Everything above ran without it; what follows holds it until commit.
+  if v_keys = 0 then
+    with numbered as (
+      update communication_channels set last_seq = last_seq + v_count
+      where id = v_channel.id
+      returning last_seq
+    ), inserted as (
+      insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
+                                        correlation_id, reply_to, expires_at, visible_at)
+      select v_channel.id, n.last_seq - v_count + o.ord, p_agent_id, o.payload, o.headers,
+             o.size_bytes, o.correlation_id, o.reply_to, now() + coalesce(o.ttl, v_channel.message_ttl),
+             now() + coalesce(o.delay, interval '0')
+      from numbered n cross join unnest(v_out) o
+      returning id, seq
+    )
+    select jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) order by i.seq)
+    into v_result from inserted i;
+    if v_result is null then  -- the channel went away meanwhile
+      raise exception 'unknown channel %', p_channel using errcode = 'AR405';
+    end if;
+    return v_result;
+  end if;
 
-  with fresh as (
-    select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
-    from pg_temp.ar_outgoing o where o.existing_id is null and o.dup_of is null
-  ), inserted as (
-    insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
-                                      correlation_id, reply_to, idempotency_key, expires_at,
-                                      visible_at)
-    select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
-           f.reply_to, f.idempotency_key, now() + coalesce(f.ttl, v_channel.message_ttl),
-           now() + coalesce(f.delay, interval '0')
-    from fresh f
-    returning id, seq
-  )
-  select jsonb_agg(r.j order by r.ord) into v_result from (
-    select f.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) as j
-    from fresh f join inserted i on i.seq = f.seq
-    union all
-    select o.ord, jsonb_build_object('id', o.existing_id, 'seq', o.existing_seq, 'duplicate', true)
-    from pg_temp.ar_outgoing o where o.existing_id is not null
-    union all
-    select o.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', true)
-    from pg_temp.ar_outgoing o join fresh f on f.ord = o.dup_of join inserted i on i.seq = f.seq
-  ) r;
-  return coalesce(v_result, '[]'::jsonb);
-exception
-  when unique_violation then
-    -- Another transaction sent the same idempotency key concurrently and committed first.
-    raise exception 'idempotency key already used concurrently; retry to get the original id'
-      using errcode = 'AR408';
+  begin  -- (its handler makes this block a subtransaction: only batches with keys pay for one)
+    -- A key this agent already sent returns the original id as a duplicate. A key repeated inside
+    -- one batch is sent once: the first occurrence wins, and the later ones return its id as
+    -- duplicates (one result per input message).
+    select array_agg(row(
+             o.ord, o.payload, o.headers, o.size_bytes, o.idempotency_key, o.correlation_id, o.reply_to,
+             o.ttl, o.delay, m.id, m.seq,
+             case when m.id is null and o.ord > f.first_ord then f.first_ord end
+           )::agent_runtime_private.outgoing_message order by o.ord)
+    into v_out
+    from unnest(v_out) o
+    left join distributed_messages m on m.sender_id = p_agent_id and m.idempotency_key = o.idempotency_key
+    left join (select k.idempotency_key, min(k.ord) as first_ord from unnest(v_out) k
+               where k.idempotency_key is not null group by k.idempotency_key) f
+      on f.idempotency_key = o.idempotency_key;
+    select count(*) into v_count from unnest(v_out) o where o.existing_id is null and o.dup_of is null;
+
+    update communication_channels set last_seq = last_seq + v_count
+    where id = v_channel.id
+    returning last_seq into v_channel.last_seq;
+
+    with fresh as (
+      select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
+      from unnest(v_out) o where o.existing_id is null and o.dup_of is null
+    ), inserted as (
+      insert into distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
+                                        correlation_id, reply_to, idempotency_key, expires_at,
+                                        visible_at)
+      select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
+             f.reply_to, f.idempotency_key, now() + coalesce(f.ttl, v_channel.message_ttl),
+             now() + coalesce(f.delay, interval '0')
+      from fresh f
+      returning id, seq
+    )
+    select jsonb_agg(r.j order by r.ord) into v_result from (
+      select f.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) as j
+      from fresh f join inserted i on i.seq = f.seq
+      union all
+      select o.ord, jsonb_build_object('id', o.existing_id, 'seq', o.existing_seq, 'duplicate', true)
+      from unnest(v_out) o where o.existing_id is not null
+      union all
+      select o.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', true)
+      from unnest(v_out) o join fresh f on f.ord = o.dup_of join inserted i on i.seq = f.seq
+    ) r;
+    return coalesce(v_result, '[]'::jsonb);
+  exception
+    when unique_violation then
+      -- Another transaction sent the same idempotency key concurrently and committed first.
+      raise exception 'idempotency key already used concurrently; retry to get the original id'
+        using errcode = 'AR408';
+  end;
 end
 $$;
 
@@ -668,18 +758,24 @@ $$;
 
 -- Broadcast: the next messages after this subscriber's cursor, in seq order, replayed dead letters
 -- first. Head-of-line retry: while a nacked message waits for its retry time nothing is returned.
-create function public.fetch_messages(p_agent_id text, p_channel text, p_limit integer default 100)
-returns jsonb
-language plpgsql security definer set search_path = public, pg_temp as $$
+-- p_ack_ids (optional): acknowledge these first, in the same transaction (ack_messages), so a
+-- consumer's acks ride along with its next fetch: one round trip instead of two.
+create function public.fetch_messages(p_agent_id text, p_channel text, p_limit integer default 100,
+                                      p_ack_ids bigint[] default null)
+returns json
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
   v_channel public.communication_channels;
   v_sub public.channel_subscriptions;
-  v_replays jsonb;
-  v_messages jsonb;
+  v_replays json;
+  v_messages json;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
+  end if;
+  if p_ack_ids is not null then
+    perform public.ack_messages(p_agent_id, p_ack_ids);
   end if;
   v_channel := agent_runtime_private.channel(p_channel);
   if v_channel.kind <> 'broadcast' then
@@ -692,43 +788,66 @@ begin
       hint = 'subscribe first';
   end if;
 
-  select coalesce(jsonb_agg(agent_runtime_private.message_json(m, v_channel.name, d.attempts + 1)
-                            order by m.seq), '[]'::jsonb)
-  into v_replays
-  from message_dead_letters d join distributed_messages m on m.id = d.message_id
-  where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
+  if exists (select 1 from message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
+    select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
+    into v_replays
+    from message_dead_letters d
+    cross join lateral (select * from distributed_messages x where x.id = d.message_id offset 0) m
+    where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
+  end if;
 
-  if v_sub.retry_at is not null and v_sub.retry_at > now() then
+  if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
+    select json_agg(agent_runtime_private.message_row(
+             m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
+           order by m.seq)
+    into v_messages
+    from (select * from distributed_messages
+          where channel_id = v_channel.id and seq > v_sub.cursor_seq
+            and (expires_at is null or expires_at > now())
+          order by seq limit p_limit) m;
+  end if;
+  if v_replays is null then
+    return coalesce(v_messages, '[]'::json);
+  elsif v_messages is null then
     return v_replays;
   end if;
-  select coalesce(jsonb_agg(agent_runtime_private.message_json(
-           m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
-         order by m.seq), '[]'::jsonb)
-  into v_messages
-  from (select * from distributed_messages
-        where channel_id = v_channel.id and seq > v_sub.cursor_seq
-          and (expires_at is null or expires_at > now())
-        order by seq limit p_limit) m;
-  return v_replays || v_messages;
+  return (v_replays::jsonb || v_messages::jsonb)::json;
 end
 $$;
 
+-- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
+-- they run (clock_timestamp()), not with now().
+--
+-- now() is the claiming transaction's start time, and it may be earlier than the start of a sender
+-- whose commit the claim's snapshot already sees: a claim made right after a wake-up then skipped
+-- the message it was woken for (visible_at, the sender's now(), looked a few milliseconds in the
+-- future), and since that wake-up was the only one, the message waited for the next safety poll.
+-- Seen in tests/failure/test_bad_input_api.py: a claim whose now() was 9 ms before the sender's
+-- visible_at, with statement_timestamp() and clock_timestamp() after it and the sender's xid
+-- committed in its snapshot. The same holds for a nack with no delay (visible_at is the nacker's
+-- now()). clock_timestamp() in the statement is read after its snapshot was taken, so after every
+-- commit it sees, and so after the start of every sender it sees.
+--
 -- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
 -- A claimed message whose visibility timed out is claimable again; one that has used up its
 -- attempts goes to the dead letters instead. SKIP LOCKED: concurrent consumers never get the same
 -- message and never wait on each other.
+-- p_ack_ids (optional): acknowledge these first, in the same transaction, as fetch_messages does.
 create function public.claim_messages(p_agent_id text, p_channel text, p_limit integer default 10,
-                                      p_visibility_ms bigint default null)
-returns jsonb
+                                      p_visibility_ms bigint default null, p_ack_ids bigint[] default null)
+returns json
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
-  v_result jsonb;
+  v_result json;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
+  end if;
+  if p_ack_ids is not null then
+    perform public.ack_messages(p_agent_id, p_ack_ids);
   end if;
   v_channel := agent_runtime_private.channel(p_channel);
   if v_channel.kind = 'broadcast' then
@@ -743,12 +862,12 @@ begin
   -- Timed-out claims that used up their attempts die here, before anyone can claim them again.
   update distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
                                   claimed_by = null
-  where channel_id = v_channel.id and state = 'inflight' and visible_at <= now()
+  where channel_id = v_channel.id and state = 'inflight' and visible_at <= clock_timestamp()
     and attempts >= v_channel.max_attempts;
 
   with picked as (
     select id from distributed_messages
-    where channel_id = v_channel.id and state in ('ready', 'inflight') and visible_at <= now()
+    where channel_id = v_channel.id and state in ('ready', 'inflight') and visible_at <= clock_timestamp()
       and (expires_at is null or expires_at > now())
     order by seq
     limit p_limit
@@ -759,10 +878,9 @@ begin
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
   )
-  select coalesce(jsonb_agg(agent_runtime_private.message_json(c.msg, v_channel.name, c.attempts)
-                            order by c.seq), '[]'::jsonb)
+  select json_agg(agent_runtime_private.message_row(c.msg, v_channel.name, c.attempts) order by c.seq)
   into v_result from claimed c;
-  return v_result;
+  return coalesce(v_result, '[]'::json);
 end
 $$;
 
@@ -770,8 +888,10 @@ $$;
 -- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
 -- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
 -- resolves replayed dead letters. Returns the number of messages acknowledged.
+-- (As before; the queue update, and its statement trigger, run only when one of the messages is
+-- in flight for this agent, which a broadcast message never is.)
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[]) returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
 declare
   v_acked integer := 0;
   v_n integer;
@@ -781,11 +901,17 @@ begin
     raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
 
-  update distributed_messages m set state = 'acked', acked_at = now(), claimed_by = p_agent_id
-  from communication_channels c
-  where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
-    and m.state = 'inflight' and m.claimed_by = p_agent_id;
-  get diagnostics v_acked = row_count;
+  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+  -- looking the ids up)
+  if exists (select 1 from distributed_messages m
+             where m.id = any (p_message_ids) and coalesce(m.state, '') = 'inflight'
+               and m.claimed_by = p_agent_id) then
+    update distributed_messages m set state = 'acked', acked_at = now(), claimed_by = p_agent_id
+    from communication_channels c
+    where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
+      and coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id;
+    get diagnostics v_acked = row_count;
+  end if;
 
   with acked as (
     select m.channel_id, max(m.seq) as seq, count(*) as n
@@ -1018,6 +1144,12 @@ begin
   if p_key is null or char_length(p_key) not between 1 and 256 or p_key ~ '[[:cntrl:]]' then
     raise exception 'invalid lock key: 1-256 printable characters' using errcode = 'AR401';
   end if;
+  -- Held by another live lease: answer without writing, so a refused try takes no row lock and
+  -- costs no commit flush (waiters retry often when many want one key).
+  select * into v_lock from distributed_locks where key = p_key;
+  if found and v_lock.expires_at > now() and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
+    return agent_runtime_private.lock_json(v_lock, false);
+  end if;
   insert into distributed_locks as l (key, owner_id, lease_id, token, expires_at, metadata)
   values (p_key, p_agent_id, p_lease_id, nextval('distributed_locks_token_seq'), now() + v_ttl,
           coalesce(p_metadata, '{}'::jsonb))
@@ -1074,12 +1206,16 @@ end
 $$;
 
 -- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
--- Call it in the same transaction as the write it guards.
+-- Call it in the same transaction as the write it guards. The lock row is share-locked until that
+-- transaction ends, so no one can take the lease over between the check and the write's commit
+-- (a successor's acquire waits for it): writes never go back to an older token. Volatile, as it locks.
 create function public.check_fencing_token(p_key text, p_token bigint) returns boolean
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp as $$
 begin
-  if not exists (select 1 from distributed_locks
-                 where key = p_key and token = p_token and expires_at > now()) then
+  perform 1 from distributed_locks
+  where key = p_key and token = p_token and expires_at > now()
+  for share;
+  if not found then
     raise exception 'fencing token % is not the current holder''s token for %', p_token, p_key
       using errcode = 'AR422';
   end if;
@@ -1229,41 +1365,66 @@ $$;
 
 -- One document: agents with presence, channels, subscriptions (edges), recent flows (sender ->
 -- channel over the last p_window_ms) and held locks. p_include_offline adds agents that left.
+-- Orders: agents by id, channels by name, subscriptions by channel name then agent id, flows
+-- busiest first (then by channel and sender, so that ties come out in one order), locks by key;
+-- names bytewise (collate "C": they are ASCII).
+-- Built as json, not jsonb: at 10,000 agents the document is megabytes, and jsonb would build
+-- every object as a tree. See the top of this file for how it is kept fast.
+-- (The row types above are the objects' keys: changing a key means changing its type.)
 create function public.get_network_topology(p_window_ms bigint default 300000,
-                                            p_include_offline boolean default false)
-returns jsonb
-language sql stable security definer set search_path = public, pg_temp as $$
-  select jsonb_build_object(
+                                                       p_include_offline boolean default false)
+returns json
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+declare
+  v_agents agent_runtime_private.topology_agent[];
+  v_channels agent_runtime_private.topology_channel[];
+  v_subscriptions agent_runtime_private.topology_subscription[];
+  v_flows agent_runtime_private.topology_flow[];
+  -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
+  v_since timestamptz := now() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
+begin
+  select array_agg(agent_runtime_private.agent_row(a, p) order by a.id collate "C")
+  into v_agents
+  from distributed_agents a left join agent_presence p on p.agent_id = a.id
+  where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
+
+  select array_agg(row(c.name, c.kind, c.owner_id, c.last_seq)::agent_runtime_private.topology_channel
+                   order by c.name collate "C")
+  into v_channels
+  from communication_channels c
+  where c.kind <> 'direct' or p_include_offline or exists (
+    select 1 from agent_presence p
+    where p.agent_id = c.owner_id and p.status <> 'offline' and p.expires_at > now());
+
+  select array_agg(row(s.agent_id, c.name, s.cursor_seq,
+                       case when c.kind = 'broadcast' then c.last_seq - s.cursor_seq end
+                   )::agent_runtime_private.topology_subscription
+                   order by c.name_rank, s.agent_id collate "C")
+  into v_subscriptions
+  from channel_subscriptions s
+  join (select c.id, c.name, c.kind, c.last_seq, row_number() over (order by c.name collate "C") as name_rank
+        from communication_channels c where c.kind <> 'direct') c on c.id = s.channel_id
+  join agent_presence p on p.agent_id = s.agent_id
+  where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
+
+  select array_agg(row(f.sender_id, c.name, c.owner_id, f.n, f.bytes, f.last_at)::agent_runtime_private.topology_flow
+                   order by f.n desc, c.name collate "C", f.sender_id collate "C")
+  into v_flows
+  from (select channel_id, sender_id, count(*) as n, sum(size_bytes) as bytes, max(created_at) as last_at
+        from distributed_messages
+        where created_at > v_since
+        group by channel_id, sender_id) f
+  join communication_channels c on c.id = f.channel_id;
+
+  return json_build_object(
     'generated_at', now(),
     'window_ms', p_window_ms,
-    'agents', (select coalesce(jsonb_agg(agent_runtime_private.agent_json(a, p) order by a.id), '[]'::jsonb)
-               from distributed_agents a left join agent_presence p on p.agent_id = a.id
-               where p_include_offline or (p.status <> 'offline' and p.expires_at > now())),
-    'channels', (select coalesce(jsonb_agg(jsonb_build_object(
-                   'name', c.name, 'kind', c.kind, 'owner_id', c.owner_id, 'last_seq', c.last_seq)
-                   order by c.name), '[]'::jsonb)
-                 from communication_channels c
-                 where c.kind <> 'direct' or p_include_offline or exists (
-                   select 1 from agent_presence p
-                   where p.agent_id = c.owner_id and p.status <> 'offline' and p.expires_at > now())),
-    'subscriptions', (select coalesce(jsonb_agg(jsonb_build_object(
-                        'agent_id', s.agent_id, 'channel', c.name, 'cursor', s.cursor_seq,
-                        'lag', case when c.kind = 'broadcast' then c.last_seq - s.cursor_seq end)
-                        order by c.name, s.agent_id), '[]'::jsonb)
-                      from channel_subscriptions s join communication_channels c on c.id = s.channel_id
-                      join agent_presence p on p.agent_id = s.agent_id
-                      where c.kind <> 'direct'
-                        and (p_include_offline or (p.status <> 'offline' and p.expires_at > now()))),
-    'flows', (select coalesce(jsonb_agg(jsonb_build_object(
-                'from', f.sender_id, 'channel', c.name, 'to', c.owner_id, 'messages', f.n,
-                'bytes', f.bytes, 'last_at', f.last_at) order by f.n desc), '[]'::jsonb)
-              from (select channel_id, sender_id, count(*) as n, sum(size_bytes) as bytes,
-                           max(created_at) as last_at
-                    from distributed_messages
-                    where created_at > now() - coalesce(p_window_ms, 300000) * interval '1 millisecond'
-                    group by channel_id, sender_id) f
-              join communication_channels c on c.id = f.channel_id),
-    'locks', public.list_locks())
+    'agents', coalesce(v_agents, '{}'),
+    'channels', coalesce(v_channels, '{}'),
+    'subscriptions', coalesce(v_subscriptions, '{}'),
+    'flows', coalesce(v_flows, '{}'),
+    'locks', public.list_locks());
+end
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -1280,19 +1441,46 @@ begin
 end
 $$;
 
+-- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
+-- channel it carries the messages themselves when they are few, small and visible now (see the
+-- top of this file); otherwise, and on queues and inboxes, it is the bare hint {c, s}.
 create function agent_runtime_private.on_messages_inserted() returns trigger
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
   r record;
+  v_topic text;
+  v_messages json;
+  v_note text;
 begin
   for r in
-    select c.name, c.kind, max(n.seq) as seq
+    select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
+           bool_and(n.visible_at <= now()) as visible, sum(n.size_bytes) as payload_bytes
     from new_rows n join communication_channels c on c.id = n.channel_id
-    group by c.name, c.kind
+    group by c.id, c.name, c.kind
   loop
-    perform agent_runtime_private.notify(
-      case when r.kind = 'direct' then r.name else 'channel:' || r.name end,
-      'message', jsonb_build_object('c', r.name, 's', r.seq));
+    v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
+    v_messages := null;
+    if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+       and r.payload_bytes < 6000 then
+      select json_agg(agent_runtime_private.message_row(n, r.name, 1) order by n.seq)
+      into v_messages
+      from new_rows n where n.channel_id = r.id;
+      if octet_length(v_messages::text) >= 6000 then
+        v_messages := null;  -- (headers count too)
+      end if;
+    end if;
+    if v_messages is null then
+      perform pg_notify('agent_runtime', json_build_object('c', r.name, 's', r.seq, 't', v_topic,
+                                                           'e', 'message')::text);
+      perform realtime.send(jsonb_build_object('c', r.name, 's', r.seq), 'message', v_topic, true);
+    else
+      v_note := json_build_object('c', r.name, 's', r.seq, 'f', r.first_seq, 'm', v_messages)::text;
+      perform pg_notify('agent_runtime', left(v_note, -1) || ',"t":' || to_json(v_topic)::text
+                                         || ',"e":"message"}');
+      -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+      -- realtime.messages: only the channel's subscribers hear it). realtime.send never raises.
+      perform realtime.send(v_note::jsonb, 'message', v_topic, true);
+    end if;
   end loop;
   return null;
 end

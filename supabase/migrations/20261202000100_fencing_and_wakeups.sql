@@ -253,7 +253,8 @@ begin
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
   )
-  select json_agg(agent_runtime_private.message_row(c.msg, v_channel.name, c.attempts) order by c.seq)
+  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                             array_agg(c.attempts order by c.seq))
   into v_result from claimed c;
   return coalesce(v_result, '[]'::json);
 end
@@ -462,7 +463,8 @@ begin
     v_note := null;
     if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
        and r.payload_bytes < 6000 then
-      select json_agg(agent_runtime_private.message_row(n, r.name, 1) order by n.seq)::text
+      select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
+                                                 array_agg(1 order by n.seq))::text
       into v_messages
       from new_rows n where n.channel_id = r.id;
       if octet_length(v_messages) < 6000 then  -- (headers count too)
@@ -589,7 +591,8 @@ begin
   end if;
 
   if exists (select 1 from public.message_dead_letters d where d.agent_id = p_agent_id and d.state = 'replaying') then
-    select json_agg(agent_runtime_private.message_row(m, v_channel.name, d.attempts + 1) order by m.seq)
+    select agent_runtime_private.messages_json(array_agg(m::public.distributed_messages order by m.seq),
+                                               v_channel.name, array_agg(d.attempts + 1 order by m.seq))
     into v_replays
     from public.message_dead_letters d
     cross join lateral (select * from public.distributed_messages x where x.id = d.message_id offset 0) m
@@ -597,9 +600,9 @@ begin
   end if;
 
   if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
-    select json_agg(agent_runtime_private.message_row(
-             m, v_channel.name, case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end)
-           order by m.seq)
+    select agent_runtime_private.messages_json(
+             array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
+             array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
     into v_messages
     from (select * from public.distributed_messages
           where channel_id = v_channel.id and seq > v_sub.cursor_seq

@@ -63,7 +63,8 @@ begin
     from picked where m.id = picked.id
     returning m as msg, m.seq as seq, m.attempts as attempts
   )
-  select json_agg(agent_runtime_private.message_row(c.msg, v_channel.name, c.attempts) order by c.seq)
+  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                             array_agg(c.attempts order by c.seq))
   into v_result from claimed c;
   return coalesce(v_result, '[]'::json);
 end

@@ -1,9 +1,20 @@
--- Bootstrap for plain PostgreSQL: provides only what a Supabase project already has and the
--- migrations rely on. Every object is created only if missing, so on a real Supabase database
--- (or a second run) this changes nothing.
+-- The plain-PostgreSQL bootstrap: what a Supabase project already has and the migrations rely on:
+-- the API roles (anon, authenticated, service_role), auth.jwt(), auth.uid(), auth.role() as GoTrue
+-- defines them, and stand-ins for realtime.messages, realtime.topic() and realtime.send().
+--
+-- It lives here, as the Supabase CLI's supabase/roles.sql, so that both ways of migrating work on a
+-- plain Postgres: `agent-runtime migrate` (and an agent migrating on connect) runs it first, and
+-- `supabase db push --include-roles --db-url ...` applies it before the migrations. (The wheel
+-- ships it as agent_runtime/_sql/bootstrap.sql.) On a Supabase database (it has the supabase_admin
+-- role) it does nothing at all; elsewhere every object is created only if missing, so running it
+-- again changes nothing.
 
-do $$
+do $bootstrap$
 begin
+  if exists (select 1 from pg_roles where rolname = 'supabase_admin') then
+    return;  -- a Supabase database: everything below is already there, and is not ours to touch
+  end if;
+
   if not exists (select 1 from pg_roles where rolname = 'anon') then
     create role anon nologin noinherit;
   end if;
@@ -13,15 +24,11 @@ begin
   if not exists (select 1 from pg_roles where rolname = 'service_role') then
     create role service_role nologin noinherit bypassrls;
   end if;
-end
-$$;
 
-create schema if not exists auth;
-create schema if not exists realtime;
-grant usage on schema auth, realtime to anon, authenticated, service_role;
+  create schema if not exists auth;
+  create schema if not exists realtime;
+  grant usage on schema auth, realtime to anon, authenticated, service_role;
 
-do $$
-begin
   -- auth.jwt(), auth.uid() and auth.role() as GoTrue defines them: read from the PostgREST GUCs.
   if to_regprocedure('auth.jwt()') is null then
     create function auth.jwt() returns jsonb language sql stable as $f$
@@ -90,4 +97,4 @@ begin
     $f$;
   end if;
 end
-$$;
+$bootstrap$;

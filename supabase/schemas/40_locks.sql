@@ -1,0 +1,202 @@
+-- agent_runtime declared schema, part 40: leases with fencing tokens.
+-- Owns: distributed_locks_token_seq, distributed_locks; lock_json; acquire_lock, renew_lock,
+-- release_lock, check_fencing_token, list_locks. Every expiry is computed from clock_timestamp()
+-- read after the row lock is taken (never now(), the transaction start, which can be long before).
+
+-- Fencing tokens come from one sequence: strictly increasing per key across owners, and still so
+-- after a lock row is cleaned up.
+create sequence public.distributed_locks_token_seq;
+
+create table public.distributed_locks (
+  -- (Postgres regexes allow repetition counts up to 255 only, hence char_length.)
+  key         text primary key check (char_length(key) between 1 and 256 and key !~ '[[:cntrl:]]'),
+  owner_id    text not null references public.distributed_agents (id) on delete cascade,
+  lease_id    uuid not null,
+  token       bigint not null,
+  acquired_at timestamptz not null default now(),
+  renewed_at  timestamptz not null default now(),
+  expires_at  timestamptz not null,
+  metadata    jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object')
+);
+create index distributed_locks_expires_idx on public.distributed_locks (expires_at);
+create index distributed_locks_owner_idx on public.distributed_locks (owner_id);
+
+-- lock_json(l, p_acquired) -> jsonb: a lease as returned to its (would-be) holder; lease id and
+-- token only when acquired.
+-- Raises: nothing of its own.
+create function agent_runtime_private.lock_json(l public.distributed_locks, p_acquired boolean)
+returns jsonb language sql volatile set search_path = '' as $$
+  select jsonb_build_object('key', l.key, 'acquired', p_acquired, 'owner_id', l.owner_id,
+                            'lease_id', case when p_acquired then l.lease_id end,
+                            'token', case when p_acquired then l.token end,
+                            'acquired_at', l.acquired_at, 'expires_at', l.expires_at,
+                            'ttl_ms', greatest(0, (extract(epoch from l.expires_at - clock_timestamp()) * 1000)::bigint))
+$$;
+revoke all on function agent_runtime_private.lock_json(public.distributed_locks, boolean) from public, anon, authenticated, service_role;
+
+-- Takes the lease on p_key if it is free or expired (or already held by this same lease, which
+-- extends it). Every new holder gets a fresh fencing token from a global sequence, so tokens
+-- strictly increase per key across owners. Returns {acquired, token, expires_at, owner_id, ttl_ms};
+-- when not acquired, ttl_ms says how long the current holder's lease still runs.
+-- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed; AR404 unknown agent.
+create function public.acquire_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint,
+                                    p_metadata jsonb default '{}'::jsonb, p_wait_ms bigint default null)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
+  v_wait interval := agent_runtime_private.ms(p_wait_ms, 'lock wait', 0, 86400000);
+  v_saved_lock_timeout text := pg_catalog.current_setting('lock_timeout');
+  v_lock public.distributed_locks;
+  v_now timestamptz;
+  v_same boolean;
+  v_acquired boolean := false;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  perform agent_runtime_private.agent_exists(p_agent_id);
+  if v_ttl is null or p_lease_id is null then
+    raise exception 'lock ttl and lease id are required' using errcode = 'AR400';
+  end if;
+  if p_key is null or char_length(p_key) not between 1 and 256 or p_key ~ '[[:cntrl:]]' then
+    raise exception 'invalid lock key: 1-256 printable characters' using errcode = 'AR401';
+  end if;
+  -- Held by another live lease: answer without writing, so a refused try takes no row lock and
+  -- costs no commit flush (waiters retry often when many want one key).
+  select * into v_lock from public.distributed_locks where key = p_key;
+  if found and v_lock.expires_at > clock_timestamp()
+     and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
+    return agent_runtime_private.lock_json(v_lock, false);
+  end if;
+
+  begin  -- (a subtransaction: a lock wait that times out ends here, and its lock_timeout with it)
+    if v_wait is not null then
+      -- lock_timeout 0 would mean "wait forever": a zero wait is the shortest one.
+      perform pg_catalog.set_config('lock_timeout', greatest(p_wait_ms, 1)::text || 'ms', true);
+    end if;
+    loop
+      select * into v_lock from public.distributed_locks where key = p_key for update;
+      if not found then
+        insert into public.distributed_locks as l (key, owner_id, lease_id, token, acquired_at, renewed_at,
+                                                   expires_at, metadata)
+        values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), clock_timestamp(),
+                clock_timestamp(), clock_timestamp() + v_ttl, coalesce(p_metadata, '{}'::jsonb))
+        on conflict (key) do nothing
+        returning * into v_lock;
+        v_acquired := found;
+        exit when v_acquired;
+        continue;  -- inserted concurrently: lock that row and decide again
+      end if;
+      v_now := clock_timestamp();  -- after the wait for the row
+      v_same := v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id;
+      exit when v_lock.expires_at > v_now and not v_same;  -- another lease took it meanwhile
+      update public.distributed_locks set
+        owner_id = p_agent_id, lease_id = p_lease_id,
+        token = case when v_same and v_lock.expires_at > v_now then token
+                     else nextval('public.distributed_locks_token_seq') end,
+        acquired_at = case when v_same and v_lock.expires_at > v_now then acquired_at else v_now end,
+        renewed_at = v_now, expires_at = v_now + v_ttl, metadata = coalesce(p_metadata, '{}'::jsonb)
+      where key = p_key
+      returning * into v_lock;
+      v_acquired := true;
+      exit;
+    end loop;
+    perform pg_catalog.set_config('lock_timeout', v_saved_lock_timeout, true);
+  exception when lock_not_available then
+    select * into v_lock from public.distributed_locks where key = p_key;
+    v_acquired := false;
+  end;
+  return agent_runtime_private.lock_json(v_lock, v_acquired);
+end
+$$;
+revoke all on function public.acquire_lock(text, text, uuid, bigint, jsonb, bigint) from public, anon, authenticated;
+grant execute on function public.acquire_lock(text, text, uuid, bigint, jsonb, bigint) to authenticated, service_role;
+
+-- Extends a held lease. Raises AR409 if this lease does not hold the key (never held, released,
+-- expired, or taken over): the holder must stop acting as owner.
+-- Raises: AR400 invalid input; AR403 not allowed; AR409 lock not held.
+create function public.renew_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_ttl interval := agent_runtime_private.ms(p_ttl_ms, 'lock ttl', 100, 86400000);
+  v_lock public.distributed_locks;
+  v_now timestamptz;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if v_ttl is null then
+    raise exception 'lock ttl is required' using errcode = 'AR400';
+  end if;
+  select * into v_lock from public.distributed_locks
+  where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id
+  for no key update;  -- (compatible with a fencing check's key share: renewals go on meanwhile)
+  v_now := clock_timestamp();
+  if not found or v_lock.expires_at <= v_now then
+    raise exception 'lock % is not held by this lease (expired, released or taken over)', p_key
+      using errcode = 'AR409';
+  end if;
+  update public.distributed_locks set expires_at = v_now + v_ttl, renewed_at = v_now
+  where key = p_key
+  returning * into v_lock;
+  return agent_runtime_private.lock_json(v_lock, true);
+end
+$$;
+revoke all on function public.renew_lock(text, text, uuid, bigint) from public, anon, authenticated;
+grant execute on function public.renew_lock(text, text, uuid, bigint) to authenticated, service_role;
+
+-- Releases a held lease; returns false if it was not held (already expired or taken over).
+-- Raises: AR403 not allowed.
+create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid) returns boolean
+language plpgsql security definer set search_path = '' as $$
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  delete from public.distributed_locks
+  where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > clock_timestamp();
+  return found;
+end
+$$;
+revoke all on function public.release_lock(text, text, uuid) from public, anon, authenticated;
+grant execute on function public.release_lock(text, text, uuid) to authenticated, service_role;
+
+-- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
+-- Call it in the same transaction as the write it guards. The lock row is share-locked until that
+-- transaction ends, so no one can take the lease over between the check and the write's commit
+-- (a successor's acquire waits for it): writes never go back to an older token. Volatile, as it locks.
+-- Raises: AR422 stale fencing token.
+create function public.check_fencing_token(p_key text, p_token bigint) returns boolean
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_lock public.distributed_locks;
+  v_now timestamptz;
+  v_idle_ms bigint;
+  v_current_ms bigint;
+begin
+  select * into v_lock from public.distributed_locks where key = p_key and token = p_token for key share;
+  v_now := clock_timestamp();
+  if not found or v_lock.expires_at <= v_now then
+    raise exception 'fencing token % is not the current holder''s token for %', p_token, p_key
+      using errcode = 'AR422';
+  end if;
+  v_idle_ms := greatest(1, ceil(extract(epoch from (v_lock.expires_at - v_now)
+                                                  + (v_lock.expires_at - v_lock.renewed_at) / 3) * 1000))::bigint;
+  select s.setting::bigint into v_current_ms from pg_catalog.pg_settings s
+  where s.name = 'idle_in_transaction_session_timeout';
+  if coalesce(v_current_ms, 0) = 0 or v_current_ms > v_idle_ms then
+    perform pg_catalog.set_config('idle_in_transaction_session_timeout', v_idle_ms::text, true);
+  end if;
+  return true;
+end
+$$;
+revoke all on function public.check_fencing_token(text, bigint) from public, anon, authenticated;
+grant execute on function public.check_fencing_token(text, bigint) to authenticated, service_role;
+
+-- list_locks() -> jsonb: the live leases (key, owner, token, times, metadata) ordered by key.
+-- Raises: nothing of its own.
+create function public.list_locks() returns jsonb
+language sql stable security definer set search_path = '' as $$
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'key', key, 'owner_id', owner_id, 'token', token, 'acquired_at', acquired_at,
+           'expires_at', expires_at, 'metadata', metadata) order by key), '[]'::jsonb)
+  from public.distributed_locks where expires_at > now()
+$$;
+revoke all on function public.list_locks() from public, anon, authenticated;
+grant execute on function public.list_locks() to authenticated, service_role;

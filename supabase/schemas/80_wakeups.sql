@@ -1,0 +1,208 @@
+-- agent_runtime declared schema, part 80: wake-ups, compact hints coalesced per statement and
+-- channel, delivered after commit by pg_notify ('agent_runtime') and realtime.send (Supabase
+-- Realtime's broadcast from the database; a stand-in on plain Postgres). They are hints: the cursor
+-- and claim functions decide what a consumer gets. A broadcast wake-up carries the new messages
+-- themselves when they are few (at most 16), small (under 6000 bytes of JSON) and visible now.
+-- Carried messages are signed (HMAC-SHA256 with a secret only the owner reads), so a forged
+-- notification can at worst wake an agent, never deliver a message or move a cursor.
+-- Owns: wakeup_secret, wakeup_mac, wakeup_key, notify, on_messages_inserted, on_messages_ready,
+-- on_presence_changed, on_lock_released and their triggers.
+
+-- ---------------------------------------------------------------------------------------------
+-- Wake-ups that cannot lie
+-- ---------------------------------------------------------------------------------------------
+-- A wake-up is a hint: it may make an agent look sooner, never deliver a message that is not in
+-- the table, nor move a cursor. Any database login can send a notification on any channel (plain
+-- NOTIFY cannot be revoked), so a broadcast wake-up that carries its messages now carries them as
+-- one JSON text ('m') with 'h', an HMAC-SHA256 of "<topic>\n<channel>\n<first seq>\n<m>" keyed by
+-- a secret only the schema's owner can read. A trusted runtime gets the key (wakeup_key()) and
+-- delivers carried messages only when the HMAC verifies; anyone else (an agent with its own JWT)
+-- ignores them and fetches. HMAC from the core sha256() (pgcrypto is not everywhere; the result is
+-- the standard HMAC-SHA256, which the runtime checks with Python's hmac module).
+-- Acks name the channel they are for (ack_messages(p_channel)); fetch and claim ack only messages
+-- of their own channel, so an id learnt from a forged wake-up cannot move another channel's cursor.
+
+create table agent_runtime_private.wakeup_secret (
+  id        boolean primary key default true check (id),  -- one row
+  secret    bytea not null check (octet_length(secret) = 32),
+  inner_pad bytea not null check (octet_length(inner_pad) = 64),  -- (secret, zero-padded) xor 0x36
+  outer_pad bytea not null check (octet_length(outer_pad) = 64)   -- (secret, zero-padded) xor 0x5c
+);
+revoke all on table agent_runtime_private.wakeup_secret from public, anon, authenticated, service_role;
+
+do $$
+declare
+  -- 3 x 122 random bits (gen_random_uuid draws from the server's strong random source).
+  v_secret bytea := pg_catalog.sha256(pg_catalog.uuid_send(gen_random_uuid()) || pg_catalog.uuid_send(gen_random_uuid())
+                                      || pg_catalog.uuid_send(gen_random_uuid()));
+  v_key bytea := v_secret || pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+  v_inner bytea := v_key;
+  v_outer bytea := v_key;
+begin
+  for i in 0..63 loop
+    v_inner := pg_catalog.set_byte(v_inner, i, pg_catalog.get_byte(v_key, i) # 54);
+    v_outer := pg_catalog.set_byte(v_outer, i, pg_catalog.get_byte(v_key, i) # 92);
+  end loop;
+  insert into agent_runtime_private.wakeup_secret (secret, inner_pad, outer_pad) values (v_secret, v_inner, v_outer);
+end
+$$;
+
+-- HMAC-SHA256 of p_text (UTF-8) with the wake-up secret, hex.
+create function agent_runtime_private.wakeup_mac(p_text text) returns text
+language sql stable set search_path = '' as $$
+  select pg_catalog.encode(pg_catalog.sha256(s.outer_pad || pg_catalog.sha256(s.inner_pad || pg_catalog.convert_to(p_text, 'UTF8'))), 'hex')
+  from agent_runtime_private.wakeup_secret s
+$$;
+revoke all on function agent_runtime_private.wakeup_mac(text) from public, anon, authenticated, service_role;
+
+-- The wake-up key (hex) for a trusted runtime: the service role, the owner, or a direct login the
+-- operator granted it to (grant execute on function public.wakeup_key() to <role>). Agents with
+-- their own JWT do not get it: they fetch instead of trusting what a wake-up carries.
+-- (jsonb, a JSON string: the same answer over asyncpg and PostgREST)
+create function public.wakeup_key() returns jsonb
+language plpgsql stable security definer set search_path = '' as $$
+begin
+  if not agent_runtime_private.is_trusted() then
+    raise exception 'only trusted roles may verify wake-ups' using errcode = 'AR403';
+  end if;
+  return (select pg_catalog.to_jsonb(pg_catalog.encode(s.secret, 'hex')) from agent_runtime_private.wakeup_secret s);
+end
+$$;
+revoke all on function public.wakeup_key() from public, anon, authenticated;
+grant execute on function public.wakeup_key() to service_role;
+
+-- notify(p_topic, p_event, p_payload) -> void: one wake-up, by pg_notify on 'agent_runtime' and by
+-- realtime.send (private topic). Raises nothing (realtime.send swallows its errors).
+create function agent_runtime_private.notify(p_topic text, p_event text, p_payload jsonb) returns void
+language plpgsql set search_path = '' as $$
+begin
+  perform pg_notify('agent_runtime', (p_payload || jsonb_build_object('t', p_topic, 'e', p_event))::text);
+  -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+  -- realtime.messages). realtime.send never raises.
+  perform realtime.send(p_payload, p_event, p_topic, true);
+end
+$$;
+revoke all on function agent_runtime_private.notify(text, text, jsonb) from public, anon, authenticated, service_role;
+
+-- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
+-- channel it carries the messages themselves when they are few, small and visible now (see the
+-- top of this file); otherwise, and on queues and inboxes, it is the bare hint {c, s}.
+-- Raises: nothing of its own.
+create function agent_runtime_private.on_messages_inserted() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+  v_topic text;
+  v_messages text;
+  v_note text;
+begin
+  for r in
+    select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
+           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes
+    from new_rows n join public.communication_channels c on c.id = n.channel_id
+    group by c.id, c.name, c.kind
+  loop
+    v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
+    v_note := null;
+    if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+       and r.payload_bytes < 6000 then
+      select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
+                                                 array_agg(1 order by n.seq))::text
+      into v_messages
+      from new_rows n where n.channel_id = r.id;
+      if octet_length(v_messages) < 6000 then  -- (headers count too)
+        v_note := json_build_object(
+          'c', r.name, 's', r.seq, 'f', r.first_seq, 'm', v_messages,
+          'h', agent_runtime_private.wakeup_mac(v_topic || E'\n' || r.name || E'\n' || r.first_seq || E'\n' || v_messages)
+        )::text;
+        if octet_length(v_note) >= 7200 then
+          v_note := null;  -- (quoting the messages as a string made it too big for pg_notify)
+        end if;
+      end if;
+    end if;
+    if v_note is null then
+      perform pg_catalog.pg_notify('agent_runtime', json_build_object('c', r.name, 's', r.seq, 't', v_topic,
+                                                                      'e', 'message')::text);
+      perform realtime.send(jsonb_build_object('c', r.name, 's', r.seq), 'message', v_topic, true);
+    else
+      perform pg_catalog.pg_notify('agent_runtime', left(v_note, -1) || ',"t":' || to_json(v_topic)::text
+                                                    || ',"e":"message"}');
+      -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+      -- realtime.messages: only the channel's subscribers hear it). realtime.send never raises.
+      perform realtime.send(v_note::jsonb, 'message', v_topic, true);
+    end if;
+  end loop;
+  return null;
+end
+$$;
+create trigger distributed_messages_notify after insert on public.distributed_messages
+  referencing new table as new_rows for each statement
+  execute function agent_runtime_private.on_messages_inserted();
+revoke all on function agent_runtime_private.on_messages_inserted() from public, anon, authenticated, service_role;
+
+-- A nack with no delay or a replay makes messages visible again: wake consumers.
+-- Raises: nothing of its own.
+create function agent_runtime_private.on_messages_ready() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+begin
+  for r in
+    select c.name, c.kind, max(n.seq) as seq
+    from new_rows n join old_rows o on o.id = n.id
+    join public.communication_channels c on c.id = n.channel_id
+    where n.state = 'ready' and o.state <> 'ready'
+    group by c.name, c.kind
+  loop
+    perform agent_runtime_private.notify(
+      case when r.kind = 'direct' then r.name else 'channel:' || r.name end,
+      'message', jsonb_build_object('c', r.name, 's', r.seq));
+  end loop;
+  return null;
+end
+$$;
+create trigger distributed_messages_ready_notify after update on public.distributed_messages
+  referencing new table as new_rows old table as old_rows for each statement
+  execute function agent_runtime_private.on_messages_ready();
+revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
+
+-- on_presence_changed() trigger: a join, leave or status change (not a plain heartbeat) notifies
+-- 'presence'.
+-- Raises: nothing of its own.
+create function agent_runtime_private.on_presence_changed() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_event text;
+begin
+  if tg_op = 'INSERT' then
+    v_event := 'join';
+  elsif new.status = 'offline' and old.status <> 'offline' then
+    v_event := 'leave';
+  elsif old.status = 'offline' and new.status <> 'offline' then
+    v_event := 'join';
+  elsif new.status is distinct from old.status then
+    v_event := 'status';
+  else
+    return null;  -- a plain heartbeat is not an event
+  end if;
+  perform agent_runtime_private.notify('presence', 'presence',
+    jsonb_build_object('a', new.agent_id, 'k', v_event, 'st', new.status));
+  return null;
+end
+$$;
+create trigger agent_presence_notify after insert or update of status on public.agent_presence
+  for each row execute function agent_runtime_private.on_presence_changed();
+revoke all on function agent_runtime_private.on_presence_changed() from public, anon, authenticated, service_role;
+
+-- on_lock_released() trigger: a deleted lease notifies 'locks' (waiters try again at once).
+-- Raises: nothing of its own.
+create function agent_runtime_private.on_lock_released() returns trigger
+language plpgsql security definer set search_path = '' as $$
+begin
+  perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', old.key));
+  return null;
+end
+$$;
+create trigger distributed_locks_notify after delete on public.distributed_locks
+  for each row execute function agent_runtime_private.on_lock_released();
+revoke all on function agent_runtime_private.on_lock_released() from public, anon, authenticated, service_role;
