@@ -238,28 +238,57 @@ class _RuntimeLedger:
             migration.version, migration.name, migration.checksum)
 
 
+class _MirroredLedger(_RuntimeLedger):
+    """Plain Postgres: the runtime's ledger (with checksums) is the authority, and every version is
+    also recorded in the CLI's ledger, so a later `supabase db push` finds the database up to date.
+    Versions only the CLI recorded (a `db push` of a newer migration) count as applied too."""
+
+    def __init__(self, migrations: list[Migration]) -> None:
+        super().__init__(migrations)
+        self.cli = _SupabaseLedger()
+
+    async def open(self, conn: asyncpg.Connection) -> None:
+        await super().open(conn)
+        await self.cli.open(conn)
+        await self.cli.adopt_runtime_ledger(conn, self.migrations)
+
+    async def applied(self, conn: asyncpg.Connection) -> dict[str, str | None]:
+        return {**await self.cli.applied(conn), **await super().applied(conn)}
+
+    async def record(self, conn: asyncpg.Connection, migration: Migration) -> None:
+        await super().record(conn, migration)
+        await self.cli.record(conn, migration)
+
+
 async def _ledger(conn: asyncpg.Connection, supabase: bool,
                   migrations: list[Migration]) -> _SupabaseLedger | _RuntimeLedger:
-    if supabase or await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations') is not null"):
+    if supabase:
         return _SupabaseLedger()
-    return _RuntimeLedger(migrations)
+    found = await conn.fetchrow("""
+        select to_regclass('supabase_migrations.schema_migrations') is not null as cli,
+               to_regclass('agent_runtime_private.schema_migrations') is not null as runtime""")
+    if found["cli"] and not found["runtime"]:
+        return _SupabaseLedger()  # `supabase db push` built it: follow the CLI's ledger
+    return _MirroredLedger(migrations)
 
 
 async def _up_to_date(conn: asyncpg.Connection, migrations: list[Migration]) -> bool:
-    """Read-only: every migration is recorded (with its checksum, in the runtime's ledger). The common
-    case of an agent connecting, answered without DDL, lock or bootstrap."""
+    """Read-only: every migration is recorded (with its checksum, in the runtime's ledger, and then
+    in the CLI's too). The common case of an agent connecting, answered without DDL, lock or bootstrap."""
     ledgers = await conn.fetchrow("""
         select to_regclass('supabase_migrations.schema_migrations') is not null as cli,
                exists (select 1 from pg_attribute where attname = 'checksum' and not attisdropped
                        and attrelid = to_regclass('agent_runtime_private.schema_migrations')) as runtime""")
-    if ledgers["cli"]:
-        rows = await conn.fetch("select version, null::text as checksum from supabase_migrations.schema_migrations")
-    elif ledgers["runtime"]:
-        rows = await conn.fetch("select version, checksum from agent_runtime_private.schema_migrations")
-    else:
+    if not ledgers["cli"]:
+        return False  # (a runtime ledger alone is mirrored into the CLI's by migrate)
+    cli = {r["version"] for r in await conn.fetch("select version from supabase_migrations.schema_migrations")}
+    if not all(m.version in cli for m in migrations):
         return False
-    recorded = {r["version"]: r["checksum"] for r in rows}
-    return all(m.version in recorded and recorded[m.version] in (None, m.checksum) for m in migrations)
+    if ledgers["runtime"]:
+        rows = await conn.fetch("select version, checksum from agent_runtime_private.schema_migrations")
+        recorded = {r["version"]: r["checksum"] for r in rows}
+        return all(recorded.get(m.version, m.checksum) == m.checksum for m in migrations)
+    return True
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:

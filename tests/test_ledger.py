@@ -48,11 +48,14 @@ async def _build_legacy(conn: asyncpg.Connection, files: list[Path]) -> None:
 
 
 async def test_runtime_ledger_records_a_checksum_per_version(conn: asyncpg.Connection) -> None:
-    """On plain Postgres each applied file is recorded with the sha256 of its text; a second run is a no-op."""
+    """On plain Postgres each applied file is recorded with the sha256 of its text, and mirrored into
+    the Supabase CLI's ledger (so a later `supabase db push` finds it); a second run is a no-op."""
     expected = [(m.version, m.name, m.checksum) for m in load_migrations()]
     assert await _ledger(conn) == expected
     assert await migrate(conn) == []
-    assert await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations')") is None
+    mirrored = await conn.fetch("select version, statements from supabase_migrations.schema_migrations order by 1")
+    assert [(r["version"], r["statements"]) for r in mirrored] == [
+        (m.version, split_statements(m.sql)) for m in load_migrations()]
 
 
 async def test_an_edited_applied_migration_is_refused(conn: asyncpg.Connection) -> None:
@@ -191,10 +194,11 @@ async def test_supabase_cli_ledger_is_used_where_it_exists(test_databases: TestD
 
 
 async def test_the_runtime_ledger_is_carried_into_the_cli_ledger(conn: asyncpg.Connection) -> None:
-    """A database the runtime migrated (its own ledger) on which the CLI's ledger then appeared (a
-    `supabase db push` that found nothing recorded and failed): the runtime applies nothing and
-    records its versions in the CLI's ledger, so the next `db push` finds them."""
+    """A database the runtime migrated with its own ledger only (as earlier versions did) on which
+    the CLI's ledger then appeared empty: the runtime applies nothing and records its versions in
+    the CLI's ledger, so the next `db push` finds them."""
     await conn.execute("""
+        drop schema supabase_migrations cascade;
         create schema supabase_migrations;
         create table supabase_migrations.schema_migrations (version text not null primary key);
     """)
