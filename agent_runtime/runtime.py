@@ -392,10 +392,23 @@ class AgentRuntime(NetworkViews):
         db = self._require_db()
         lease_id = uuid.uuid4()
 
+        allowed = True
+
         async def clean() -> None:
+            nonlocal allowed
+            if not allowed:
+                return
             grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id, int(self.janitor_interval * 3000))
             if grant.acquired:
-                counts = await db.run_cleanup()
+                try:
+                    counts = await db.run_cleanup()
+                except PermissionDenied:
+                    # An agent with its own JWT may not clean up for everyone: step aside for good
+                    # (and free the leadership at once, so a trusted agent's janitor takes over).
+                    allowed = False
+                    log.info("janitor: %s is not a trusted role, so it leaves cleanup to others", self.agent_id)
+                    await db.release_lock(self.agent_id, _JANITOR_LOCK, lease_id)
+                    return
                 if any(counts.values()):
                     log.info("janitor: %s", counts)
 

@@ -3,6 +3,7 @@ act as no other agent. (On Postgres the same rules are pinned at the SQL level, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -190,3 +191,21 @@ async def test_realtime_presence_cannot_be_spoofed(make_runtime: RuntimeFactory,
                             break
         finally:
             await client.remove_all_channels()
+
+
+async def test_an_agent_token_janitor_steps_aside_for_a_trusted_one(
+        make_runtime: RuntimeFactory, backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """Cleanup is for trusted roles: an agent on its own token that wins the janitor lock is refused
+    once, frees the lock at once and stops trying, so a trusted agent's janitor becomes the leader."""
+    caplog.set_level(logging.INFO, logger="agent_runtime")
+    async with make_runtime("carol", janitor=True, janitor_interval=0.5, **_as_agent(backend, "carol")) as carol:
+        with anyio.fail_after(5):
+            while "leaves cleanup to others" not in caplog.text:  # noqa: ASYNC110 (a log line is what there is)
+                await anyio.sleep(0.05)
+        async with make_runtime("trusted", janitor=True, janitor_interval=0.5) as trusted:
+            with anyio.fail_after(5):
+                while not any(lock.key == "agent_runtime:janitor" and lock.owner_id == trusted.agent_id  # noqa: ASYNC110
+                              for lock in await trusted.locks()):
+                    await anyio.sleep(0.05)
+        assert caplog.text.count("leaves cleanup to others") == 1
+        assert carol.agent_id == "carol"
