@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_runtime import ConfigurationError, embedded
+from agent_runtime import ConfigurationError
+from agent_runtime.local import embedded
 
-START = "import sys; from pathlib import Path; from agent_runtime import embedded; " \
+START = "import sys; from pathlib import Path; from agent_runtime.local import embedded; " \
         "print(embedded.ensure_running(Path(sys.argv[1])).url())"
 
 as_root_only = pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="runs only as root")

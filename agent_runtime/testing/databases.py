@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .. import embedded
-from ..migrations import migrate_url
+from ..local import embedded
+from ..local.migrations import migrate_url
 from ..transports.postgres import translate_errors
 
 _NOT_DURABLE = ("fsync", "synchronous_commit", "full_page_writes")

@@ -49,7 +49,6 @@ from postgrest import APIError
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
 from supabase import AsyncClient, AsyncClientOptions
 
-from ..config import token_claims
 from ..errors import (
     AgentRuntimeError,
     ConfigurationError,
@@ -59,6 +58,7 @@ from ..errors import (
     error_from_sqlstate,
 )
 from .base import RECONNECTED, AccessTokenProvider, Event, EventSink
+from .tokens import token_claims
 
 __all__ = ["SupabaseTransport", "translate_errors"]
 

@@ -11,8 +11,8 @@ import pytest
 from _backend import Backend
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import ConfigurationError, PermissionDenied
-from agent_runtime.runtime import AgentRuntime
 from agent_runtime.transports.supabase import SupabaseTransport
 
 RuntimeFactory = Callable[..., AgentRuntime]

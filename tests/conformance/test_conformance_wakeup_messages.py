@@ -16,10 +16,10 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_runtime import _subscription
-from agent_runtime._subscription import Subscription
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidInput
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime.runtime import _subscription
+from agent_runtime.runtime._subscription import Subscription
 from agent_runtime.transports.base import Event
 
 RuntimeFactory = Callable[..., AgentRuntime]

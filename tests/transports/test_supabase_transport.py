@@ -12,8 +12,8 @@ import anyio
 import pytest
 from postgrest import APIError
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import ConfigurationError, ConnectionLost, InvalidInput, NotFound, UnknownAgent
-from agent_runtime.runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
 from agent_runtime.transports.supabase import PRESENCE_CALLS, SupabaseTransport, translate_errors
 

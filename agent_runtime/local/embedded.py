@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["DATABASE", "LocalServer", "default_data_dir", "ensure_running", "status", "stop"]
 

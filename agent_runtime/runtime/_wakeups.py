@@ -15,10 +15,10 @@ import logging
 
 import msgspec
 
+from ..errors import AgentRuntimeError, ConnectionLost
+from ..models import RawMessage
+from ..transports.base import Event
 from ._db import Database, messages_from_json
-from .errors import AgentRuntimeError, ConnectionLost
-from .models import RawMessage
-from .transports.base import Event
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,26 @@ import msgspec
 import tenacity
 from anyio.abc import TaskGroup
 
+from ..errors import (
+    AgentRuntimeError,
+    AgentUnavailable,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+)
+from ..models import (
+    AgentInfo,
+    AgentStatus,
+    ChannelInfo,
+    ChannelKind,
+    RawMessage,
+    SendResult,
+)
+from ..transports.base import AccessTokenProvider, Event, Transport
 from . import _locks, _run
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
@@ -36,27 +56,7 @@ from ._subscription import Message, Subscription
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .errors import (
-    AgentRuntimeError,
-    AgentUnavailable,
-    InvalidInput,
-    InvalidName,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RemoteError,
-    RequestTimeout,
-)
-from .models import (
-    AgentInfo,
-    AgentStatus,
-    ChannelInfo,
-    ChannelKind,
-    RawMessage,
-    SendResult,
-)
 from .network import NetworkViews
-from .transports.base import AccessTokenProvider, Event, Transport
 
 __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 
