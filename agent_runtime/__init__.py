@@ -8,11 +8,6 @@ sorted order: ruff's RUF022 checks it).
 
 from __future__ import annotations
 
-from ._locks import Lease
-from ._metrics import Metrics
-from ._presence import PresenceEvent
-from ._run import run
-from ._subscription import Message, Subscription
 from .errors import (
     AgentRuntimeError,
     AgentUnavailable,
@@ -57,9 +52,14 @@ from .models import (
     Topology,
     TopologyChannel,
 )
-from .network import Network
-from .runtime import AgentRuntime
-from .topology import to_dot, to_json, to_mermaid, to_table
+from .render.topology import to_dot, to_json, to_mermaid, to_table
+from .runtime._locks import Lease
+from .runtime._metrics import Metrics
+from .runtime._presence import PresenceEvent
+from .runtime._run import run
+from .runtime._subscription import Message, Subscription
+from .runtime.agent import AgentRuntime
+from .runtime.network import Network
 
 __all__ = [
     "AgentInfo",

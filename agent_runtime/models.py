@@ -167,7 +167,7 @@ class TopologyChannel(msgspec.Struct, frozen=True):
 
 
 class Topology(msgspec.Struct, frozen=True):
-    """The network as one document: see :mod:`agent_runtime.topology` for renderings."""
+    """The network as one document: see :mod:`agent_runtime.render.topology` for renderings."""
 
     generated_at: datetime
     agents: list[AgentInfo]

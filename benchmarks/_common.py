@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import asyncpg
 
-from agent_runtime import AgentRuntime, embedded
-from agent_runtime.migrations import migrate_url
+from agent_runtime import AgentRuntime
+from agent_runtime.local import embedded
+from agent_runtime.local.migrations import migrate_url
 
 Better = Literal["lower", "higher"]
 

@@ -21,7 +21,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from agent_runtime import embedded
+from agent_runtime.local import embedded
 
 from . import locks, memory, messaging, peers, presence, supabase
 from ._common import Bench, Figure, Settings

@@ -17,7 +17,8 @@ import asyncpg
 from _common import parse_url
 
 import agent_runtime
-from agent_runtime import AgentRuntime, embedded
+from agent_runtime import AgentRuntime
+from agent_runtime.local import embedded
 
 # The compare-and-set: the write happens only if no write with a newer token has been accepted.
 WRITE = """

@@ -13,7 +13,8 @@ import asyncpg
 from _common import parse_url
 
 import agent_runtime
-from agent_runtime import AgentRuntime, embedded
+from agent_runtime import AgentRuntime
+from agent_runtime.local import embedded
 
 
 async def candidate(rt: AgentRuntime, url: str, terms: list[tuple[str, int]]) -> None:

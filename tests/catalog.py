@@ -139,7 +139,7 @@ alter default privileges in schema public grant all on functions to anon, authen
 async def with_supabase_default_privileges(url: str) -> None:
     """Prepare an empty database as Supabase would be before the migrations run: the roles (the
     bootstrap) and Supabase's default privileges in public."""
-    from agent_runtime.migrations import bootstrap_sql
+    from agent_runtime.local.migrations import bootstrap_sql
 
     conn = await asyncpg.connect(url)
     try:

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agent_runtime import embedded
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
+from agent_runtime.local import embedded
 from agent_runtime.testing import TestDatabases
 
 RuntimeFactory = Callable[..., AgentRuntime]

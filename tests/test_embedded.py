@@ -9,11 +9,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from agent_runtime import ConfigurationError, embedded
+from agent_runtime import ConfigurationError
+from agent_runtime.local import embedded
 
-START = "import sys; from pathlib import Path; from agent_runtime import embedded; " \
+START = "import sys; from pathlib import Path; from agent_runtime.local import embedded; " \
         "print(embedded.ensure_running(Path(sys.argv[1])).url())"
 
 as_root_only = pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="runs only as root")
@@ -45,6 +47,25 @@ def test_two_fresh_processes_start_one_server(scratch: Path) -> None:
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
     assert results[0].stdout == results[1].stdout and results[0].stdout.startswith("postgresql://")
     assert embedded.status(scratch / "pgdata") is not None
+
+
+async def test_a_shared_server_is_durable_and_a_test_server_is_not(scratch: Path, conn: asyncpg.Connection) -> None:
+    """The user's server runs with fsync on whatever its auto.conf says (the command line wins);
+    the private test server (TestDatabases) runs without fsync and synchronous commit."""
+    server = embedded.ensure_running(scratch / "pgdata")
+    other = await asyncpg.connect(server.url())
+    try:
+        await other.execute("alter system set fsync = off")
+    finally:
+        await other.close()
+    embedded.stop(scratch / "pgdata")
+    other = await asyncpg.connect(embedded.ensure_running(scratch / "pgdata").url())
+    try:
+        assert await other.fetchval("show fsync") == "on"
+    finally:
+        await other.close()
+    assert await conn.fetchval("show fsync") == "off"
+    assert await conn.fetchval("show synchronous_commit") == "off"
 
 
 @as_root_only

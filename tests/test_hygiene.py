@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from catalog import empty_database, with_supabase_default_privileges
 
-from agent_runtime.migrations import migrate
+from agent_runtime.local.migrations import migrate
 from agent_runtime.testing import TestDatabases
 
 OURS = "('public', 'agent_runtime_private')"

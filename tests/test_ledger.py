@@ -12,7 +12,7 @@ import pytest
 from catalog import catalog, differences, empty_database
 
 from agent_runtime.errors import MigrationError
-from agent_runtime.migrations import (
+from agent_runtime.local.migrations import (
     LEGACY_VERSIONS,
     Migration,
     bootstrap_sql,

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from agent_runtime import AgentRuntime, InvalidInput, UnsupportedPayload
-from agent_runtime._payload import to_json_value
+from agent_runtime.runtime._payload import to_json_value
 
 
 class Colour(enum.Enum):

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 from catalog import SUPABASE_DEFAULT_PRIVILEGES, catalog, differences
 
-from agent_runtime.migrations import bootstrap_sql, load_migrations, migrate, migrate_url, split_statements
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
+from agent_runtime.local.migrations import bootstrap_sql, load_migrations, migrate, migrate_url, split_statements
 from agent_runtime.testing import TestDatabases
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,9 @@ from rich.text import Text
 from test_cli import ok
 from test_topology_render import assert_sections_fit, build_network
 
-from agent_runtime import Network, embedded, to_table
-from agent_runtime.reports import Column, FittedTable
+from agent_runtime import Network, to_table
+from agent_runtime.local import embedded
+from agent_runtime.render.tables import Column, FittedTable
 
 ELLIPSIS = "…"
 

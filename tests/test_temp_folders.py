@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent_processes import children
 
-from agent_runtime import embedded
+from agent_runtime.local import embedded
 from agent_runtime.testing import TestDatabases
 
 

@@ -20,15 +20,14 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .. import embedded
-from ..migrations import migrate_url
+from ..local import embedded
+from ..local.migrations import migrate_url
 from ..transports.postgres import translate_errors
-
-_NOT_DURABLE = ("fsync", "synchronous_commit", "full_page_writes")
 
 
 class TestDatabases:
-    """A private embedded server (never the user's shared one) handing out migrated databases."""
+    """A private embedded server (never the user's shared one) handing out migrated databases. It
+    need not survive a power cut: it runs without fsync, synchronous commit and full-page writes."""
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
@@ -40,7 +39,7 @@ class TestDatabases:
         self._counter = itertools.count()
 
     def start(self) -> embedded.LocalServer:
-        self.server = embedded.ensure_running(self.root / "pgdata")
+        self.server = embedded.ensure_running(self.root / "pgdata", durable=False)
         return self.server
 
     def stop(self) -> None:
@@ -61,18 +60,9 @@ class TestDatabases:
             finally:
                 await conn.close()
 
-    async def _without_durability(self) -> None:
-        """A test server need not survive a power cut: no waiting for disks at commit, no fsync,
-        no full-page images (set in its own data folder, never the user's server). A setting the
-        server was started with on its command line keeps that value."""
-        for setting in _NOT_DURABLE:
-            await self._admin(f"alter system set {setting} = off")
-        await self._admin("select pg_reload_conf()")
-
     async def template(self) -> str:
         """The migrated template's name (built on first use)."""
         if self._template is None:
-            await self._without_durability()
             name = "ar_template"
             await self._admin(f'drop database if exists "{name}"')
             await self._admin(f'create database "{name}"')

@@ -1,7 +1,9 @@
-"""Transports: thin pipes to the database (see :mod:`.base` for the seam)."""
+"""Transports: thin pipes to the database (see :mod:`.base` for the seam, :mod:`.wire` for what
+travels on it)."""
 
 from __future__ import annotations
 
-from .base import RECONNECTED, Event, EventSink, Transport
+from .base import EventSink, Transport
+from .wire import RECONNECTED, WakeUp
 
-__all__ = ["RECONNECTED", "Event", "EventSink", "Transport"]
+__all__ = ["RECONNECTED", "EventSink", "Transport", "WakeUp"]

@@ -15,7 +15,8 @@ import tenacity
 from anyio.abc import TaskStatus
 
 from ..errors import AgentRuntimeError, ConnectionLost, InvalidInput, error_from_sqlstate
-from .base import RECONNECTED, Event, EventSink
+from . import wire
+from .base import EventSink
 
 __all__ = ["PostgresTransport", "translate_errors"]
 
@@ -72,6 +73,7 @@ class PostgresTransport:
         self._pool: asyncpg.Pool | None = None
         self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._closed = False
+        self.malformed_wakeups = 0  # notifications dropped at the edge: not wake-ups
 
     async def connect(self) -> None:
         with translate_errors(describe_target(self.url)):
@@ -117,16 +119,24 @@ class PostgresTransport:
                     raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         return None if raw is None else _decoder.decode(raw)
 
-    async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def listen(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         started = False
+
+        def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+            event = wire.from_notification(payload)
+            if event is None:
+                self.malformed_wakeups += 1
+            else:
+                sink(event)
+
         while True:
             conn = await self._listen_connection(started)
             lost = anyio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: sink(_parse(payload)))
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
                 if started:
-                    sink(RECONNECTED)  # anything sent while we were away must be caught up
+                    sink(wire.RECONNECTED)  # anything sent while we were away must be caught up
                 else:
                     started = True
                     task_status.started()
@@ -167,17 +177,11 @@ class PostgresTransport:
             with anyio.fail_after(self._health_interval * 2):
                 await conn.fetchval("select 1")
 
-    # LISTEN hears every topic, and presence is published by the registry's trigger: no-ops.
-    def set_identity(self, agent_id: str) -> None:
-        pass
-
+    # LISTEN hears every topic: nothing to join.
     async def watch(self, topic: str) -> None:
         pass
 
     def unwatch(self, topic: str) -> None:
-        pass
-
-    async def publish_presence(self, status: str) -> None:
         pass
 
     async def aclose(self) -> None:
@@ -206,11 +210,3 @@ async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     finally:
         await pool.release(con)
 
-
-def _parse(payload: str) -> Event:
-    try:
-        data = _decoder.decode(payload)
-        return Event(str(data.pop("t")), str(data.pop("e")), data)
-    except (msgspec.DecodeError, KeyError, AttributeError, TypeError):
-        log.warning("ignoring malformed notification %r", payload[:200])
-        return Event("*", "malformed", {})

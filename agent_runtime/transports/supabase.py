@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +49,6 @@ from postgrest import APIError
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
 from supabase import AsyncClient, AsyncClientOptions
 
-from ..config import token_claims
 from ..errors import (
     AgentRuntimeError,
     ConfigurationError,
@@ -58,7 +57,9 @@ from ..errors import (
     PermissionDenied,
     error_from_sqlstate,
 )
-from .base import RECONNECTED, AccessTokenProvider, Event, EventSink
+from . import wire
+from .base import AccessTokenProvider, EventSink
+from .tokens import token_claims
 
 __all__ = ["SupabaseTransport", "translate_errors"]
 
@@ -75,10 +76,6 @@ _PGRST_SQLSTATE = {
 _UNAVAILABLE_STATUS = frozenset({"502", "503", "504", "520", "521", "522", "523", "524"})
 # Join refusals that no retry will fix.
 _FATAL_JOIN_REASONS = ("Unauthorized", "InvalidJWTToken", "MalformedJWT", "JwtSignatureError", "PrivateOnly")
-
-# Realtime allows 5 presence calls per client per 30 s; more closes the channel.
-PRESENCE_CALLS = 5
-PRESENCE_WINDOW = 30.5
 
 
 @contextmanager
@@ -117,7 +114,7 @@ class _Signal:
 
     kind: str  # "event" | "state"
     topic: _Topic | None = None
-    event: Event | None = None
+    event: wire.WakeUp | None = None
     state: RealtimeSubscribeStates | None = None
     error: str | None = None
 
@@ -127,6 +124,7 @@ class _Listening:
     client: AsyncRealtimeClient
     sink: EventSink
     signals: MemoryObjectSendStream[_Signal]
+    startup: frozenset[str]  # the topics watched before listening: joined before it reports ready
     topics: dict[str, _Topic] = field(default_factory=dict)
     waiters: dict[str, anyio.Event] = field(default_factory=dict)
     started: bool = False
@@ -166,10 +164,9 @@ class SupabaseTransport:
         self._client: AsyncClient | None = None
         claimed = self._claims.get("agent_id")
         self._agent_id: str | None = str(claimed) if claimed is not None else None
-        self._status = "online"
         self._watched: Counter[str] = Counter()
         self._changed = anyio.Event()  # the set of wanted topics changed
-        self._presence_dirty = anyio.Event()  # (re)track presence
+        self.malformed_wakeups = 0  # broadcasts dropped at the edge: not wake-ups
         self._refresh_lock = anyio.Lock()
         self._listening: _Listening | None = None
 
@@ -177,25 +174,12 @@ class SupabaseTransport:
 
     @property
     def agent_id(self) -> str | None:
-        """The agent this transport listens for: the token's ``agent_id`` claim, or what
-        :meth:`set_identity` was given."""
+        """The agent the token acts as (its ``agent_id`` claim), if it names one."""
         return self._agent_id
-
-    def set_identity(self, agent_id: str) -> None:
-        """The runtime's agent id (with a service key the token names no agent). Raises
-        ``ConfigurationError`` if the token is an agent token for another agent."""
-        claimed = self._claims.get("agent_id")
-        if claimed is not None and str(claimed) != agent_id:
-            raise ConfigurationError(
-                f"the Supabase token is for agent {claimed!r}, not {agent_id!r}",
-                hint=f"pass agent_id={claimed!r} (an agent token may only act as its own agent)")
-        if self._listening is not None and self._agent_id not in (None, agent_id):
-            raise ConfigurationError("the transport is already listening for another agent")
-        self._agent_id = agent_id
 
     async def connect(self) -> None:
         """Create the clients (no network traffic: PostgREST is HTTP, the socket opens when
-        :meth:`run_listener` starts)."""
+        :meth:`listen` starts)."""
         if self._client is not None:
             return
         self._http = httpx.AsyncClient(
@@ -303,25 +287,20 @@ class SupabaseTransport:
                 with attempt:
                     await self._refresh_token()
 
-    # ------------------------------------------------------------------ topics and presence
+    # ------------------------------------------------------------------ topics
 
     # Design: Realtime delivers a topic only to a channel joined on that topic, while the
-    # runtime dispatches every event through one sink. So the listener always joins the topics
-    # every agent needs (its inbox `agent:<id>`, `presence`, `locks`), and the runtime tells the
-    # transport which channel topics its open subscriptions need (`watch`/`unwatch`, counted,
-    # since several subscriptions may share one channel). A reconciler task joins and leaves to
-    # match; `watch` returns once the channel is joined (bounded), so a subscription's first
-    # fetch happens after its wake-ups flow. A join that comes later than that (or any rejoin)
-    # is followed by RECONNECTED: the runtime catches up by RPC, so nothing is lost in the gap.
-
-    def _fixed_topics(self) -> set[str]:
-        topics = {"presence", "locks"}
-        if self._agent_id is not None:
-            topics.add(f"agent:{self._agent_id}")
-        return topics
+    # runtime dispatches every event through one sink. So the runtime tells the transport which
+    # topics it needs (`watch`/`unwatch`, counted, since several subscriptions may share one
+    # channel): before listening, those every agent needs (its inbox, presence, locks: joined
+    # before `listen` reports ready), then a channel's per subscription. A reconciler task joins
+    # and leaves to match; `watch` returns once the channel is joined (bounded), so a
+    # subscription's first fetch happens after its wake-ups flow. A join that comes later than
+    # that (or any rejoin) is followed by RECONNECTED: the runtime catches up by RPC, so nothing
+    # is lost in the gap.
 
     def _wanted(self) -> set[str]:
-        return self._fixed_topics() | {t for t, n in self._watched.items() if n > 0}
+        return {t for t, n in self._watched.items() if n > 0}
 
     async def watch(self, topic: str) -> None:
         self._watched[topic] += 1
@@ -347,15 +326,9 @@ class SupabaseTransport:
             del self._watched[topic]
             self._changed.set()
 
-    async def publish_presence(self, status: str) -> None:
-        """Track ``{agent_id, status}`` on the ``presence`` channel (rate-limited)."""
-        if status != self._status:
-            self._status = status
-            self._presence_dirty.set()
-
     # ------------------------------------------------------------------ the listener
 
-    async def run_listener(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def listen(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self._listening is not None:
             raise AgentRuntimeError("the transport is already listening")
         client = AsyncRealtimeClient(f"{self.url}/realtime/v1", token=self._key, auto_reconnect=True,
@@ -364,15 +337,14 @@ class SupabaseTransport:
         # are authorised with it (and rejoins keep using it).
         await client.set_auth(self._token)
         send, receive = anyio.create_memory_object_stream[_Signal](math.inf)
-        listening = self._listening = _Listening(client, sink, send)
+        listening = self._listening = _Listening(client, sink, send, frozenset(self._wanted()))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._process_signals, listening, receive)
                 tg.start_soon(self._reconcile_loop, listening, tg)
                 tg.start_soon(self._supervise, listening)
-                tg.start_soon(self._presence_loop, listening)
                 tg.start_soon(self._refresh_loop)
-                for topic in self._fixed_topics() | set(self._watched):
+                for topic in self._wanted():
                     listening.waiters.setdefault(topic, anyio.Event())
                 self._changed.set()
                 await self._await_startup(listening)
@@ -388,11 +360,11 @@ class SupabaseTransport:
                 await _close_realtime(client)
 
     async def _await_startup(self, listening: _Listening) -> None:
-        """Wait until the agent's own topics are joined; a refused join (bad token, missing
-        policy) fails the start rather than leaving the agent deaf."""
+        """Wait until the topics watched before listening are joined; a refused join (bad token,
+        missing policy) fails the start rather than leaving the agent deaf."""
         deadline = anyio.current_time() + self._join_timeout * 1.5
         while True:
-            fixed = [listening.topics.get(t) for t in self._fixed_topics()]
+            fixed = [listening.topics.get(t) for t in listening.startup]
             if all(t is not None and t.joined for t in fixed):
                 return
             for t in fixed:
@@ -410,10 +382,9 @@ class SupabaseTransport:
                 await listening.state_changed.wait()
 
     def _new_topic(self, listening: _Listening, name: str) -> _Topic:
-        presence = name == "presence"
         channel = listening.client.channel(name, {"config": {
             "broadcast": {"ack": False, "self": False},
-            "presence": {"key": (self._agent_id or "") if presence else "", "enabled": presence},
+            "presence": {"key": "", "enabled": False},
             "private": True,
         }})
         topic = _Topic(name, channel)
@@ -424,21 +395,18 @@ class SupabaseTransport:
                 signals.send_nowait(signal)
 
         def on_broadcast(message: Any) -> None:
-            try:
-                data = dict(message["payload"])
-                data.pop("id", None)  # added by realtime.send
-                event = Event(name, str(message["event"]), data)
-            except (KeyError, TypeError, ValueError):
-                log.warning("ignoring malformed broadcast on %s: %r", name, message)
+            got = message if isinstance(message, dict) else {}
+            event = wire.from_broadcast(name, got.get("event"), got.get("payload"))
+            if event is None:
+                self.malformed_wakeups += 1
                 return
             post(_Signal("event", topic, event=event))
 
         channel.on_broadcast("*", on_broadcast)
-        # Realtime Presence is tracked (publish_presence) so that any Realtime client sees the
-        # agents online, but what it reports is not turned into presence events: a presence key
-        # and its metadata are whatever a client chose, and any agent allowed on the topic could
-        # announce another agent joining or leaving. Presence events come from the agent_presence
-        # table's trigger instead (only an agent itself, or the janitor, changes its row).
+        # No Realtime Presence: its keys and metadata are whatever a client chose (any agent
+        # allowed on the topic could announce another joining or leaving), so it would not be
+        # believed, and tracking costs presence quota. Presence events come from the
+        # agent_presence table's trigger (only an agent itself, or the janitor, changes its row).
         return topic
 
     async def _join(self, listening: _Listening, topic: _Topic) -> None:
@@ -506,8 +474,6 @@ class SupabaseTransport:
                 waiter.set()
             elif listening.started:
                 rejoin = True  # joined after its watcher stopped waiting
-            if topic.name == "presence":
-                self._presence_dirty.set()  # the server forgot our track with the old channel
             if rejoin:
                 log.info("Realtime channel %s rejoined", topic.name)
                 listening.resync_since = listening.resync_since or now
@@ -530,7 +496,7 @@ class SupabaseTransport:
         down = [t for t in listening.topics.values() if not t.joined]
         if not down or anyio.current_time() - listening.resync_since >= force_after:
             listening.resync_since = None
-            listening.sink(RECONNECTED)
+            listening.sink(wire.RECONNECTED)
 
     async def _supervise(self, listening: _Listening) -> None:
         """The client reconnects by itself a few times; after that it gives up, so reconnect
@@ -557,30 +523,6 @@ class SupabaseTransport:
                 delay = min(delay * 2, 10.0)
                 disconnected_since = anyio.current_time()
 
-    async def _presence_loop(self, listening: _Listening) -> None:
-        """Track ``{agent_id, status}`` after every (re)join and status change, at most
-        PRESENCE_CALLS per PRESENCE_WINDOW seconds (the latest status wins)."""
-        calls: deque[float] = deque()
-        while True:
-            await self._presence_dirty.wait()
-            if self._agent_id is None:
-                self._presence_dirty = anyio.Event()
-                continue
-            while len(calls) >= PRESENCE_CALLS:
-                wait = calls[0] + PRESENCE_WINDOW - anyio.current_time()
-                if wait > 0:
-                    await anyio.sleep(wait)
-                calls.popleft()
-            self._presence_dirty = anyio.Event()
-            topic = listening.topics.get("presence")
-            if topic is None or not topic.joined:
-                continue  # tracked on its SUBSCRIBED
-            try:
-                await topic.channel.track({"agent_id": self._agent_id, "status": self._status})
-            except Exception as exc:
-                log.warning("tracking presence failed: %r", exc)
-            calls.append(anyio.current_time())
-
 
 def _reason(error: Exception) -> str:
     text = str(error)
@@ -601,7 +543,7 @@ def _ignore_closed() -> Iterator[None]:
 
 async def _close_realtime(client: AsyncRealtimeClient) -> None:
     try:
-        await client.remove_all_channels()  # leaves (presence is dropped with the channels), closes
+        await client.remove_all_channels()  # leaves every channel, closes
     except Exception as exc:
         log.debug("closing Realtime: %r", exc)
         try:

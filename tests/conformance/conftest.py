@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from _backend import Backend
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -12,8 +12,8 @@ import anyio
 import asyncpg
 import pytest
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import RemoteError
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 from _backend import Backend
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 
-from agent_runtime._presence import PresenceEvent
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidName, PayloadTooLarge, UnknownAgent, UnknownChannel
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime.runtime._presence import PresenceEvent
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import AgentUnavailable
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -16,11 +16,11 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_runtime import _subscription
-from agent_runtime._subscription import Subscription
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidInput
-from agent_runtime.runtime import AgentRuntime
-from agent_runtime.transports.base import Event
+from agent_runtime.runtime import _subscription
+from agent_runtime.runtime._subscription import Subscription
+from agent_runtime.transports import wire
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -92,12 +92,12 @@ async def test_a_lost_wake_up_is_a_gap_and_the_fetch_fills_it(make_runtime: Runt
     both, in order; the ones after that come with their wake-ups again."""
     rt = make_runtime("sub", poll_interval=NO_POLL)
     async with make_runtime("pub") as pub:
-        dropped: list[Event] = []
+        dropped: list[wire.WakeUp] = []
         dispatch = rt._dispatch
 
-        def lossy(event: Event) -> None:
-            if event.event == "message" and any(m["payload"] == {"n": 3}
-                                                for m in json.loads(event.data.get("m") or "[]")):
+        def lossy(event: wire.WakeUp) -> None:
+            if isinstance(event, wire.MessageWakeUp) and any(m["payload"] == {"n": 3}
+                                                             for m in json.loads(event.messages or "[]")):
                 dropped.append(event)
                 return
             dispatch(event)

@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 import asyncpg
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import LockLost
-from agent_runtime.runtime import AgentRuntime
 
 
 def _runtime(db_url: str, name: str, **kwargs: Any) -> AgentRuntime:

@@ -17,8 +17,8 @@ import sys
 import anyio
 import asyncpg
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import AgentRuntimeError
-from agent_runtime.runtime import AgentRuntime
 
 
 async def paused(db_url: str, key: str, ttl: float, rounds: int) -> None:

@@ -16,8 +16,8 @@ import msgspec
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import AgentRuntimeError, InvalidInput, PayloadTooLarge
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -19,7 +19,7 @@ from db_state import snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
 
 pytestmark = pytest.mark.timeout(120)

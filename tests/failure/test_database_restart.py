@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 import asyncpg
 
-from agent_runtime import embedded
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import ConnectionLost
-from agent_runtime.migrations import migrate_url
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime.local import embedded
+from agent_runtime.local.migrations import migrate_url
 
 
 def _runtime(url: str, name: str) -> AgentRuntime:

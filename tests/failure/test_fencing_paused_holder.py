@@ -24,7 +24,7 @@ from _failure_support import expect
 from _fencing_support import SCRIPT, wait_until_stopped
 from agent_processes import Child, children
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

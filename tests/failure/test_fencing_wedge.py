@@ -16,9 +16,8 @@ import anyio
 import asyncpg
 import pytest
 
-from agent_runtime import Lease
+from agent_runtime import AgentRuntime, Lease
 from agent_runtime.errors import LockLost, LockTimeout
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -21,9 +21,9 @@ import anyio
 import asyncpg
 import pytest
 
-from agent_runtime import _subscription
-from agent_runtime._subscription import Subscription
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
+from agent_runtime.runtime import _subscription
+from agent_runtime.runtime._subscription import Subscription
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

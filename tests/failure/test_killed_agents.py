@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from _failure_support import Spawn, expect
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 TOTAL = 80
 RuntimeFactory = Callable[..., AgentRuntime]

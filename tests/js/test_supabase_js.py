@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from supabase_js import JsAgent, js_agent
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
 
 pytestmark = [

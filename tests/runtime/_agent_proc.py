@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 
 def _runtime(db_url: str, name: str) -> AgentRuntime:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import anyio
 import asyncpg
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -11,7 +11,7 @@ import anyio
 import asyncpg
 import msgspec
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

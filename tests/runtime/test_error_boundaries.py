@@ -10,8 +10,8 @@ import anyio
 import asyncpg
 import pytest
 
-from agent_runtime import embedded
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
+from agent_runtime.local import embedded
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

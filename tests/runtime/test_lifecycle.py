@@ -7,8 +7,8 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidName
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

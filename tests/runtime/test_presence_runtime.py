@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import anyio
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from agent_processes import children
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import StaleFencingToken
-from agent_runtime.runtime import AgentRuntime
 
 pytestmark = pytest.mark.slow  # real OS processes
 

@@ -12,8 +12,8 @@ import anyio
 import asyncpg
 import pytest
 
-from agent_runtime import runtime as runtime_module
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
+from agent_runtime.runtime import agent as runtime_module
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -9,8 +9,8 @@ import anyio
 import asyncpg
 import pytest
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidInput, InvalidName, PayloadTooLarge
-from agent_runtime.runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

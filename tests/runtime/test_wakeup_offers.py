@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from agent_runtime import _subscription
-from agent_runtime._metrics import Metrics
-from agent_runtime._subscription import Subscription
 from agent_runtime.models import ChannelKind, RawMessage
+from agent_runtime.runtime import _subscription
+from agent_runtime.runtime._metrics import Metrics
+from agent_runtime.runtime._subscription import Subscription
 
 
 class _Runtime:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from standin_support import RawSocket, raw_socket
 
-from agent_runtime.runtime import AgentRuntime
+from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
 from agent_runtime.testing._rate import RateCounter
 

@@ -1,4 +1,5 @@
-"""The Supabase transport's own edges: error translation, identity, presence rate limit.
+"""The Supabase transport's own edges: error translation, identity, no Realtime Presence, the
+wire edge (malformed broadcasts dropped and counted).
 (Behaviour shared with the Postgres transport is in tests/conformance.)"""
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 import anyio
+import asyncpg
 import pytest
 from postgrest import APIError
 
+from agent_runtime import AgentRuntime
 from agent_runtime.errors import ConfigurationError, ConnectionLost, InvalidInput, NotFound, UnknownAgent
-from agent_runtime.runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
-from agent_runtime.transports.supabase import PRESENCE_CALLS, SupabaseTransport, translate_errors
+from agent_runtime.transports import wire
+from agent_runtime.transports.supabase import SupabaseTransport, translate_errors
 
 
 @pytest.fixture
@@ -81,22 +84,56 @@ async def test_identity_comes_from_the_token(standin: SupabaseStandIn) -> None:
         assert rt.agent_id == "claimed-1"
     t = SupabaseTransport(standin.url, standin.anon_key, access_token=token)
     assert t.agent_id == "claimed-1"
-    with pytest.raises(ConfigurationError):
-        t.set_identity("someone-else")
+    with pytest.raises(ConfigurationError, match="claimed-1"):
+        async with AgentRuntime("x", agent_id="someone-else", url=standin.url, key=standin.anon_key,
+                                access_token=token, janitor=False, migrate=False):
+            pass
 
 
-async def test_status_changes_respect_the_presence_rate_limit(
+async def test_status_changes_use_no_realtime_presence(
         standin: SupabaseStandIn, caplog: pytest.LogCaptureFixture) -> None:
-    """Many status changes in a row never exceed Realtime's 5 presence calls per 30 s (which would
-    close the channel); they are coalesced, the registry has them all."""
+    """Realtime Presence is not tracked (it would not be believed, and it has a quota: 5 calls per
+    30 s): many status changes in a row are all in the registry, and others hear them from its
+    trigger, with no presence traffic on the socket."""
     caplog.set_level(logging.WARNING)
-    async with AgentRuntime("busy-bee", url=standin.url, key=standin.service_role_key, janitor=False,
-                            migrate=False, heartbeat_interval=0.5) as rt:
-        for i in range(PRESENCE_CALLS * 2):
+    async with AgentRuntime("watcher", url=standin.url, key=standin.service_role_key, janitor=False,
+                            migrate=False) as watcher, watcher.presence_events() as events, \
+            AgentRuntime("busy-bee", url=standin.url, key=standin.service_role_key, janitor=False,
+                         migrate=False, heartbeat_interval=0.5) as rt:
+        for i in range(10):
             await rt.set_status("busy" if i % 2 else "away")
-            await anyio.sleep(0.05)
-        await anyio.sleep(1.0)
-        assert "rate limit" not in caplog.text
-        assert "presence: CLOSED" not in caplog.text
+        with anyio.fail_after(5):
+            async for ev in events:
+                if ev.agent_id == rt.agent_id and ev.kind == "status" and ev.status == "busy":
+                    break
         [info] = [a for a in await rt.agents() if a.id == rt.agent_id]
         assert info.status == "busy"
+        assert standin.stats.presence_diffs == 0
+        assert "CLOSED" not in caplog.text
+
+
+async def test_malformed_broadcasts_are_dropped_and_counted(standin: SupabaseStandIn, db_url: str) -> None:
+    """What a client puts on a topic it may write to reaches the transport's edge; what does not
+    decode as a wake-up never reaches the sink."""
+    t = SupabaseTransport(standin.url, standin.service_role_key)
+    await t.connect()
+    send, receive = anyio.create_memory_object_stream[wire.WakeUp](10)
+    try:
+        await t.watch(wire.LOCKS)
+        async with anyio.create_task_group() as tg:
+            await tg.start(t.listen, send.send_nowait)
+            conn = await asyncpg.connect(db_url)
+            try:
+                await conn.execute("""select realtime.send('{"k": 1}'::jsonb, 'released', 'locks', true)""")
+                await conn.execute("""select realtime.send('{"k": "a-key"}'::jsonb, 'released', 'locks', true)""")
+            finally:
+                await conn.close()
+            with anyio.fail_after(5):
+                first = await receive.receive()
+            tg.cancel_scope.cancel()
+        assert first == wire.LockReleased("locks", "a-key")
+        assert t.malformed_wakeups == 1
+    finally:
+        send.close()
+        receive.close()
+        await t.aclose()

@@ -25,7 +25,7 @@ import msgspec
 if TYPE_CHECKING:  # rich is imported by to_table only: `import agent_runtime` stays light
     from rich.console import RenderableType
 
-from .models import AgentInfo, LockInfo, Topology, TopologyChannel
+from ..models import AgentInfo, LockInfo, Topology, TopologyChannel
 
 __all__ = ["to_dot", "to_json", "to_mermaid", "to_table"]
 
@@ -341,6 +341,6 @@ def to_table(topo: Topology) -> RenderableType:
     they are printed at: cells are cut with an ellipsis, never wrapped, and the least important
     columns are left out on a narrow terminal. Names are shown literally (never read as rich
     markup); times are relative to the document's ``generated_at``, the database's clock."""
-    from .reports import topology_table  # (rich is loaded here, not by `import agent_runtime`)
+    from .tables import topology_table  # (rich is loaded here, not by `import agent_runtime`)
 
     return topology_table(topo)

@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .models import (
+from ..models import (
     AgentInfo,
     ChannelInfo,
     DeadLetter,
@@ -20,7 +20,7 @@ from .models import (
     SendResult,
     Topology,
 )
-from .transports.base import Transport
+from ..transports.base import Transport
 
 T = TypeVar("T")
 

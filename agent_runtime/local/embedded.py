@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["DATABASE", "LocalServer", "default_data_dir", "ensure_running", "status", "stop"]
 
@@ -217,8 +217,12 @@ def status(data_dir: Path | None = None) -> LocalServer | None:
     return LocalServer(data_dir.resolve(), data_dir.resolve(), _PORT)
 
 
-def ensure_running(data_dir: Path | None = None) -> LocalServer:
-    """Start the per-user server if it is not running, create its database, and return it."""
+def ensure_running(data_dir: Path | None = None, *, durable: bool = True) -> LocalServer:
+    """Start the per-user server if it is not running, create its database, and return it.
+
+    ``durable=False`` is for a private throw-away server (tests): it runs without fsync,
+    synchronous commit and full-page writes, so nothing waits for the disk (a crash may lose it).
+    Either way the choice is made on the server's command line, which no ``ALTER SYSTEM`` overrides."""
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     running = status(data_dir)
     if running is not None:
@@ -228,10 +232,10 @@ def ensure_running(data_dir: Path | None = None) -> LocalServer:
         running = status(data_dir)  # started by another process while this one waited
         if running is not None:
             return running
-        return _start(data_dir, made)
+        return _start(data_dir, made, durable)
 
 
-def _start(data_dir: Path, made: list[Path]) -> LocalServer:
+def _start(data_dir: Path, made: list[Path], durable: bool) -> LocalServer:
     bin_dir = _bin_dir()
     prefix = _prepare_as_root(data_dir, made) if _running_as_root() else []
     if not (data_dir / "PG_VERSION").exists():
@@ -245,7 +249,8 @@ def _start(data_dir: Path, made: list[Path]) -> LocalServer:
         )
     log = data_dir / "server.log"
     # Unix socket only, inside the data folder: no port to collide with, nothing on the network.
-    options = f"-c listen_addresses='' -k {data_dir} -p {_PORT} -c max_connections=500 -c fsync=on"
+    durability = "-c fsync=on" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    options = f"-c listen_addresses='' -k {data_dir} -p {_PORT} -c max_connections=500 {durability}"
     result = subprocess.run(
         [*prefix, str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data_dir),
          "-l", str(log), "-o", options],

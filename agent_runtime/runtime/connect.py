@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import anyio
 
-from . import embedded
+from ..errors import ConfigurationError
+from ..local import embedded
+from ..local.migrations import migrate_url
+from ..transports.base import AccessTokenProvider, Transport
+from ..transports.postgres import PostgresTransport
 from .config import ConnectionSettings
-from .errors import ConfigurationError
-from .migrations import migrate_url
-from .transports.base import AccessTokenProvider, Transport
-from .transports.postgres import PostgresTransport
 
 __all__ = ["open_transport", "postgres_url"]
 
@@ -32,7 +32,7 @@ async def open_transport(settings: ConnectionSettings, *, migrate: bool = True, 
             raise ConfigurationError("a Supabase URL needs a key",
                                      hint="set SUPABASE_SERVICE_ROLE_KEY, or an agent's JWT in SUPABASE_KEY")
         try:
-            from .transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
+            from ..transports.supabase import SupabaseTransport  # imported only when used: the clients are heavy
         except ImportError as exc:
             raise ConfigurationError(f"the Supabase transport needs its clients ({exc.name} is missing)",
                                      hint="pip install 'agent_runtime[supabase]'") from exc

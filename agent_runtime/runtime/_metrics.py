@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..errors import AgentRuntimeError, InvalidInput
 from ._db import Database
-from .errors import AgentRuntimeError, InvalidInput
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,28 @@ import msgspec
 import tenacity
 from anyio.abc import TaskGroup
 
+from ..errors import (
+    AgentRuntimeError,
+    AgentUnavailable,
+    ConfigurationError,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RemoteError,
+    RequestTimeout,
+)
+from ..models import (
+    AgentInfo,
+    AgentStatus,
+    ChannelInfo,
+    ChannelKind,
+    RawMessage,
+    SendResult,
+)
+from ..transports import wire
+from ..transports.base import AccessTokenProvider, Transport
 from . import _locks, _run
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
@@ -36,27 +58,7 @@ from ._subscription import Message, Subscription
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .errors import (
-    AgentRuntimeError,
-    AgentUnavailable,
-    InvalidInput,
-    InvalidName,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RemoteError,
-    RequestTimeout,
-)
-from .models import (
-    AgentInfo,
-    AgentStatus,
-    ChannelInfo,
-    ChannelKind,
-    RawMessage,
-    SendResult,
-)
 from .network import NetworkViews
-from .transports.base import AccessTokenProvider, Event, Transport
 
 __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 
@@ -177,12 +179,17 @@ class AgentRuntime(NetworkViews):
     async def __aenter__(self) -> AgentRuntime:
         # Every step that needs undoing pushes its undoing on one exit stack; leaving the runtime
         # unwinds it in reverse with the real exception (the same when start-up fails half way).
+        claimed = self.settings.claimed_agent_id
+        if claimed is not None and claimed != self.agent_id:  # (Realtime would refuse its inbox anyway)
+            raise ConfigurationError(f"the token is for agent {claimed!r}, not {self.agent_id!r}",
+                                     hint=f"pass agent_id={claimed!r} (an agent token may only act as its own agent)")
         async with AsyncExitStack() as stack:
             self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
                                                    access_token_provider=self._access_token_provider)
             stack.push_async_callback(self._close)  # 6. close
             self._db = Database(self._transport)
-            self._transport.set_identity(self.agent_id)
+            for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
+                await self._transport.watch(topic)
             self.info = await self._db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
@@ -191,7 +198,7 @@ class AgentRuntime(NetworkViews):
             stack.push_async_callback(self._hand_back_requests)
             tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
-            await tg.start(self._transport.run_listener, self._dispatch)
+            await tg.start(self._transport.listen, self._dispatch)
             tg.start_soon(self._heartbeat_loop)
             tg.start_soon(self._safety_poll_loop)
             tg.start_soon(self._metrics_loop)
@@ -285,7 +292,7 @@ class AgentRuntime(NetworkViews):
 
     # ------------------------------------------------------------------ wake-up dispatch
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: wire.WakeUp) -> None:
         """Wake-ups are hints: one that cannot be understood is logged and dropped, never fatal."""
         try:
             self._dispatch_event(event)
@@ -293,25 +300,24 @@ class AgentRuntime(NetworkViews):
             self.metrics.increment("errors.wakeup")
             log.exception("ignoring a wake-up that could not be dispatched: %r", event)
 
-    def _dispatch_event(self, event: Event) -> None:
-        if event.event == "message":
-            channel = str(event.data.get("c"))
-            subs = self._subscriptions.get(channel)
+    def _dispatch_event(self, event: wire.WakeUp) -> None:
+        # (decoded and checked by the transport: typed events only)
+        if isinstance(event, wire.MessageWakeUp):
+            subs = self._subscriptions.get(event.channel)
             if not subs:
                 return
-            messages = self._carried.messages(event, channel)
+            messages = self._carried.messages(event)
             if messages is None:
                 for sub in subs:
                     sub.wake()
             else:
                 for sub in subs:
                     sub.offer(messages[0].seq, messages)
-        elif event.event == "presence":
-            self._presence.publish(PresenceEvent(event.data.get("k", "status"), str(event.data.get("a", "")),
-                                                 str(event.data.get("st", ""))))
-        elif event.event == "released":
-            self._lock_waiters.released(str(event.data.get("k")))
-        elif event.event == "reconnected":
+        elif isinstance(event, wire.PresenceChange):
+            self._presence.publish(PresenceEvent(event.kind, event.agent_id, event.status))
+        elif isinstance(event, wire.LockReleased):
+            self._lock_waiters.released(event.key)
+        elif isinstance(event, wire.Reconnected):
             self._wake_subscriptions()
             self._lock_waiters.wake_all()
             self._presence.publish(PresenceEvent("resync"))
@@ -542,7 +548,6 @@ class AgentRuntime(NetworkViews):
         """Set this agent's status (online, busy, away) and load (0..1); others see a status event."""
         db = self._require_db()
         self.info = await db.heartbeat(self.agent_id, status=status, load=load)
-        await db.transport.publish_presence(self.info.status)
         return self.info
 
     def presence_events(self) -> PresenceEvents:
@@ -950,8 +955,9 @@ def _checked_payload(payload: Any) -> Any:
 
 def _wakeup_topic(sub: Subscription[Any]) -> str:
     """The topic the SQL triggers send a channel's wake-ups on."""
-    return sub.channel if sub.kind == "direct" else f"channel:{sub.channel}"
+    return wire.channel_topic(sub.channel)
 
 
 def _inbox(agent_id: str) -> str:
-    return agent_id if agent_id.startswith("agent:") else f"agent:{agent_id}"
+    """An agent's inbox channel (given its id, or the inbox's name itself)."""
+    return agent_id if agent_id.startswith(wire.inbox_topic("")) else wire.inbox_topic(agent_id)

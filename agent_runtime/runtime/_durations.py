@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 
 def seconds(value: float | None, what: str, *, allow_inf: bool = False, optional: bool = True) -> float | None:

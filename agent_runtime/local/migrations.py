@@ -1,7 +1,7 @@
 """Applies the bootstrap (plain Postgres only) and the schema migrations, once each, in order.
 
 The migrations are the files of ``supabase/migrations`` (shipped in the wheel as
-``agent_runtime/_migrations``), so ``supabase db push`` and ``agent-runtime migrate`` apply the same
+``agent_runtime/local/_migrations``), so ``supabase db push`` and ``agent-runtime migrate`` apply the same
 SQL, and they keep one ledger:
 
 * where ``supabase_migrations.schema_migrations`` exists (the Supabase CLI's), or on a Supabase
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import asyncpg
 
-from .errors import MigrationError
-from .transports.postgres import describe_target, translate_errors
+from ..errors import MigrationError
+from ..transports.postgres import describe_target, translate_errors
 
 __all__ = ["Migration", "bootstrap_sql", "load_migrations", "migrate", "migrate_url", "migrations_dir",
            "split_statements"]
@@ -44,7 +44,7 @@ _LOCK_KEY = _LOCK_ID - (1 << 64) if _LOCK_ID >= 1 << 63 else _LOCK_ID
 LEGACY_VERSIONS = frozenset({"20261125000000", "20261201000000", "20261201000100", "20261201000200"})
 SQUASHED_VERSION = "20261125000000"
 
-_SOURCE_TREE = Path(__file__).resolve().parent.parent / "supabase"
+_SOURCE_TREE = Path(__file__).resolve().parents[2] / "supabase"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Migration:
 
 def migrations_dir() -> Path:
     """The packaged migrations, or the source tree's ``supabase/migrations`` in a checkout."""
-    packaged = Path(str(resources.files("agent_runtime"))) / "_migrations"
+    packaged = Path(str(resources.files("agent_runtime.local"))) / "_migrations"
     if packaged.is_dir():
         return packaged
     return _SOURCE_TREE / "migrations"
@@ -80,7 +80,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 def bootstrap_sql() -> str:
     """The plain-Postgres bootstrap: ``supabase/roles.sql`` (packaged as ``_sql/bootstrap.sql``)."""
-    packaged = Path(str(resources.files("agent_runtime"))) / "_sql" / "bootstrap.sql"
+    packaged = Path(str(resources.files("agent_runtime.local"))) / "_sql" / "bootstrap.sql"
     return (packaged if packaged.is_file() else _SOURCE_TREE / "roles.sql").read_text()
 
 

@@ -15,7 +15,7 @@ import anyio
 import asyncpg
 import tenacity
 
-from .errors import (
+from ..errors import (
     AgentRuntimeError,
     ConnectionLost,
     LockLost,
@@ -24,10 +24,10 @@ from .errors import (
     StaleFencingToken,
     error_from_sqlstate,
 )
-from .models import LockGrant
+from ..models import LockGrant
 
 if TYPE_CHECKING:
-    from .runtime import AgentRuntime
+    from .agent import AgentRuntime
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,14 @@ Supabase CLI's personal access token).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from ..transports.tokens import token_claims
 
-__all__ = ["ConnectionSettings", "TransportKind", "resolve", "token_claims"]
+__all__ = ["ConnectionSettings", "TransportKind", "resolve"]
 
 TransportKind = Literal["embedded", "postgres", "supabase"]
 
@@ -52,19 +50,6 @@ def _redact(url: str | None) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
-def token_claims(token: str | None) -> dict[str, Any]:
-    """A JWT's claims, read without verifying it (the servers verify it); ``{}`` for anything
-    that is not a JWT (an ``sb_...`` key, say)."""
-    parts = (token or "").split(".")
-    if len(parts) != 3:
-        return {}
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 def resolve(url: str | None = None, key: str | None = None, access_token: str | None = None) -> ConnectionSettings:

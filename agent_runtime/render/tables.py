@@ -24,7 +24,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from .models import MetricSummary, Topology
+from ..models import MetricSummary, Topology
 
 __all__ = ["Column", "FittedTable", "MetricRow", "fold_key", "metrics_table", "summarise_metrics"]
 

@@ -1,7 +1,7 @@
 """The ``agent-runtime`` command line: look at and administer a network of agents.
 
-Written against the public API (``agent_runtime``'s top level, plus the public ``config``,
-``embedded`` and ``migrations`` modules for connection set-up). Every command connects like an
+Written against the public API (``agent_runtime``'s top level, plus ``runtime.config`` and
+``local.migrations`` for connection set-up, and the tables of ``render``). Every command connects like an
 agent does: ``--url`` / ``--key``, else the environment (``AGENT_RUNTIME_URL``, ``DATABASE_URL``,
 ``SUPABASE_URL`` with a key), else the embedded local Postgres.
 
@@ -40,16 +40,16 @@ from agent_runtime import (
     Topology,
     UnknownChannel,
     UnknownMessage,
-    embedded,
     to_dot,
     to_json,
     to_mermaid,
     to_table,
 )
-from agent_runtime.config import resolve
-from agent_runtime.migrations import load_migrations, migrate_url
-from agent_runtime.reports import Column, FittedTable, Grouping, data_span, metrics_table, summarise_metrics
-from agent_runtime.topology import with_endpoints
+from agent_runtime.local import embedded
+from agent_runtime.local.migrations import load_migrations, migrate_url
+from agent_runtime.render.tables import Column, FittedTable, Grouping, data_span, metrics_table, summarise_metrics
+from agent_runtime.render.topology import with_endpoints
+from agent_runtime.runtime.config import resolve
 
 __all__ = ["build_parser", "main"]
 
@@ -224,7 +224,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent_runtime.demo import run_demo
+    from agent_runtime.cli.demo import run_demo
 
     settings = resolve(args.url, args.key)
     if settings.kind == "supabase":

@@ -15,10 +15,10 @@ import logging
 
 import msgspec
 
+from ..errors import AgentRuntimeError, ConnectionLost
+from ..models import RawMessage
+from ..transports.wire import MessageWakeUp, channel_topic
 from ._db import Database, messages_from_json
-from .errors import AgentRuntimeError, ConnectionLost
-from .models import RawMessage
-from .transports.base import Event
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +54,17 @@ class CarriedMessages:
             self._key = None
         self._known = True
 
-    def messages(self, event: Event, channel: str) -> list[RawMessage] | None:
-        """The messages a broadcast wake-up carries (``f``: the first seq, ``m``: the messages as
-        fetch_messages returns them, as one JSON text; ``h``: its HMAC), or None if it carries
-        none, or they do not verify or do not hold together: on the channel's own topic, of that
-        channel, seqs ``f``, ``f + 1``... A subscription takes them only if they continue where it
-        stands (Subscription.offer); anything else is a plain wake-up."""
-        data = event.data
-        carried, first, mac = data.get("m"), data.get("f"), data.get("h")
-        topic = f"channel:{channel}"
-        if carried is None or self._key is None or event.topic != topic:
-            return None
-        if type(first) is not int or not isinstance(carried, str) or not isinstance(mac, str):
+    def messages(self, event: MessageWakeUp) -> list[RawMessage] | None:
+        """The messages a broadcast wake-up carries (``first``: the first seq, ``messages``: the
+        messages as fetch_messages returns them, as one JSON text; ``mac``: its HMAC), or None if
+        it carries none, or they do not verify or do not hold together: on the channel's own
+        topic, of that channel, seqs ``first``, ``first + 1``... A subscription takes them only if
+        they continue where it stands (Subscription.offer); anything else is a plain wake-up."""
+        channel, carried, first, mac = event.channel, event.messages, event.first, event.mac
+        topic = channel_topic(channel)
+        if carried is None or self._key is None or event.topic != topic or topic == channel:
+            return None  # (an inbox's wake-ups carry no messages)
+        if first is None or mac is None:
             log.warning("ignoring the messages of a malformed wake-up on %s", channel)
             return None
         signed = f"{topic}\n{channel}\n{first}\n{carried}".encode()

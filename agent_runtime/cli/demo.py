@@ -2,7 +2,7 @@
 
 The coordinator hands jobs out over a queue channel; each worker takes a lock per job, does the
 work and replies to the coordinator's inbox; the monitor follows presence. Written against the
-public API only, like any application. Each role runs as ``python -m agent_runtime.demo ROLE URL``.
+public API only, like any application. Each role runs as ``python -m agent_runtime.cli.demo ROLE URL``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 from rich.text import Text
 
 from agent_runtime import AgentRuntime, Message, Network, Topology, to_table
-from agent_runtime.reports import metrics_table, summarise_metrics
+from agent_runtime.render.tables import metrics_table, summarise_metrics
 
 __all__ = ["coordinator", "monitor", "run_demo", "worker"]
 
@@ -145,7 +145,7 @@ class _Agent:
 
     def __init__(self, role: str, *args: str) -> None:
         self.role = role
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.demo", role, *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent_runtime.cli.demo", role, *args],
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.agent_id = ""
         self.events: list[dict[str, Any]] = []

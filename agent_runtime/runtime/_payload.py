@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import UnsupportedPayload
+from ..errors import UnsupportedPayload
 
 _encoder = msgspec.json.Encoder()
 _HINT = "see the payload rules in the README: JSON values, plus tuples, sets, datetimes, bytes, Decimal, UUID, " \

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
+from ..errors import AgentRuntimeError
+from ..models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, RawMessage, Topology
+from ..transports.base import Transport
 from ._db import Database
 from ._durations import required_ms
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
-from .errors import AgentRuntimeError
-from .models import AgentInfo, ChannelInfo, DeadLetter, LockInfo, MetricSummary, RawMessage, Topology
-from .transports.base import Transport
 
 __all__ = ["OPERATOR", "Network", "NetworkViews"]
 

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import msgspec
 
+from ..errors import AgentRuntimeError, ConnectionLost, InvalidPayload
+from ..models import ChannelKind, NackResult, RawMessage
 from ._db import MessageClass
 from ._durations import required_ms, to_ms
-from .errors import AgentRuntimeError, ConnectionLost, InvalidPayload
-from .models import ChannelKind, NackResult, RawMessage
 
 if TYPE_CHECKING:
-    from .runtime import AgentRuntime
+    from .agent import AgentRuntime
 
 log = logging.getLogger(__name__)
 
