@@ -380,8 +380,9 @@ grant execute on function public.fetch_messages(text, text, integer, bigint[]) t
 --
 -- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
 -- A claimed message whose visibility timed out is claimable again; one that has used up its
--- attempts goes to the dead letters instead. SKIP LOCKED: concurrent consumers never get the same
--- message and never wait on each other.
+-- attempts goes to the dead letters instead, when a claim's own scan meets it (it would have been
+-- claimed next): no claim scans the channel for them, so a claim costs the same at any depth.
+-- SKIP LOCKED: concurrent consumers never get the same message and never wait on each other.
 -- p_ack_ids (optional): acknowledge these first, in the same transaction, as fetch_messages does.
 -- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR412 channel kind mismatch.
 create function public.claim_messages(p_agent_id text, p_channel text, p_limit integer default 10,
@@ -393,6 +394,8 @@ declare
   v_channel public.communication_channels;
   v_visibility interval;
   v_result json;
+  v_claimed integer;
+  v_dead integer;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
@@ -415,32 +418,40 @@ begin
   v_visibility := coalesce(agent_runtime_private.ms(p_visibility_ms, 'visibility timeout', 100, 43200000),
                            v_channel.visibility_timeout);
 
-  -- Timed-out claims that used up their attempts die here, before anyone can claim them again.
-  update public.distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
-                                         claimed_by = null
-  where channel_id = v_channel.id and state = 'inflight' and visible_at <= clock_timestamp()
-    and attempts >= v_channel.max_attempts;
-
-  with picked as (
-    select m.id from public.distributed_messages m
-    where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
-      and (m.expires_at is null or m.expires_at > clock_timestamp())
-      and (p_classes is null
-           or (m.reply_to is not null and 'request' = any (p_classes))
-           or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
-           or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
-    order by m.seq
-    limit p_limit
-    for update skip locked
-  ), claimed as (
-    update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
-                                             claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
-    from picked where m.id = picked.id
-    returning m as msg, m.seq as seq, m.attempts as attempts
-  )
-  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
-                                             array_agg(c.attempts order by c.seq))
-  into v_result from claimed c;
+  -- One scan of the claim index in seq order (ready and in-flight rows only). A timed-out claim
+  -- that used up its attempts dies where the scan meets it, and the claim goes on past it.
+  loop
+    with picked as (
+      select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
+      from public.distributed_messages m
+      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
+        and (m.expires_at is null or m.expires_at > clock_timestamp())
+        and (p_classes is null
+             or (m.reply_to is not null and 'request' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
+      order by m.seq
+      limit p_limit
+      for update skip locked
+    ), died as (
+      update public.distributed_messages m set state = 'dead',
+                                               last_error = coalesce(m.last_error, 'visibility timeout'),
+                                               claimed_by = null
+      from picked where m.id = picked.id and picked.spent
+      returning m.id
+    ), claimed as (
+      update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
+                                               claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
+      from picked where m.id = picked.id and not picked.spent
+      returning m as msg, m.seq as seq, m.attempts as attempts
+    )
+    select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                               array_agg(c.attempts order by c.seq)),
+           count(*), (select count(*) from died)
+    into v_result, v_claimed, v_dead from claimed c;
+    -- (a batch that lost rows to the dead letters looks further, so a full batch still means: maybe more)
+    exit when v_dead = 0 or v_claimed > 0;
+  end loop;
   return coalesce(v_result, '[]'::json);
 end
 $$;

@@ -140,29 +140,26 @@ create trigger distributed_messages_notify after insert on public.distributed_me
   execute function agent_runtime_private.on_messages_inserted();
 revoke all on function agent_runtime_private.on_messages_inserted() from public, anon, authenticated, service_role;
 
--- A nack with no delay or a replay makes messages visible again: wake consumers.
+-- A nack, a hand-back or a replay makes a message ready again: wake its consumers. A row trigger
+-- with a WHEN clause on the state column: claims, acks and visibility extensions never run it
+-- (a statement trigger with transition tables ran, and captured every updated row, on all of them).
+-- A replay of many messages sends one wake-up per message (pg_notify folds identical ones).
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_ready() returns trigger
 language plpgsql security definer set search_path = '' as $$
 declare
-  r record;
+  v_name text;
+  v_kind text;
 begin
-  for r in
-    select c.name, c.kind, max(n.seq) as seq
-    from new_rows n join old_rows o on o.id = n.id
-    join public.communication_channels c on c.id = n.channel_id
-    where n.state = 'ready' and o.state <> 'ready'
-    group by c.name, c.kind
-  loop
-    perform agent_runtime_private.notify(
-      case when r.kind = 'direct' then r.name else 'channel:' || r.name end,
-      'message', jsonb_build_object('c', r.name, 's', r.seq));
-  end loop;
+  select c.name, c.kind into v_name, v_kind from public.communication_channels c where c.id = new.channel_id;
+  perform agent_runtime_private.notify(
+    case when v_kind = 'direct' then v_name else 'channel:' || v_name end,
+    'message', jsonb_build_object('c', v_name, 's', new.seq));
   return null;
 end
 $$;
-create trigger distributed_messages_ready_notify after update on public.distributed_messages
-  referencing new table as new_rows old table as old_rows for each statement
+create trigger distributed_messages_ready_notify after update of state on public.distributed_messages
+  for each row when (new.state = 'ready' and old.state <> 'ready')
   execute function agent_runtime_private.on_messages_ready();
 revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
 
