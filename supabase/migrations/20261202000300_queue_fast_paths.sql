@@ -3,6 +3,9 @@
 -- * claim_messages no longer sweeps the channel's in-flight messages for spent timed-out claims
 --   before every claim (a scan as long as the queue); its own picked scan sends the spent ones it
 --   meets to the dead letters and goes on past them.
+-- * claim_messages and ack_messages plan their look-ups as ordered index scans whatever the table's
+--   statistics say (a queue filled faster than autovacuum analyses it was planned as a bitmap scan
+--   of the whole channel, sorted: a claim as long as the queue).
 -- * on_messages_ready becomes a row trigger on UPDATE OF state WHEN the row becomes ready: claims,
 --   acks and extend_visibility no longer run a statement trigger with transition tables.
 
@@ -18,7 +21,7 @@ create function public.claim_messages(p_agent_id text, p_channel text, p_limit i
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
                                       p_classes text[] default null)
 returns json
-language plpgsql security definer set search_path = '' as $$
+language plpgsql security definer set search_path = '' set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
@@ -86,6 +89,8 @@ end
 $$;
 revoke all on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) from public, anon, authenticated;
 grant execute on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) to authenticated, service_role;
+
+alter function public.ack_messages(text, bigint[], text) set enable_bitmapscan = off;
 
 drop trigger distributed_messages_ready_notify on public.distributed_messages;
 drop function agent_runtime_private.on_messages_ready();

@@ -8,7 +8,9 @@
 -- that json_agg writes it without building a jsonb tree per message; fetch_messages and
 -- claim_messages return json. fetch_messages, ack_messages and send_messages keep generic plans
 -- (plan_cache_mode) made once per session, possibly on empty tables, so every statement in them
--- has one sensible access path whatever the table sizes (enable_seqscan off); see
+-- has one sensible access path whatever the table sizes (enable_seqscan off; claim_messages and
+-- ack_messages also enable_bitmapscan off: a queue filled faster than autovacuum analyses it was
+-- planned as a bitmap scan of the whole channel, then sorted); see
 -- tests/sql/test_wakeup_messages.py. send_messages keeps a batch in an array of outgoing_message
 -- (a temporary table would cost catalog writes and re-plans on every call).
 
@@ -389,7 +391,7 @@ create function public.claim_messages(p_agent_id text, p_channel text, p_limit i
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
                                       p_classes text[] default null)
 returns json
-language plpgsql security definer set search_path = '' as $$
+language plpgsql security definer set search_path = '' set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
@@ -467,7 +469,7 @@ grant execute on function public.claim_messages(text, text, integer, bigint, big
 -- Raises: AR400 invalid input; AR403 not allowed.
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
 returns integer
-language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_acked integer := 0;
   v_n integer;
