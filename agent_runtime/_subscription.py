@@ -221,11 +221,14 @@ class Subscription(Generic[T]):
             or anyio.current_time() - self._acks_since >= ACK_FLUSH_DELAY)
 
     def _fetch_needed(self) -> bool:
-        """Queues and inboxes always claim. A broadcast subscriber that took its last messages from
-        wake-ups, with nothing unsettled and no news, waits for the next wake-up instead (its
-        acks are carried by a fetch within ACK_FLUSH_DELAY, or at once when a batch is pending)."""
-        return (self.kind != "broadcast" or self._news or self._frontier is None or self._unsettled > 0
-                or self._acks_due())
+        """Fetch or claim only with a reason: news (a wake-up, a full batch, a retry due, the safety
+        poll), or acks due. A queue or inbox whose last claim came back short has nothing more to
+        claim until a wake-up says so: an empty claim after every delivery only cost a commit. A
+        broadcast subscriber also fetches while its frontier is unknown or what it handed out is
+        unsettled. Pending acks are carried by a fetch within ACK_FLUSH_DELAY (or at once when a
+        batch is pending)."""
+        return (self._news or self._acks_due()
+                or (self.kind == "broadcast" and (self._frontier is None or self._unsettled > 0)))
 
     async def __aenter__(self) -> Subscription[T]:
         await self._runtime._open_subscription(self)
