@@ -55,14 +55,15 @@ class CarriedMessages:
         self._known = True
 
     def messages(self, event: Event, channel: str) -> list[RawMessage] | None:
-        """The messages a broadcast wake-up carries (``f``: the first seq, ``m``: the messages as
+        """The messages a broadcast (or inbox: replies) wake-up carries (``f``: the first seq, ``m``: the messages as
         fetch_messages returns them, as one JSON text; ``h``: its HMAC), or None if it carries
         none, or they do not verify or do not hold together: on the channel's own topic, of that
         channel, seqs ``f``, ``f + 1``... A subscription takes them only if they continue where it
         stands (Subscription.offer); anything else is a plain wake-up."""
         data = event.data
         carried, first, mac = data.get("m"), data.get("f"), data.get("h")
-        topic = f"channel:{channel}"
+        # (the topic the triggers send on: an inbox's own name, a channel's "channel:<name>")
+        topic = channel if channel.startswith("agent:") else f"channel:{channel}"
         if carried is None or self._key is None or event.topic != topic:
             return None
         if type(first) is not int or not isinstance(carried, str) or not isinstance(mac, str):

@@ -6,6 +6,9 @@
 -- * claim_messages and ack_messages plan their look-ups as ordered index scans whatever the table's
 --   statistics say (a queue filled faster than autovacuum analyses it was planned as a bitmap scan
 --   of the whole channel, sorted: a claim as long as the queue).
+-- * inbox wake-ups carry replies (signed as broadcast ones are), and ack_messages takes the ack of
+--   a reply that was taken from its wake-up, never claimed: a request/reply costs no claim on the
+--   requester's side.
 -- * on_messages_ready becomes a row trigger on UPDATE OF state WHEN the row becomes ready: claims,
 --   acks and extend_visibility no longer run a statement trigger with transition tables.
 
@@ -90,7 +93,76 @@ $$;
 revoke all on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) from public, anon, authenticated;
 grant execute on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) to authenticated, service_role;
 
-alter function public.ack_messages(text, bigint[], text) set enable_bitmapscan = off;
+-- Acknowledges messages this agent received. Queue/inbox: only the current claimant's ack counts
+-- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
+-- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
+-- resolves replayed dead letters. Returns the number of messages acknowledged.
+-- (As before; the queue update, and its statement trigger, run only when one of the messages is
+-- in flight for this agent, which a broadcast message never is.)
+-- Raises: AR400 invalid input; AR403 not allowed.
+create or replace function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
+returns integer
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
+declare
+  v_acked integer := 0;
+  v_n integer;
+  v_channel_id bigint;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_message_ids is null or cardinality(p_message_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
+  end if;
+  if p_channel is not null then
+    v_channel_id := (agent_runtime_private.channel(p_channel)).id;
+  end if;
+
+  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
+  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
+  if exists (select 1 from public.distributed_messages m
+             where m.id = any (p_message_ids) and (v_channel_id is null or m.channel_id = v_channel_id)
+               and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+                    or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+                        and m.correlation_id is not null))) then
+    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    from public.communication_channels c
+    where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
+    get diagnostics v_acked = row_count;
+  end if;
+
+  with acked as (
+    select m.channel_id, max(m.seq) as seq, count(*) as n
+    from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
+    where m.id = any (p_message_ids) and c.kind = 'broadcast'
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+    group by m.channel_id
+  ), moved as (
+    update public.channel_subscriptions s set
+      cursor_seq = greatest(s.cursor_seq, a.seq),
+      retry_seq = case when s.retry_seq <= a.seq then null else s.retry_seq end,
+      retry_attempts = case when s.retry_seq <= a.seq then 0 else s.retry_attempts end,
+      retry_at = case when s.retry_seq <= a.seq then null else s.retry_at end,
+      updated_at = clock_timestamp()
+    from acked a
+    where s.channel_id = a.channel_id and s.agent_id = p_agent_id
+    returning a.n
+  )
+  select coalesce(sum(n), 0) into v_n from moved;
+  v_acked := v_acked + v_n;
+
+  update public.message_dead_letters d set state = 'resolved'
+  where d.agent_id = p_agent_id and d.message_id = any (p_message_ids) and d.state = 'replaying'
+    and (v_channel_id is null
+         or exists (select 1 from public.distributed_messages m where m.id = d.message_id and m.channel_id = v_channel_id));
+  return v_acked;
+end
+$$;
+revoke all on function public.ack_messages(text, bigint[], text) from public, anon, authenticated;
+grant execute on function public.ack_messages(text, bigint[], text) to authenticated, service_role;
 
 drop trigger distributed_messages_ready_notify on public.distributed_messages;
 drop function agent_runtime_private.on_messages_ready();
@@ -116,3 +188,58 @@ create trigger distributed_messages_ready_notify after update of state on public
   for each row when (new.state = 'ready' and old.state <> 'ready')
   execute function agent_runtime_private.on_messages_ready();
 revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
+
+-- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
+-- channel, and on an inbox for replies (a batch of replies only: the requester delivers a reply
+-- from its wake-up and acks it without claiming it, see ack_messages), it carries the messages
+-- themselves when they are few, small and visible now (see the top of this file); otherwise, and
+-- on queues (where carrying a message cannot claim it), it is the bare hint {c, s}.
+-- Raises: nothing of its own.
+create or replace function agent_runtime_private.on_messages_inserted() returns trigger
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+  v_topic text;
+  v_messages text;
+  v_note text;
+begin
+  for r in
+    select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
+           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes,
+           bool_and(n.reply_to is null and n.correlation_id is not null) as replies
+    from new_rows n join public.communication_channels c on c.id = n.channel_id
+    group by c.id, c.name, c.kind
+  loop
+    v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
+    v_note := null;
+    if (r.kind = 'broadcast' or (r.kind = 'direct' and r.replies)) and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+       and r.payload_bytes < 6000 then
+      select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
+                                                 array_agg(1 order by n.seq))::text
+      into v_messages
+      from new_rows n where n.channel_id = r.id;
+      if octet_length(v_messages) < 6000 then  -- (headers count too)
+        v_note := json_build_object(
+          'c', r.name, 's', r.seq, 'f', r.first_seq, 'm', v_messages,
+          'h', agent_runtime_private.wakeup_mac(v_topic || E'\n' || r.name || E'\n' || r.first_seq || E'\n' || v_messages)
+        )::text;
+        if octet_length(v_note) >= 7200 then
+          v_note := null;  -- (quoting the messages as a string made it too big for pg_notify)
+        end if;
+      end if;
+    end if;
+    if v_note is null then
+      perform pg_catalog.pg_notify('agent_runtime', json_build_object('c', r.name, 's', r.seq, 't', v_topic,
+                                                                      'e', 'message')::text);
+      perform realtime.send(jsonb_build_object('c', r.name, 's', r.seq), 'message', v_topic, true);
+    else
+      perform pg_catalog.pg_notify('agent_runtime', left(v_note, -1) || ',"t":' || to_json(v_topic)::text
+                                                    || ',"e":"message"}');
+      -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+      -- realtime.messages: only the channel's subscribers hear it). realtime.send never raises.
+      perform realtime.send(v_note::jsonb, 'message', v_topic, true);
+    end if;
+  end loop;
+  return null;
+end
+$$;

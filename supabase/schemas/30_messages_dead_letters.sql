@@ -484,15 +484,20 @@ begin
   end if;
 
   -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
-  -- looking the ids up)
+  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
+  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
   if exists (select 1 from public.distributed_messages m
-             where m.id = any (p_message_ids) and coalesce(m.state, '') = 'inflight'
-               and m.claimed_by = p_agent_id and (v_channel_id is null or m.channel_id = v_channel_id)) then
+             where m.id = any (p_message_ids) and (v_channel_id is null or m.channel_id = v_channel_id)
+               and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+                    or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+                        and m.correlation_id is not null))) then
     update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
     from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
-      and coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id
-      and (v_channel_id is null or m.channel_id = v_channel_id);
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
     get diagnostics v_acked = row_count;
   end if;
 

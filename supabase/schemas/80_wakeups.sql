@@ -85,8 +85,10 @@ $$;
 revoke all on function agent_runtime_private.notify(text, text, jsonb) from public, anon, authenticated, service_role;
 
 -- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
--- channel it carries the messages themselves when they are few, small and visible now (see the
--- top of this file); otherwise, and on queues and inboxes, it is the bare hint {c, s}.
+-- channel, and on an inbox for replies (a batch of replies only: the requester delivers a reply
+-- from its wake-up and acks it without claiming it, see ack_messages), it carries the messages
+-- themselves when they are few, small and visible now (see the top of this file); otherwise, and
+-- on queues (where carrying a message cannot claim it), it is the bare hint {c, s}.
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_inserted() returns trigger
 language plpgsql security definer set search_path = '' as $$
@@ -98,13 +100,14 @@ declare
 begin
   for r in
     select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
-           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes
+           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes,
+           bool_and(n.reply_to is null and n.correlation_id is not null) as replies
     from new_rows n join public.communication_channels c on c.id = n.channel_id
     group by c.id, c.name, c.kind
   loop
     v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
     v_note := null;
-    if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+    if (r.kind = 'broadcast' or (r.kind = 'direct' and r.replies)) and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
        and r.payload_bytes < 6000 then
       select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
                                                  array_agg(1 order by n.seq))::text
