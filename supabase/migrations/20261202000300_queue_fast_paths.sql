@@ -31,7 +31,9 @@ declare
   v_channel public.communication_channels;
   v_visibility interval;
   v_result json;
+  v_batch json;
   v_claimed integer;
+  v_total integer := 0;
   v_dead integer;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
@@ -68,7 +70,7 @@ begin
              or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
              or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
       order by m.seq
-      limit p_limit
+      limit p_limit - v_total
       for update skip locked
     ), died as (
       update public.distributed_messages m set state = 'dead',
@@ -85,9 +87,13 @@ begin
     select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
                                                array_agg(c.attempts order by c.seq)),
            count(*), (select count(*) from died)
-    into v_result, v_claimed, v_dead from claimed c;
-    -- (a batch that lost rows to the dead letters looks further, so a full batch still means: maybe more)
-    exit when v_dead = 0 or v_claimed > 0;
+    into v_batch, v_claimed, v_dead from claimed c;
+    v_result := case when v_result is null then v_batch
+                     when v_batch is null then v_result
+                     else (v_result::jsonb || v_batch::jsonb)::json end;
+    v_total := v_total + v_claimed;
+    -- (a batch that lost rows to the dead letters looks further: a short batch means no more)
+    exit when v_dead = 0 or v_total >= p_limit;
   end loop;
   return coalesce(v_result, '[]'::json);
 end
