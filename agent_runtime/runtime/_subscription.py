@@ -164,8 +164,18 @@ class Subscription(Generic[T]):
 
     def offer(self, first: int, messages: list[RawMessage]) -> None:
         """A broadcast wake-up carrying its messages (seqs ``first``, ``first + 1``...): taken if
-        they continue exactly where this subscription stands, otherwise a plain wake-up."""
-        if self.kind != "broadcast":
+        they continue exactly where this subscription stands, otherwise a plain wake-up. An inbox
+        wake-up carries replies only: a subscription that claims replies takes them (the requester
+        is answered without a claim; the ack of a reply never claimed is written all the same), and
+        anything else is a plain wake-up. A reply that is also claimed meanwhile comes twice: a
+        reply nobody waits for any more is dropped (and acked) by the runtime."""
+        if self.kind == "direct" and not self._closed and (self.classes is None or "reply" in self.classes) \
+                and all(m.correlation_id is not None and m.reply_to is None for m in messages) \
+                and len(self._buffer) + len(messages) <= max(self._batch_size, _MIN_BUFFER):
+            self._buffer.extend(messages)
+            self.taken_from_wakeups += len(messages)
+            self._wake.set()  # (messages in the buffer: no claim owed)
+        elif self.kind != "broadcast":
             self.wake()
         elif self._in_fetch or (self._unsettled and not self._buffer):
             # Decided once the fetch has answered, or once what was handed out is settled (if it
@@ -221,13 +231,18 @@ class Subscription(Generic[T]):
             or anyio.current_time() - self._acks_since >= ACK_FLUSH_DELAY)
 
     def _fetch_needed(self) -> bool:
-        """Queues and inboxes always claim. A broadcast subscriber that took its last messages from
-        wake-ups, with nothing unsettled and no news, waits for the next wake-up instead (its
-        acks are carried by a fetch within ACK_FLUSH_DELAY, or at once when a batch is pending)."""
-        return (self.kind != "broadcast" or self._news or self._frontier is None or self._unsettled > 0
-                or self._acks_due())
+        """Fetch or claim only with a reason: news (a wake-up, a full batch, a retry due, the safety
+        poll), or acks due. A queue or inbox whose last claim came back short has nothing more to
+        claim until a wake-up says so: an empty claim after every delivery only cost a commit. A
+        broadcast subscriber also fetches while its frontier is unknown or what it handed out is
+        unsettled. Pending acks are carried by a fetch within ACK_FLUSH_DELAY (or at once when a
+        batch is pending)."""
+        return (self._news or self._acks_due()
+                or (self.kind == "broadcast" and (self._frontier is None or self._unsettled > 0)))
 
     async def __aenter__(self) -> Subscription[T]:
+        if self.kind == "direct":  # (replies carried by inbox wake-ups are believed with the key)
+            await self._runtime._carried.load_key(self._runtime._require_db())
         await self._runtime._open_subscription(self)
         return self
 

@@ -55,15 +55,16 @@ class CarriedMessages:
         self._known = True
 
     def messages(self, event: MessageWakeUp) -> list[RawMessage] | None:
-        """The messages a broadcast wake-up carries (``first``: the first seq, ``messages``: the
-        messages as fetch_messages returns them, as one JSON text; ``mac``: its HMAC), or None if
+        """The messages a broadcast wake-up (or an inbox's, with replies) carries (``first``: the
+        first seq, ``messages``: the messages as fetch_messages returns them, as one JSON text;
+        ``mac``: its HMAC), or None if
         it carries none, or they do not verify or do not hold together: on the channel's own
         topic, of that channel, seqs ``first``, ``first + 1``... A subscription takes them only if
         they continue where it stands (Subscription.offer); anything else is a plain wake-up."""
         channel, carried, first, mac = event.channel, event.messages, event.first, event.mac
-        topic = channel_topic(channel)
-        if carried is None or self._key is None or event.topic != topic or topic == channel:
-            return None  # (an inbox's wake-ups carry no messages)
+        topic = channel_topic(channel)  # (an inbox's own name, a channel's "channel:<name>")
+        if carried is None or self._key is None or event.topic != topic:
+            return None
         if first is None or mac is None:
             log.warning("ignoring the messages of a malformed wake-up on %s", channel)
             return None

@@ -8,7 +8,9 @@
 -- that json_agg writes it without building a jsonb tree per message; fetch_messages and
 -- claim_messages return json. fetch_messages, ack_messages and send_messages keep generic plans
 -- (plan_cache_mode) made once per session, possibly on empty tables, so every statement in them
--- has one sensible access path whatever the table sizes (enable_seqscan off); see
+-- has one sensible access path whatever the table sizes (enable_seqscan off; claim_messages and
+-- ack_messages also enable_bitmapscan off: a queue filled faster than autovacuum analyses it was
+-- planned as a bitmap scan of the whole channel, then sorted); see
 -- tests/sql/test_wakeup_messages.py. send_messages keeps a batch in an array of outgoing_message
 -- (a temporary table would cost catalog writes and re-plans on every call).
 
@@ -380,19 +382,24 @@ grant execute on function public.fetch_messages(text, text, integer, bigint[]) t
 --
 -- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
 -- A claimed message whose visibility timed out is claimable again; one that has used up its
--- attempts goes to the dead letters instead. SKIP LOCKED: concurrent consumers never get the same
--- message and never wait on each other.
+-- attempts goes to the dead letters instead, when a claim's own scan meets it (it would have been
+-- claimed next): no claim scans the channel for them, so a claim costs the same at any depth.
+-- SKIP LOCKED: concurrent consumers never get the same message and never wait on each other.
 -- p_ack_ids (optional): acknowledge these first, in the same transaction, as fetch_messages does.
 -- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR412 channel kind mismatch.
 create function public.claim_messages(p_agent_id text, p_channel text, p_limit integer default 10,
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
                                       p_classes text[] default null)
 returns json
-language plpgsql security definer set search_path = '' as $$
+language plpgsql security definer set search_path = '' set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
   v_result json;
+  v_batch json;
+  v_claimed integer;
+  v_total integer := 0;
+  v_dead integer;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
@@ -415,32 +422,44 @@ begin
   v_visibility := coalesce(agent_runtime_private.ms(p_visibility_ms, 'visibility timeout', 100, 43200000),
                            v_channel.visibility_timeout);
 
-  -- Timed-out claims that used up their attempts die here, before anyone can claim them again.
-  update public.distributed_messages set state = 'dead', last_error = coalesce(last_error, 'visibility timeout'),
-                                         claimed_by = null
-  where channel_id = v_channel.id and state = 'inflight' and visible_at <= clock_timestamp()
-    and attempts >= v_channel.max_attempts;
-
-  with picked as (
-    select m.id from public.distributed_messages m
-    where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
-      and (m.expires_at is null or m.expires_at > clock_timestamp())
-      and (p_classes is null
-           or (m.reply_to is not null and 'request' = any (p_classes))
-           or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
-           or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
-    order by m.seq
-    limit p_limit
-    for update skip locked
-  ), claimed as (
-    update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
-                                             claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
-    from picked where m.id = picked.id
-    returning m as msg, m.seq as seq, m.attempts as attempts
-  )
-  select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
-                                             array_agg(c.attempts order by c.seq))
-  into v_result from claimed c;
+  -- One scan of the claim index in seq order (ready and in-flight rows only). A timed-out claim
+  -- that used up its attempts dies where the scan meets it, and the claim goes on past it.
+  loop
+    with picked as (
+      select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
+      from public.distributed_messages m
+      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
+        and (m.expires_at is null or m.expires_at > clock_timestamp())
+        and (p_classes is null
+             or (m.reply_to is not null and 'request' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
+      order by m.seq
+      limit p_limit - v_total
+      for update skip locked
+    ), died as (
+      update public.distributed_messages m set state = 'dead',
+                                               last_error = coalesce(m.last_error, 'visibility timeout'),
+                                               claimed_by = null
+      from picked where m.id = picked.id and picked.spent
+      returning m.id
+    ), claimed as (
+      update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
+                                               claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
+      from picked where m.id = picked.id and not picked.spent
+      returning m as msg, m.seq as seq, m.attempts as attempts
+    )
+    select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                               array_agg(c.attempts order by c.seq)),
+           count(*), (select count(*) from died)
+    into v_batch, v_claimed, v_dead from claimed c;
+    v_result := case when v_result is null then v_batch
+                     when v_batch is null then v_result
+                     else (v_result::jsonb || v_batch::jsonb)::json end;
+    v_total := v_total + v_claimed;
+    -- (a batch that lost rows to the dead letters looks further: a short batch means no more)
+    exit when v_dead = 0 or v_total >= p_limit;
+  end loop;
   return coalesce(v_result, '[]'::json);
 end
 $$;
@@ -456,7 +475,7 @@ grant execute on function public.claim_messages(text, text, integer, bigint, big
 -- Raises: AR400 invalid input; AR403 not allowed.
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
 returns integer
-language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_acked integer := 0;
   v_n integer;
@@ -471,15 +490,20 @@ begin
   end if;
 
   -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
-  -- looking the ids up)
+  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
+  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
   if exists (select 1 from public.distributed_messages m
-             where m.id = any (p_message_ids) and coalesce(m.state, '') = 'inflight'
-               and m.claimed_by = p_agent_id and (v_channel_id is null or m.channel_id = v_channel_id)) then
+             where m.id = any (p_message_ids) and (v_channel_id is null or m.channel_id = v_channel_id)
+               and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+                    or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+                        and m.correlation_id is not null))) then
     update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
     from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
-      and coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id
-      and (v_channel_id is null or m.channel_id = v_channel_id);
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
     get diagnostics v_acked = row_count;
   end if;
 

@@ -38,6 +38,11 @@ revoke all on function agent_runtime_private.lock_json(public.distributed_locks,
 -- extends it). Every new holder gets a fresh fencing token from a global sequence, so tokens
 -- strictly increase per key across owners. Returns {acquired, token, expires_at, owner_id, ttl_ms};
 -- when not acquired, ttl_ms says how long the current holder's lease still runs.
+-- Waiting (p_wait_ms > 0): waiters queue in the database, first come
+-- first served (a transaction advisory lock per key, which Postgres grants in arrival order), and
+-- the first in the queue watches the lease row every 2 ms, so it takes the lease within a few
+-- milliseconds of its release or expiry, with no poll or notification round trip, and the others
+-- wait their turn instead of racing for it. The wait writes nothing (no commit flush).
 -- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed; AR404 unknown agent.
 create function public.acquire_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint,
                                     p_metadata jsonb default '{}'::jsonb, p_wait_ms bigint default null)
@@ -51,6 +56,8 @@ declare
   v_now timestamptz;
   v_same boolean;
   v_acquired boolean := false;
+  v_until timestamptz;
+  v_wait_ms bigint := p_wait_ms;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   perform agent_runtime_private.agent_exists(p_agent_id);
@@ -65,13 +72,38 @@ begin
   select * into v_lock from public.distributed_locks where key = p_key;
   if found and v_lock.expires_at > clock_timestamp()
      and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
-    return agent_runtime_private.lock_json(v_lock, false);
+    if coalesce(p_wait_ms, 0) <= 0 then
+      return agent_runtime_private.lock_json(v_lock, false);
+    end if;
+  end if;
+  if coalesce(p_wait_ms, 0) > 0 then
+    -- (a waiting caller queues even for a free lease: one that just released it cannot take it
+    -- again ahead of those waiting)
+    v_until := clock_timestamp() + v_wait;
+    begin  -- (a subtransaction: a queue wait that times out ends here; the lock, once got, is kept)
+      perform pg_catalog.set_config('lock_timeout', p_wait_ms::text || 'ms', true);
+      perform pg_catalog.pg_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key));  -- ('ARLK', the key)
+      perform pg_catalog.set_config('lock_timeout', v_saved_lock_timeout, true);
+    exception when lock_not_available then
+      select * into v_lock from public.distributed_locks where key = p_key;
+      return agent_runtime_private.lock_json(v_lock, false);
+    end;
+    loop  -- first in the queue: watch the lease until it is released or expires
+      select * into v_lock from public.distributed_locks where key = p_key;
+      exit when not found or v_lock.expires_at <= clock_timestamp()
+                or (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id);
+      if clock_timestamp() >= v_until then
+        return agent_runtime_private.lock_json(v_lock, false);
+      end if;
+      perform pg_catalog.pg_sleep(least(0.002, extract(epoch from v_until - clock_timestamp())));
+    end loop;
+    v_wait_ms := greatest((extract(epoch from v_until - clock_timestamp()) * 1000)::bigint, 0);
   end if;
 
   begin  -- (a subtransaction: a lock wait that times out ends here, and its lock_timeout with it)
     if v_wait is not null then
       -- lock_timeout 0 would mean "wait forever": a zero wait is the shortest one.
-      perform pg_catalog.set_config('lock_timeout', greatest(p_wait_ms, 1)::text || 'ms', true);
+      perform pg_catalog.set_config('lock_timeout', greatest(v_wait_ms, 1)::text || 'ms', true);
     end if;
     loop
       select * into v_lock from public.distributed_locks where key = p_key for update;

@@ -85,8 +85,10 @@ $$;
 revoke all on function agent_runtime_private.notify(text, text, jsonb) from public, anon, authenticated, service_role;
 
 -- New messages: one wake-up per statement and channel, delivered after commit. On a broadcast
--- channel it carries the messages themselves when they are few, small and visible now (see the
--- top of this file); otherwise, and on queues and inboxes, it is the bare hint {c, s}.
+-- channel, and on an inbox for replies (a batch of replies only: the requester delivers a reply
+-- from its wake-up and acks it without claiming it, see ack_messages), it carries the messages
+-- themselves when they are few, small and visible now (see the top of this file); otherwise, and
+-- on queues (where carrying a message cannot claim it), it is the bare hint {c, s}.
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_inserted() returns trigger
 language plpgsql security definer set search_path = '' as $$
@@ -98,13 +100,14 @@ declare
 begin
   for r in
     select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
-           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes
+           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes,
+           bool_and(n.reply_to is null and n.correlation_id is not null) as replies
     from new_rows n join public.communication_channels c on c.id = n.channel_id
     group by c.id, c.name, c.kind
   loop
     v_topic := case when r.kind = 'direct' then r.name else 'channel:' || r.name end;
     v_note := null;
-    if r.kind = 'broadcast' and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
+    if (r.kind = 'broadcast' or (r.kind = 'direct' and r.replies)) and r.visible and r.n <= 16 and r.seq - r.first_seq + 1 = r.n
        and r.payload_bytes < 6000 then
       select agent_runtime_private.messages_json(array_agg(n::public.distributed_messages order by n.seq), r.name,
                                                  array_agg(1 order by n.seq))::text
@@ -140,29 +143,26 @@ create trigger distributed_messages_notify after insert on public.distributed_me
   execute function agent_runtime_private.on_messages_inserted();
 revoke all on function agent_runtime_private.on_messages_inserted() from public, anon, authenticated, service_role;
 
--- A nack with no delay or a replay makes messages visible again: wake consumers.
+-- A nack, a hand-back or a replay makes a message ready again: wake its consumers. A row trigger
+-- with a WHEN clause on the state column: claims, acks and visibility extensions never run it
+-- (a statement trigger with transition tables ran, and captured every updated row, on all of them).
+-- A replay of many messages sends one wake-up per message (pg_notify folds identical ones).
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_messages_ready() returns trigger
 language plpgsql security definer set search_path = '' as $$
 declare
-  r record;
+  v_name text;
+  v_kind text;
 begin
-  for r in
-    select c.name, c.kind, max(n.seq) as seq
-    from new_rows n join old_rows o on o.id = n.id
-    join public.communication_channels c on c.id = n.channel_id
-    where n.state = 'ready' and o.state <> 'ready'
-    group by c.name, c.kind
-  loop
-    perform agent_runtime_private.notify(
-      case when r.kind = 'direct' then r.name else 'channel:' || r.name end,
-      'message', jsonb_build_object('c', r.name, 's', r.seq));
-  end loop;
+  select c.name, c.kind into v_name, v_kind from public.communication_channels c where c.id = new.channel_id;
+  perform agent_runtime_private.notify(
+    case when v_kind = 'direct' then v_name else 'channel:' || v_name end,
+    'message', jsonb_build_object('c', v_name, 's', new.seq));
   return null;
 end
 $$;
-create trigger distributed_messages_ready_notify after update on public.distributed_messages
-  referencing new table as new_rows old table as old_rows for each statement
+create trigger distributed_messages_ready_notify after update of state on public.distributed_messages
+  for each row when (new.state = 'ready' and old.state <> 'ready')
   execute function agent_runtime_private.on_messages_ready();
 revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
 

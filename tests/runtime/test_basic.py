@@ -38,6 +38,29 @@ async def test_request_reply(make_runtime: RuntimeFactory) -> None:
             assert await client.request(server.agent_id, {"x": 21}, timeout=5) == {"y": 42}
 
 
+async def test_replies_come_from_their_wakeups_and_are_acked(make_runtime: RuntimeFactory,
+                                                             conn: asyncpg.Connection) -> None:
+    """A reply rides along its (signed) inbox wake-up: the requester is answered without claiming
+    it, and its ack is written all the same (within the ack flush delay)."""
+    async with make_runtime("server") as server, make_runtime("client") as client:
+        @server.on_request
+        async def echo(msg):  # type: ignore[no-untyped-def]
+            return msg.payload
+
+        with anyio.fail_after(10):
+            for n in range(5):
+                assert await client.request(server.agent_id, n, timeout=5) == n
+            control = client._control
+            assert control is not None and control.taken_from_wakeups >= 4
+            unacked = ("select count(*) from distributed_messages m join communication_channels c"
+                       " on c.id = m.channel_id where c.name = $1 and m.state <> 'acked'")
+            for _ in range(100):  # (the acks ride along with a claim within the flush delay)
+                if not await conn.fetchval(unacked, f"agent:{client.agent_id}"):
+                    break
+                await anyio.sleep(0.05)
+            assert await conn.fetchval(unacked, f"agent:{client.agent_id}") == 0
+
+
 async def test_lock_fencing(make_runtime: RuntimeFactory) -> None:
     """A second holder gets a strictly higher fencing token."""
     async with make_runtime("a") as a, make_runtime("b") as b:

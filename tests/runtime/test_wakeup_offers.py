@@ -72,6 +72,22 @@ async def test_only_broadcast_subscriptions_take_messages() -> None:
         assert _seqs(sub) == [] and sub._news
 
 
+async def test_an_inbox_that_claims_replies_takes_carried_replies_only() -> None:
+    replies = [RawMessage(id=1011, channel="agent:me", seq=11, sender_id="a", payload=1, correlation_id="c-1")]
+    control = _sub("direct")
+    control.classes = ("request", "reply")
+    control.offer(11, replies)
+    assert _seqs(control) == [11] and not control._news and control.taken_from_wakeups == 1
+    plain_reader = _sub("direct")
+    plain_reader.classes = ("plain",)
+    plain_reader.offer(11, replies)
+    assert _seqs(plain_reader) == [] and plain_reader._news
+    request = [RawMessage(id=1012, channel="agent:me", seq=12, sender_id="a", payload=1, correlation_id="c-2",
+                          reply_to="agent:a")]
+    control.offer(12, request)  # a request must be claimed: a plain wake-up
+    assert _seqs(control) == [11] and control._news
+
+
 async def test_nothing_is_taken_while_a_fetch_is_owed() -> None:
     sub = _sub()
     sub.wake()  # a bare hint: the database has news

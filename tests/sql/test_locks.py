@@ -222,3 +222,34 @@ async def test_renew_bad_ttl_is_refused(conn: asyncpg.Connection) -> None:
     await refused_unchanged(conn, "AR400", "renew_lock", agent_id="a1", key="k", lease_id=lease, ttl_ms=1)
     await refused_unchanged(conn, {"AR400", "23502"}, "renew_lock", agent_id="a1", key="k", lease_id=lease,
                             ttl_ms=None)
+
+
+async def test_waiters_take_a_released_lease_in_arrival_order_without_polling(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """Callers that wait (p_wait_ms) queue in the database: the first to come takes the lease
+    within milliseconds of its release, the next one after it, and the holder that released it
+    cannot take it again ahead of them; a waiter whose wait runs out gets a plain refusal."""
+    await _setup(conn)
+    await register(conn, "c1")
+    lease = uuid.uuid4()
+    await _acquire(conn, "a1", lease=lease)
+    async with connections(db_url, 3) as (b, c, a):
+        assert (await _acquire(b, "b1", wait_ms=100))["acquired"] is False  # the wait ran out
+        first = asyncio.create_task(_acquire(b, "b1", wait_ms=5000))
+        await asyncio.sleep(0.2)
+        second = asyncio.create_task(_acquire(c, "c1", wait_ms=5000))
+        await asyncio.sleep(0.2)
+        assert not first.done() and not second.done()
+        assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease) is True
+        again = asyncio.create_task(_acquire(a, "a1", wait_ms=5000))  # the releaser queues behind them
+        released = asyncio.get_running_loop().time()
+        got = await asyncio.wait_for(first, 2)
+        assert got["acquired"] is True and got["owner_id"] == "b1"
+        assert asyncio.get_running_loop().time() - released < 0.5
+        await asyncio.sleep(0.1)
+        assert not second.done() and not again.done()
+        assert await call(b, "release_lock", agent_id="b1", key="k", lease_id=got["lease_id"]) is True
+        got = await asyncio.wait_for(second, 2)
+        assert got["acquired"] is True and got["owner_id"] == "c1"
+        assert await call(c, "release_lock", agent_id="c1", key="k", lease_id=got["lease_id"]) is True
+        assert (await asyncio.wait_for(again, 2))["owner_id"] == "a1"

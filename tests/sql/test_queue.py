@@ -197,6 +197,19 @@ async def test_timed_out_claim_at_max_attempts_dies(conn: asyncpg.Connection) ->
     assert state["state"] == "dead" and state["last_error"] == "visibility timeout" and state["claimed_by"] is None
 
 
+async def test_a_claim_fills_its_batch_past_the_spent_claims_it_meets(conn: asyncpg.Connection) -> None:
+    """Spent timed-out claims at the head of the queue die where the claim meets them, and the claim
+    goes on past them: a full batch of the messages after them, in seq order (no sweep of the queue)."""
+    await _setup(conn, max_attempts=1)
+    ids = [(await send(conn, "p1", "jobs", {"n": i}))["id"] for i in range(6)]
+    await call(conn, "claim_messages", agent_id="c1", channel="jobs", limit=2, visibility_ms=150)
+    await asyncio.sleep(0.25)
+    got = await call(conn, "claim_messages", agent_id="c2", channel="jobs", limit=3)
+    assert [m["id"] for m in got] == ids[2:5] and all(m["attempts"] == 1 for m in got)
+    assert [(await _state(conn, i))["state"] for i in ids] == ["dead", "dead", "inflight", "inflight", "inflight",
+                                                                 "ready"]
+
+
 async def test_dead_letters_are_newest_first_and_limited(conn: asyncpg.Connection) -> None:
     """list_dead_letters orders newest first, honours the limit, and refuses a bad limit or channel."""
     await _setup(conn)

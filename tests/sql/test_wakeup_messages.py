@@ -142,3 +142,29 @@ async def test_plans_cached_on_empty_tables_stay_on_their_indexes(db_url: str, c
         await session.close()
     assert len(ids) == 10
     assert read < 500, read  # a scan of the grown table would read ~10,000
+
+
+async def test_an_inbox_wakeup_carries_replies_which_are_acked_without_a_claim(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """A batch of replies to an inbox rides along its wake-up (on the inbox's own topic), as
+    claim_messages would return it; its owner acks it without claiming it (it was never claimed),
+    nobody else can, and a claimed-then-released reply or a plain message is not acked that way."""
+    await _setup(conn)
+    await register(conn, "c1")
+    reply = {"payload": {"ok": 1}, "headers": {"ar": "reply"}, "correlation_id": "8f7c2b36-3c52-4a5e-9bd1-2f0e6c1d4a10"}
+    async with listening(db_url) as listener:
+        [sent] = await call(conn, "send_messages", agent_id="a1", channel="agent:b1", messages=[reply])
+        [event] = await listener.settle(conn)
+    assert (event["t"], event["c"], event["f"]) == ("agent:b1", "agent:b1", sent["seq"])
+    [carried] = json.loads(event["m"])
+    assert carried["id"] == sent["id"] and carried["correlation_id"] == reply["correlation_id"]
+    assert await call(conn, "ack_messages", agent_id="c1", message_ids=[sent["id"]]) == 0  # not c1's inbox
+    assert await call(conn, "ack_messages", agent_id="b1", message_ids=[sent["id"]], channel="agent:b1") == 1
+    assert await call(conn, "claim_messages", agent_id="b1", channel="agent:b1") == []
+    [plain] = await call(conn, "send_messages", agent_id="a1", channel="agent:b1", messages=[{"payload": 2}])
+    assert await call(conn, "ack_messages", agent_id="b1", message_ids=[plain["id"]]) == 0  # plain: claim it
+    [again] = await call(conn, "send_messages", agent_id="a1", channel="agent:b1", messages=[reply])
+    [claimed] = await call(conn, "claim_messages", agent_id="b1", channel="agent:b1", classes=["reply"])
+    await call(conn, "nack_message", agent_id="b1", message_id=claimed["id"], delay_ms=0)
+    assert claimed["id"] == again["id"]
+    assert await call(conn, "ack_messages", agent_id="b1", message_ids=[again["id"]]) == 0  # claimed once: stale
