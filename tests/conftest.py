@@ -78,3 +78,15 @@ def make_runtime(db_url: str) -> RuntimeFactory:
         return AgentRuntime(name, **options)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[TestDatabases]:
+    """A server of the module's own (not the session's), for tests that need a freshly initialised
+    cluster (no roles made by other tests) or reach it over TCP."""
+    databases = TestDatabases()  # (its own scratch folder, one the server's user can reach)
+    databases.start()
+    try:
+        yield databases
+    finally:
+        databases.stop()

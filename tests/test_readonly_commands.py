@@ -7,28 +7,16 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
-import pytest
 
 from agent_runtime.testing import TestDatabases
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = (("agents",), ("channels",), ("topology",), ("locks",), ("metrics",), ("dead-letters", "list"),
             ("cleanup",))
-
-
-@pytest.fixture(scope="module")
-def fresh_server() -> Iterator[TestDatabases]:
-    databases = TestDatabases()  # (its own scratch folder, one the server's user can reach)
-    databases.start()
-    try:
-        yield databases
-    finally:
-        databases.stop()
 
 
 async def _state(url: str) -> dict[str, list[str]]:
@@ -58,11 +46,11 @@ async def _cli(home: str, *args: str) -> tuple[int, str]:
     return done.returncode, done.stderr.decode() + done.stdout.decode()
 
 
-async def test_read_only_commands_on_an_empty_database_change_nothing(fresh_server: TestDatabases) -> None:
+async def test_read_only_commands_on_an_empty_database_change_nothing(private_server: TestDatabases) -> None:
     """Each read-only command says 'not migrated: run agent-runtime migrate' and exits 1; the database
     and the server hold exactly what they held before (no schema, no roles)."""
-    assert fresh_server.server is not None
-    url = fresh_server.server.url("postgres")
+    assert private_server.server is not None
+    url = private_server.server.url("postgres")
     before = await _state(url)
     assert "anon" not in before["roles"] and "agent_runtime_private" not in before["schemas"]
     results: dict[tuple[str, ...], tuple[int, str]] = {}

@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
@@ -42,16 +42,6 @@ def supabase_cli() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(CLI_DIR)], check=True,
                        capture_output=True, timeout=600)
     assert _cli_installed()
-
-
-@pytest.fixture(scope="module")
-def private_server() -> Iterator[TestDatabases]:
-    databases = TestDatabases()  # (its own scratch folder, one the server's user can reach)
-    databases.start()
-    try:
-        yield databases
-    finally:
-        databases.stop()
 
 
 async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -100,11 +100,9 @@ async def refused_unchanged(conn: asyncpg.Connection, sqlstate: str | set[str], 
 
 
 @asynccontextmanager
-async def acting_as(conn: asyncpg.Connection, agent_id: str | None, role: str = "authenticated") -> AsyncIterator[None]:
-    """A transaction in which ``conn`` is a PostgREST request with that agent's JWT (rolled back after)."""
-    claims: dict[str, Any] = {"role": role}
-    if agent_id is not None:
-        claims["agent_id"] = agent_id
+async def session_as(conn: asyncpg.Connection, role: str, claims: dict[str, Any]) -> AsyncIterator[None]:
+    """A transaction whose real role is ``role`` and whose JWT claims are ``claims`` (any claims a
+    session can set for itself), rolled back after."""
     tr = conn.transaction()
     await tr.start()
     try:
@@ -113,6 +111,16 @@ async def acting_as(conn: asyncpg.Connection, agent_id: str | None, role: str = 
         yield
     finally:
         await tr.rollback()
+
+
+@asynccontextmanager
+async def acting_as(conn: asyncpg.Connection, agent_id: str | None, role: str = "authenticated") -> AsyncIterator[None]:
+    """A transaction in which ``conn`` is a PostgREST request with that agent's JWT (rolled back after)."""
+    claims: dict[str, Any] = {"role": role}
+    if agent_id is not None:
+        claims["agent_id"] = agent_id
+    async with session_as(conn, role, claims):
+        yield
 
 
 class Listener:

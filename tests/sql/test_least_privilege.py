@@ -3,28 +3,11 @@ claims set with set_config): the findings of a held-out probe of the schema, eac
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import pytest
-from _helpers import acting_as, call, expect_error, register, send, snapshot
-
-
-@asynccontextmanager
-async def session_as(conn: asyncpg.Connection, role: str, claims: dict[str, Any]) -> AsyncIterator[None]:
-    """A transaction whose real role is ``role`` and whose JWT claims are ``claims`` (any claims a
-    session can set for itself), rolled back after."""
-    tr = conn.transaction()
-    await tr.start()
-    try:
-        await conn.execute("select set_config('request.jwt.claims', $1, true)", json.dumps(claims))
-        await conn.execute(f"set local role {role}")
-        yield
-    finally:
-        await tr.rollback()
+from _helpers import acting_as, call, expect_error, register, send, session_as, snapshot
 
 
 async def _world(conn: asyncpg.Connection) -> dict[str, int]:
