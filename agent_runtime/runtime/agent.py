@@ -14,15 +14,13 @@ import random
 import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
-import msgspec
 import tenacity
-from anyio.abc import TaskGroup
 
 from ..errors import (
     AgentRuntimeError,
@@ -31,7 +29,6 @@ from ..errors import (
     InvalidInput,
     InvalidName,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
     RemoteError,
     RequestTimeout,
@@ -47,6 +44,7 @@ from ..models import (
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
 from . import _locks, _run
+from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
@@ -54,6 +52,8 @@ from ._durations import to_ms as _ms
 from ._metrics import Metrics
 from ._payload import to_json_value as _to_builtins
 from ._presence import PresenceEvent, PresenceEvents, PresenceHub
+from ._publish import MAX_PAYLOAD_BYTES, checked_payload, inbox_channel, publish_many, send
+from ._registry import Subscriptions
 from ._subscription import Message, Subscription
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
@@ -68,10 +68,6 @@ T = TypeVar("T")
 Handler = Callable[[Message[Any]], Awaitable[Any]]
 
 _JANITOR_LOCK = "agent_runtime:janitor"
-_encoder = msgspec.json.Encoder()
-# The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
-# is refused here, before it is sent.
-MAX_PAYLOAD_BYTES = 1_048_576
 # The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
 _CONTROL: tuple[MessageClass, ...] = ("request", "reply")
 _REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
@@ -151,15 +147,14 @@ class AgentRuntime(NetworkViews):
         self.metrics = Metrics()
         self.info: AgentInfo | None = None
         self._transport: Transport | None = None
-        self._db: Database | None = None
-        self._tg: TaskGroup | None = None
+        self._context: RuntimeContext | None = None  # what the parts are given, once connected
+        self._locks: _locks.Locks | None = None
+        self._tasks = Tasks()
         self._exit_stack: AsyncExitStack | None = None
         self._stopping = anyio.Event()
-        self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
         self._lock_waiters = _locks.LockWaiters()
         self._carried = CarriedMessages()  # verifies what wake-ups carry (or fetch instead)
-        self._held: set[_locks.Lease] = set()
         self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
         self._request_concurrency = whole(request_concurrency, "request_concurrency", minimum=1, maximum=10000)
@@ -170,9 +165,7 @@ class AgentRuntime(NetworkViews):
         self._control: Subscription[Any] | None = None
         self._inbox_sub: Subscription[Any] | None = None  # plain messages, opened by the first rt.inbox() read
         self._inbox_lock = anyio.Lock()
-        self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,16 +180,26 @@ class AgentRuntime(NetworkViews):
             self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
                                                    access_token_provider=self._access_token_provider)
             stack.push_async_callback(self._close)  # 6. close
-            self._db = Database(self._transport)
+            db = Database(self._transport)
+            context = self._context = RuntimeContext(
+                agent_id=self.agent_id, db=db, metrics=self.metrics,
+                timing=Timing(shutdown_timeout=self.shutdown_timeout, poll_interval=self.poll_interval,
+                              heartbeat_interval=self.heartbeat_interval, metrics_interval=self.metrics_interval,
+                              janitor_interval=self.janitor_interval),
+                retry=RetryPolicy(self.retry_base_delay, self.retry_max_delay), stopping=self._stopping,
+                tasks=self._tasks, subscriptions=Subscriptions(self._transport), carried=self._carried,
+                in_flight=self._in_flight)
+            self._locks = _locks.Locks(context, self._lock_waiters)
             for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
                 await self._transport.watch(topic)
-            self.info = await self._db.register_agent(
+            self.info = await db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
                 heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
             stack.push_async_callback(self._leave)  # 3-5. locks, metrics, offline
             stack.push_async_callback(self._hand_back_requests)
-            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tasks.open(tg)
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
             await tg.start(self._transport.listen, self._dispatch)
             tg.start_soon(self._heartbeat_loop)
@@ -230,21 +233,22 @@ class AgentRuntime(NetworkViews):
         news see it now); in-flight handlers get the grace period, then they are cancelled and
         their messages handed back (nacked) in their own shielded cleanup."""
         self._stopping.set()
-        self._wake_subscriptions()
-        tg, self._tg = self._tg, None
+        if self._context is not None:
+            self._context.subscriptions.wake_all()
+        tg = self._tasks.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-            await self._idle.wait()
+            await self._in_flight.idle()
         if tg is not None:
             tg.cancel_scope.cancel()
 
     async def _leave(self) -> None:
         """Steps 3-5 of shutdown, shielded from cancellation and bounded in time."""
-        db = self._db
+        context, locks = self._context, self._locks
         with anyio.CancelScope(shield=True):
-            if db is not None:
+            if context is not None and locks is not None:
+                db = context.db
                 with anyio.move_on_after(self.shutdown_timeout):
-                    for lease in list(self._held):  # 3. locks (normally released by their own blocks)
-                        await _locks.release(self, lease)
+                    await locks.release_all()  # 3. locks (normally released by their own blocks)
                     try:
                         await self.metrics.flush(db, self.agent_id)  # 4. metrics
                     except AgentRuntimeError as exc:
@@ -266,29 +270,22 @@ class AgentRuntime(NetworkViews):
         thread it waits until the runtime stops or the task is cancelled."""
         await _run.wait_for_signal(self._stopping)
 
-    def _require_db(self) -> Database:
-        if self._db is None:
+    def _require_context(self) -> RuntimeContext:
+        if self._context is None:
             raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
-        return self._db
+        return self._context
 
-    def _start_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        if self._tg is None:
-            raise AgentRuntimeError("the runtime is not running")
-        self._tg.start_soon(fn, *args)
+    def _require_db(self) -> Database:
+        return self._require_context().db
 
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._stopping.wait()
-
-    def _wake_subscriptions(self) -> None:
-        for subs in self._subscriptions.values():
-            for sub in subs:
-                sub.wake()
+    def _require_locks(self) -> _locks.Locks:
+        if self._locks is None:
+            raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
+        return self._locks
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
-        delay = min(self.retry_base_delay * 2.0 ** max(attempts - 1, 0), self.retry_max_delay)
-        return float(delay * random.uniform(0.8, 1.2))
+        return RetryPolicy(self.retry_base_delay, self.retry_max_delay).delay(attempts)
 
     # ------------------------------------------------------------------ wake-up dispatch
 
@@ -303,7 +300,7 @@ class AgentRuntime(NetworkViews):
     def _dispatch_event(self, event: wire.WakeUp) -> None:
         # (decoded and checked by the transport: typed events only)
         if isinstance(event, wire.MessageWakeUp):
-            subs = self._subscriptions.get(event.channel)
+            subs = self._require_context().subscriptions.on(event.channel)
             if not subs:
                 return
             messages = self._carried.messages(event)
@@ -318,26 +315,9 @@ class AgentRuntime(NetworkViews):
         elif isinstance(event, wire.LockReleased):
             self._lock_waiters.released(event.key)
         elif isinstance(event, wire.Reconnected):
-            self._wake_subscriptions()
+            self._require_context().subscriptions.wake_all()
             self._lock_waiters.wake_all()
             self._presence.publish(PresenceEvent("resync"))
-
-    async def _open_subscription(self, sub: Subscription[Any]) -> None:
-        db = self._require_db()
-        if sub.kind == "broadcast":
-            await self._carried.load_key(db)  # (once; until then wake-ups are plain hints)
-        state = await db.subscribe(self.agent_id, sub.channel, sub._start)
-        if sub.kind == "broadcast" and isinstance(state.get("cursor"), int):
-            sub._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
-        await db.transport.watch(_wakeup_topic(sub))  # Realtime joins one channel per topic
-        self._subscriptions.setdefault(sub.channel, set()).add(sub)
-
-    def _close_subscription(self, sub: Subscription[Any]) -> None:
-        subs = self._subscriptions.get(sub.channel)
-        if subs is not None and sub in subs:
-            subs.discard(sub)
-            if self._db is not None:
-                self._db.transport.unwatch(_wakeup_topic(sub))
 
     # ------------------------------------------------------------------ background loops
 
@@ -376,13 +356,12 @@ class AgentRuntime(NetworkViews):
             await anyio.sleep(tick)
             budget = max(1, int(SAFETY_POLLS_PER_SECOND * tick))
             now = anyio.current_time()
-            for subs in list(self._subscriptions.values()):
-                for sub in list(subs):
-                    if budget and sub.poll_due(now, self.poll_interval):
-                        sub.wake()
-                        budget -= 1
-                if not budget:
-                    break
+            for sub in self._require_context().subscriptions:
+                if sub.poll_due(now, self.poll_interval):
+                    sub.wake()
+                    budget -= 1
+                    if not budget:
+                        break
 
     async def _metrics_loop(self) -> None:
         db = self._require_db()
@@ -425,14 +404,14 @@ class AgentRuntime(NetworkViews):
         """Claims this agent's requests and replies, never its plain messages (those wait in the
         table for :meth:`inbox`): replies complete pending requests at once, requests queue for
         the request workers. Nothing here waits on the application."""
-        async with Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None,
-                                     batch_size=max(16, self._request_concurrency), visibility=None,
+        async with Subscription[Any](self._require_context(), inbox_channel(self.agent_id), "direct",
+                                     payload_type=None, batch_size=max(16, self._request_concurrency), visibility=None,
                                      start="earliest", classes=_CONTROL) as sub:
             self._control = sub
             task_status.started()
             async for msg in sub:
                 if msg.raw.reply_to is not None:
-                    self._begin()
+                    self._in_flight.begin()
                     self._requests_pending += 1
                     if self._requests_pending >= self._request_concurrency:
                         sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
@@ -449,7 +428,7 @@ class AgentRuntime(NetworkViews):
             try:
                 await self._answer(msg)
             finally:
-                self._end()
+                self._in_flight.end()
                 self._requests_pending -= 1
                 sub = self._control
                 if sub is not None and sub.classes == _REPLIES_ONLY and \
@@ -471,16 +450,7 @@ class AgentRuntime(NetworkViews):
                 except AgentRuntimeError as exc:
                     log.warning("handing back request %s: %s", msg.id, exc)
                 finally:
-                    self._end()
-
-    def _begin(self) -> None:
-        self._in_flight += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-
-    def _end(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+                    self._in_flight.end()
 
     async def _answer(self, msg: Message[Any]) -> None:
         """Run the request handler and reply. The error boundary of one request: whatever fails
@@ -502,9 +472,9 @@ class AgentRuntime(NetworkViews):
     async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
         """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
         raw = msg.raw
-        if raw.reply_to != _inbox(raw.sender_id) or not raw.correlation_id:
+        if raw.reply_to != inbox_channel(raw.sender_id) or not raw.correlation_id:
             return _error(PermissionDenied(f"a request's reply_to must be the requester's own inbox "
-                                           f"({_inbox(raw.sender_id)}), not {raw.reply_to!r}"))
+                                           f"({inbox_channel(raw.sender_id)}), not {raw.reply_to!r}"))
         handler = self._request_handler
         if handler is None:
             return _error(AgentUnavailable(f"agent {self.agent_id} has no request handler"))
@@ -518,7 +488,7 @@ class AgentRuntime(NetworkViews):
         finally:
             self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
         try:
-            return "reply", _checked_payload(result)
+            return "reply", checked_payload(result)
         except InvalidInput as exc:
             self.metrics.increment("errors.reply", channel=msg.channel)
             log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
@@ -527,18 +497,19 @@ class AgentRuntime(NetworkViews):
     async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
         """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
         becomes an error reply; a requester that is gone gets nothing."""
-        destination = _inbox(request.sender_id)
+        destination = inbox_channel(request.sender_id)
         message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
         try:
             try:
-                await self._send(destination, [message])
+                await send(self._require_context(), destination, [message])
             except (InvalidInput, PermissionDenied) as exc:
                 if kind == "error":
                     raise
                 self.metrics.increment("errors.reply", channel=destination)
                 log.warning("the reply to request %s was refused: %s", request.id, exc)
                 kind, payload = _error(exc)
-                await self._send(destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
+                await send(self._require_context(), destination,
+                           [{**message, "payload": payload, "headers": {"ar": kind}}])
         except (NotFound, InvalidInput, PermissionDenied) as exc:
             log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
 
@@ -618,7 +589,7 @@ class AgentRuntime(NetworkViews):
         _check_subscription(channel, kind, start, visibility_timeout)
         if not callable(handler):
             raise InvalidInput(f"handler must be an async callable (got {handler!r})")
-        self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
+        self._tasks.start_soon(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
 
     async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
                             kind: ChannelKind | None, start: str, visibility: float | None,
@@ -657,11 +628,11 @@ class AgentRuntime(NetworkViews):
                            scope: anyio.CancelScope) -> None:
         try:
             async for msg in sub:
-                self._begin()
+                self._in_flight.begin()
                 try:
                     await self._run_handler(handler, msg)
                 finally:
-                    self._end()
+                    self._in_flight.end()
         except AgentRuntimeError as exc:  # the subscription failed: the boundary above decides
             failures.append(exc)
             scope.cancel()
@@ -705,35 +676,13 @@ class AgentRuntime(NetworkViews):
                            idempotency_keys: Sequence[str | None] | None = None, ttl: float | None = None,
                            delay: float | None = None) -> list[SendResult]:
         """Send a batch in one round trip (all or nothing), in order."""
-        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
-            raise InvalidInput("idempotency_keys must match payloads one to one")
-        messages = []
-        ttl_ms, delay_ms = _ms(ttl, "ttl"), _ms(delay, "delay")
-        headers = _to_builtins(headers) if headers else None
-        for i, payload in enumerate(payloads):
-            entry: dict[str, Any] = {"payload": _checked_payload(payload)}
-            if headers:
-                entry["headers"] = headers
-            if idempotency_keys is not None and idempotency_keys[i]:
-                entry["idempotency_key"] = idempotency_keys[i]
-            if ttl_ms is not None:
-                entry["ttl_ms"] = ttl_ms
-            if delay_ms is not None:
-                entry["delay_ms"] = delay_ms
-            messages.append(entry)
-        return await self._send(channel, messages)
-
-    async def _send(self, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
-        results = await self._require_db().send_batch(self.agent_id, channel, messages)
-        sent = sum(1 for r in results if not r.duplicate)
-        if sent:
-            self.metrics.increment("messages.sent", sent, channel=channel)
-        return results
+        return await publish_many(self._require_context(), channel, payloads, headers=headers,
+                                  idempotency_keys=idempotency_keys, ttl=ttl, delay=delay)
 
     async def send(self, agent_id: str, payload: Any, *, headers: dict[str, Any] | None = None,
                    idempotency_key: str | None = None, ttl: float | None = None) -> SendResult:
         """Send straight to another agent's inbox."""
-        return await self.publish(_inbox(agent_id), payload, headers=headers, idempotency_key=idempotency_key,
+        return await self.publish(inbox_channel(agent_id), payload, headers=headers, idempotency_key=idempotency_key,
                                   ttl=ttl)
 
     def inbox(self) -> AsyncIterator[Message[Any]]:
@@ -746,10 +695,11 @@ class AgentRuntime(NetworkViews):
     async def _plain_inbox(self) -> Subscription[Any]:
         async with self._inbox_lock:
             if self._inbox_sub is None:
-                if self._tg is None:
+                if not self._tasks.running:
                     raise AgentRuntimeError("the runtime is not running")
-                sub = Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None, batch_size=10,
-                                        visibility=None, start="earliest", classes=("plain",))
+                sub = Subscription[Any](self._require_context(), inbox_channel(self.agent_id), "direct",
+                                        payload_type=None, batch_size=10, visibility=None, start="earliest",
+                                        classes=("plain",))
                 await sub.__aenter__()
                 self._inbox_sub = sub
             return self._inbox_sub
@@ -771,17 +721,17 @@ class AgentRuntime(NetworkViews):
         could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
         or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
         timeout_ms = required_ms(timeout, "timeout")
-        target = _inbox(agent_id)
-        message = {"payload": _checked_payload(payload),
+        target = inbox_channel(agent_id)
+        message = {"payload": checked_payload(payload),
                    "headers": {**(_to_builtins(headers) if headers else {}), "ar": "request"},
-                   "correlation_id": str(uuid.uuid4()), "reply_to": _inbox(self.agent_id),
+                   "correlation_id": str(uuid.uuid4()), "reply_to": inbox_channel(self.agent_id),
                    "ttl_ms": max(timeout_ms, 1)}
         done = anyio.Event()  # a reply arrived, or the agent is found offline
         replies: list[RawMessage] = []
         offline: list[bool] = []
         self._pending_replies[message["correlation_id"]] = (done, replies)
         try:
-            await self._send(target, [message])
+            await send(self._require_context(), target, [message])
             with anyio.move_on_after(timeout):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
@@ -820,16 +770,6 @@ class AgentRuntime(NetworkViews):
                 return
             delay = max(self.heartbeat_interval, delay)
 
-    async def _reply(self, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
-        """Answer a request (Message.reply): to the requester's own inbox, and only there."""
-        if not request.reply_to or not request.correlation_id:
-            raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
-        if request.reply_to != _inbox(request.sender_id):
-            raise PermissionDenied(f"message {request.id} asks for a reply to {request.reply_to!r}: "
-                                   "replies go to the requester's own inbox only")
-        await self._send(request.reply_to, [{"payload": _checked_payload(payload), "headers": {"ar": kind},
-                                             "correlation_id": request.correlation_id}])
-
     # ------------------------------------------------------------------ dead letters
 
     async def replay_dead_letters(self, message_ids: Sequence[int]) -> int:
@@ -850,12 +790,12 @@ class AgentRuntime(NetworkViews):
         ``async with lease.fenced(conn):`` (see :class:`~agent_runtime.Lease`)."""
         required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
-        return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
+        return _require_lease(self._require_locks().hold(key, ttl=ttl, wait=wait))
 
     def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
         """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
         required_ms(ttl, "ttl")
-        return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
+        return self._require_locks().hold(key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
     # ------------------------------------------------------------------ metrics and topology
 
@@ -878,8 +818,8 @@ class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
         else:
             info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
             kind = info.kind if info else await self._existing_kind()
-        self._sub = Subscription(self._rt, self._channel, kind, payload_type=self._type, batch_size=self._batch,
-                                 visibility=self._visibility, start=self._start)
+        self._sub = Subscription(self._rt._require_context(), self._channel, kind, payload_type=self._type,
+                                 batch_size=self._batch, visibility=self._visibility, start=self._start)
         return await self._sub.__aenter__()
 
     async def _existing_kind(self) -> ChannelKind:
@@ -943,21 +883,3 @@ def _error(exc: AgentRuntimeError) -> tuple[str, dict[str, str]]:
     return "error", {"error": str(exc), "type": type(exc).__name__}
 
 
-def _checked_payload(payload: Any) -> Any:
-    """The payload as JSON-ready builtins, refused here if no channel could take it."""
-    value = _to_builtins(payload)
-    if isinstance(value, str | list | dict):
-        size = len(_encoder.encode(value))
-        if size > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
-    return value
-
-
-def _wakeup_topic(sub: Subscription[Any]) -> str:
-    """The topic the SQL triggers send a channel's wake-ups on."""
-    return wire.channel_topic(sub.channel)
-
-
-def _inbox(agent_id: str) -> str:
-    """An agent's inbox channel (given its id, or the inbox's name itself)."""
-    return agent_id if agent_id.startswith(wire.inbox_topic("")) else wire.inbox_topic(agent_id)
