@@ -43,7 +43,7 @@ from ..models import (
 )
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _locks, _run
+from . import _dispatch, _locks, _run
 from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
@@ -51,7 +51,7 @@ from ._durations import seconds as _seconds
 from ._durations import to_ms as _ms
 from ._metrics import Metrics
 from ._payload import to_json_value as _to_builtins
-from ._presence import PresenceEvent, PresenceEvents, PresenceHub
+from ._presence import PresenceEvents, PresenceHub
 from ._publish import MAX_PAYLOAD_BYTES, checked_payload, inbox_channel, publish_many, send
 from ._registry import Subscriptions
 from ._subscription import Message, Subscription
@@ -71,8 +71,6 @@ _JANITOR_LOCK = "agent_runtime:janitor"
 # The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
 _CONTROL: tuple[MessageClass, ...] = ("request", "reply")
 _REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
-# The safety poll's budget: subscriptions woken per second at most, however many there are.
-SAFETY_POLLS_PER_SECOND = 50
 # A request still unanswered after this long makes the requester look whether the agent is online.
 _PRESENCE_CHECK_AFTER = 0.5
 
@@ -149,6 +147,7 @@ class AgentRuntime(NetworkViews):
         self._transport: Transport | None = None
         self._context: RuntimeContext | None = None  # what the parts are given, once connected
         self._locks: _locks.Locks | None = None
+        self._wake_ups: _dispatch.Dispatch | None = None
         self._tasks = Tasks()
         self._exit_stack: AsyncExitStack | None = None
         self._stopping = anyio.Event()
@@ -190,6 +189,7 @@ class AgentRuntime(NetworkViews):
                 tasks=self._tasks, subscriptions=Subscriptions(self._transport), carried=self._carried,
                 in_flight=self._in_flight)
             self._locks = _locks.Locks(context, self._lock_waiters)
+            self._wake_ups = _dispatch.Dispatch(context, self._presence, self._lock_waiters)
             for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
                 await self._transport.watch(topic)
             self.info = await db.register_agent(
@@ -203,7 +203,7 @@ class AgentRuntime(NetworkViews):
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
             await tg.start(self._transport.listen, self._dispatch)
             tg.start_soon(self._heartbeat_loop)
-            tg.start_soon(self._safety_poll_loop)
+            tg.start_soon(_dispatch.safety_poll, context)
             tg.start_soon(self._metrics_loop)
             if self.janitor_enabled:
                 tg.start_soon(self._janitor_loop)
@@ -287,37 +287,10 @@ class AgentRuntime(NetworkViews):
         """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
         return RetryPolicy(self.retry_base_delay, self.retry_max_delay).delay(attempts)
 
-    # ------------------------------------------------------------------ wake-up dispatch
-
     def _dispatch(self, event: wire.WakeUp) -> None:
-        """Wake-ups are hints: one that cannot be understood is logged and dropped, never fatal."""
-        try:
-            self._dispatch_event(event)
-        except Exception:
-            self.metrics.increment("errors.wakeup")
-            log.exception("ignoring a wake-up that could not be dispatched: %r", event)
-
-    def _dispatch_event(self, event: wire.WakeUp) -> None:
-        # (decoded and checked by the transport: typed events only)
-        if isinstance(event, wire.MessageWakeUp):
-            subs = self._require_context().subscriptions.on(event.channel)
-            if not subs:
-                return
-            messages = self._carried.messages(event)
-            if messages is None:
-                for sub in subs:
-                    sub.wake()
-            else:
-                for sub in subs:
-                    sub.offer(messages[0].seq, messages)
-        elif isinstance(event, wire.PresenceChange):
-            self._presence.publish(PresenceEvent(event.kind, event.agent_id, event.status))
-        elif isinstance(event, wire.LockReleased):
-            self._lock_waiters.released(event.key)
-        elif isinstance(event, wire.Reconnected):
-            self._require_context().subscriptions.wake_all()
-            self._lock_waiters.wake_all()
-            self._presence.publish(PresenceEvent("resync"))
+        """The transport's sink (looked up when the runtime starts listening)."""
+        if self._wake_ups is not None:
+            self._wake_ups(event)
 
     # ------------------------------------------------------------------ background loops
 
@@ -345,23 +318,6 @@ class AgentRuntime(NetworkViews):
             self.info = await db.heartbeat(self.agent_id)
 
         await self._periodically("heartbeat", lambda: self.heartbeat_interval * random.uniform(0.8, 1.0), beat)
-
-    async def _safety_poll_loop(self) -> None:
-        """The one safety poll of this runtime (not one timer per subscription): each tick wakes the
-        subscriptions that have fetched nothing for ``poll_interval``, at most SAFETY_POLLS_PER_SECOND
-        of them, so that thousands of idle subscriptions cost a bounded number of transactions (each
-        is then looked at less often than ``poll_interval``). Wake-ups and reconnects do the rest."""
-        tick = min(self.poll_interval, 1.0)
-        while True:
-            await anyio.sleep(tick)
-            budget = max(1, int(SAFETY_POLLS_PER_SECOND * tick))
-            now = anyio.current_time()
-            for sub in self._require_context().subscriptions:
-                if sub.poll_due(now, self.poll_interval):
-                    sub.wake()
-                    budget -= 1
-                    if not budget:
-                        break
 
     async def _metrics_loop(self) -> None:
         db = self._require_db()
