@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import re
 import socket
 import uuid
@@ -43,7 +42,7 @@ from ..models import (
 )
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _dispatch, _locks, _run
+from . import _dispatch, _locks, _run, _services
 from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
@@ -67,7 +66,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Handler = Callable[[Message[Any]], Awaitable[Any]]
 
-_JANITOR_LOCK = "agent_runtime:janitor"
 # The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
 _CONTROL: tuple[MessageClass, ...] = ("request", "reply")
 _REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
@@ -202,11 +200,11 @@ class AgentRuntime(NetworkViews):
             self._tasks.open(tg)
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
             await tg.start(self._transport.listen, self._dispatch)
-            tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(_services.heartbeat, context, self._heard)
             tg.start_soon(_dispatch.safety_poll, context)
-            tg.start_soon(self._metrics_loop)
+            tg.start_soon(_services.flush_metrics, context)
             if self.janitor_enabled:
-                tg.start_soon(self._janitor_loop)
+                tg.start_soon(_services.janitor, context)
             await tg.start(self._control_loop)
             for _ in range(self._request_concurrency):
                 tg.start_soon(self._request_worker)
@@ -294,67 +292,8 @@ class AgentRuntime(NetworkViews):
 
     # ------------------------------------------------------------------ background loops
 
-    async def _periodically(self, part: str, pause: Callable[[], float], round_: Callable[[], Awaitable[None]],
-                            *, at_once: bool = False) -> None:
-        """A background service's error boundary: a round that fails is logged and counted
-        (``errors.<part>``), and the next round runs as planned."""
-        if not at_once:
-            await anyio.sleep(pause())
-        while True:
-            try:
-                await round_()
-            except AgentRuntimeError as exc:
-                self.metrics.increment(f"errors.{part}")
-                log.warning("%s failed: %s", part, exc)
-            except Exception:
-                self.metrics.increment(f"errors.{part}")
-                log.exception("%s failed unexpectedly", part)
-            await anyio.sleep(pause())
-
-    async def _heartbeat_loop(self) -> None:
-        db = self._require_db()
-
-        async def beat() -> None:
-            self.info = await db.heartbeat(self.agent_id)
-
-        await self._periodically("heartbeat", lambda: self.heartbeat_interval * random.uniform(0.8, 1.0), beat)
-
-    async def _metrics_loop(self) -> None:
-        db = self._require_db()
-
-        async def flush() -> None:
-            await self.metrics.flush(db, self.agent_id)  # (a failed flush keeps retryable figures)
-
-        await self._periodically("metrics_flush", lambda: self.metrics_interval, flush)
-
-    async def _janitor_loop(self) -> None:
-        """Leader-elected cleanup: whoever holds the janitor lock runs it; the lease is re-taken
-        each round with the same lease id, so the leader keeps it while alive."""
-        db = self._require_db()
-        lease_id = uuid.uuid4()
-
-        allowed = True
-
-        async def clean() -> None:
-            nonlocal allowed
-            if not allowed:
-                return
-            grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id, int(self.janitor_interval * 3000))
-            if grant.acquired:
-                try:
-                    counts = await db.run_cleanup()
-                except PermissionDenied:
-                    # An agent with its own JWT may not clean up for everyone: step aside for good
-                    # (and free the leadership at once, so a trusted agent's janitor takes over).
-                    allowed = False
-                    log.info("janitor: %s is not a trusted role, so it leaves cleanup to others", self.agent_id)
-                    await db.release_lock(self.agent_id, _JANITOR_LOCK, lease_id)
-                    return
-                if any(counts.values()):
-                    log.info("janitor: %s", counts)
-
-        await self._periodically("janitor", lambda: self.janitor_interval * random.uniform(0.9, 1.1), clean,
-                                 at_once=True)
+    def _heard(self, info: AgentInfo) -> None:
+        self.info = info
 
     async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Claims this agent's requests and replies, never its plain messages (those wait in the
