@@ -10,23 +10,20 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
-import tenacity
 
 from ..errors import (
     AgentRuntimeError,
     AgentUnavailable,
     ConfigurationError,
     InvalidInput,
-    InvalidName,
     NotFound,
     PermissionDenied,
     RemoteError,
@@ -42,12 +39,12 @@ from ..models import (
 )
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _dispatch, _locks, _run, _services
+from . import _channels, _dispatch, _handlers, _locks, _run, _services
 from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
 from ._db import Database, MessageClass
 from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
-from ._durations import to_ms as _ms
+from ._handlers import Handler, nack_quietly
 from ._metrics import Metrics
 from ._payload import to_json_value as _to_builtins
 from ._presence import PresenceEvents, PresenceHub
@@ -64,7 +61,6 @@ __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Handler = Callable[[Message[Any]], Awaitable[Any]]
 
 # The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
 _CONTROL: tuple[MessageClass, ...] = ("request", "reply")
@@ -356,13 +352,14 @@ class AgentRuntime(NetworkViews):
                 await self._send_reply(msg.raw, payload, kind)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await self._nack_quietly(msg, delay=0, reason="request handler cancelled (shutdown)")
+                    await nack_quietly(self._require_context(), msg, delay=0,
+                                       reason="request handler cancelled (shutdown)")
                 raise
             await msg.ack()
         except Exception as exc:  # the reply could not be sent (the database is away...)
             self.metrics.increment("errors.request", channel=msg.channel)
             log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
-            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
+            await nack_quietly(self._require_context(), msg, reason=f"{type(exc).__name__}: {exc}")
 
     async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
         """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
@@ -429,30 +426,20 @@ class AgentRuntime(NetworkViews):
                       visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
                       metadata: dict[str, Any] | None = None) -> ChannelInfo:
         """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
-        _check_channel_name(name, inbox=False)
-        if kind not in ("broadcast", "queue"):
-            raise InvalidInput(f"channel kind must be broadcast or queue (got {kind!r})")
-        if max_attempts is not None:
-            whole(max_attempts, "max_attempts", minimum=1, maximum=1000)
-        if max_payload_bytes is not None:
-            whole(max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_BYTES)
-        if visibility_timeout is not None:
-            bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
-        return await self._require_db().ensure_channel(
-            self.agent_id, name, kind, retention_ms=_ms(retention, "retention"),
-            message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
-            visibility_timeout_ms=_ms(visibility_timeout, "visibility_timeout"),
-            max_payload_bytes=max_payload_bytes, metadata=None if metadata is None else _to_builtins(metadata))
+        return await _channels.ensure(self._require_context(), name, kind, retention=retention,
+                                      message_ttl=message_ttl, max_attempts=max_attempts,
+                                      visibility_timeout=visibility_timeout, max_payload_bytes=max_payload_bytes,
+                                      metadata=metadata)
 
     @overload
     def subscribe(self, channel: str, *, type: None = None, kind: ChannelKind | None = None, start: str = "latest",
-                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[Any]: ...
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _channels.Subscribing[Any]: ...
     @overload
     def subscribe(self, channel: str, *, type: type[T], kind: ChannelKind | None = None, start: str = "latest",
-                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[T]: ...
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _channels.Subscribing[T]: ...
     def subscribe(self, channel: str, *, type: type[T] | None = None, kind: ChannelKind | None = None,
                   start: str = "latest", batch_size: int = 100,
-                  visibility_timeout: float | None = None) -> _SubscribeCM[Any]:
+                  visibility_timeout: float | None = None) -> _channels.Subscribing[Any]:
         """Subscribe to a channel (created as ``kind`` if missing, default broadcast).
 
         Durable: the subscription (per agent id and channel) keeps its cursor, so an agent that
@@ -460,9 +447,8 @@ class AgentRuntime(NetworkViews):
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
-        _check_subscription(channel, kind, start, visibility_timeout)
-        whole(batch_size, "batch_size", minimum=1, maximum=10000)
-        return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
+        return _channels.subscribe(self._require_context(), channel, payload_type=type, kind=kind, start=start,
+                                   batch_size=batch_size, visibility_timeout=visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
            start: str = "latest", concurrency: int = 1,
@@ -480,83 +466,8 @@ class AgentRuntime(NetworkViews):
                kind: ChannelKind | None = None, start: str = "latest", concurrency: int = 1,
                visibility_timeout: float | None = None) -> None:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
-        whole(concurrency, "concurrency", minimum=1, maximum=10000)
-        _check_subscription(channel, kind, start, visibility_timeout)
-        if not callable(handler):
-            raise InvalidInput(f"handler must be an async callable (got {handler!r})")
-        self._tasks.start_soon(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
-
-    async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
-                            kind: ChannelKind | None, start: str, visibility: float | None,
-                            concurrency: int) -> None:
-        """One handler's error boundary: a lost connection reopens its subscription with backoff;
-        anything else the database refuses (a channel of another kind, one that was deleted...)
-        stops this handler alone, logged and counted, never the runtime."""
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
-            wait=tenacity.wait_random_exponential(multiplier=self.retry_base_delay, max=self.retry_max_delay),
-            sleep=anyio.sleep, reraise=True,
-            before_sleep=lambda state: log.warning("handler on %s: %s; reopening", channel,
-                                                   state.outcome.exception() if state.outcome else None))
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._consume(channel, handler, payload_type, kind, start, visibility, concurrency)
-        except AgentRuntimeError as exc:
-            self.metrics.increment("errors.handler", channel=channel)
-            log.error("the handler on %s stopped: %s", channel, exc)
-
-    async def _consume(self, channel: str, handler: Handler, payload_type: type[Any] | None,
-                       kind: ChannelKind | None, start: str, visibility: float | None, concurrency: int) -> None:
-        # Concurrent handlers share one subscription: one claim (and one ack write) serves them all.
-        # Broadcast keeps per-channel order: one handler at a time.
-        failures: list[AgentRuntimeError] = []
-        async with self.subscribe(channel, type=payload_type, kind=kind, start=start,
-                                  batch_size=max(10, concurrency), visibility_timeout=visibility) as sub:
-            async with anyio.create_task_group() as tg:
-                for _ in range(1 if sub.kind == "broadcast" else concurrency):
-                    tg.start_soon(self._handle_each, sub, handler, failures, tg.cancel_scope)
-        if failures:
-            raise failures[0]
-
-    async def _handle_each(self, sub: Subscription[Any], handler: Handler, failures: list[AgentRuntimeError],
-                           scope: anyio.CancelScope) -> None:
-        try:
-            async for msg in sub:
-                self._in_flight.begin()
-                try:
-                    await self._run_handler(handler, msg)
-                finally:
-                    self._in_flight.end()
-        except AgentRuntimeError as exc:  # the subscription failed: the boundary above decides
-            failures.append(exc)
-            scope.cancel()
-
-    async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
-        """One message's error boundary: the handler raising nacks it; a nack that cannot be
-        written (the database is away) leaves it to be redelivered."""
-        started = anyio.current_time()
-        try:
-            await handler(msg)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                await self._nack_quietly(msg, delay=0, reason="handler cancelled (shutdown)")
-            raise
-        except Exception as exc:
-            self.metrics.increment("errors.handler_call", channel=msg.channel)
-            log.warning("handler for %s failed on %r: %s", msg.channel, msg, exc)
-            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
-        else:
-            await msg.ack()
-        finally:
-            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
-
-    async def _nack_quietly(self, msg: Message[Any], *, delay: float | None = None, reason: str) -> None:
-        try:
-            await msg.nack(delay=delay, reason=reason)
-        except AgentRuntimeError as exc:
-            self.metrics.increment("errors.nack", channel=msg.channel)
-            log.warning("nack of %r failed (%s): it will be redelivered", msg, exc)
+        _handlers.handle(self._require_context(), channel, handler, payload_type=type, kind=kind, start=start,
+                         concurrency=concurrency, visibility_timeout=visibility_timeout)
 
     async def publish(self, channel: str, payload: Any, *, headers: dict[str, Any] | None = None,
                       idempotency_key: str | None = None, ttl: float | None = None,
@@ -698,63 +609,11 @@ class AgentRuntime(NetworkViews):
         await self.metrics.flush(self._require_db(), self.agent_id)
 
 
-class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
-    """Ensures the channel (when a kind is known), then opens the subscription."""
-
-    def __init__(self, rt: AgentRuntime, channel: str, kind: ChannelKind | None, payload_type: type[T] | None,
-                 start: str, batch_size: int, visibility: float | None) -> None:
-        self._rt, self._channel, self._kind = rt, channel, kind
-        self._type, self._start, self._batch, self._visibility = payload_type, start, batch_size, visibility
-        self._sub: Subscription[T] | None = None
-
-    async def __aenter__(self) -> Subscription[T]:
-        if self._channel.startswith("agent:"):
-            kind: ChannelKind = "direct"
-        else:
-            info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
-            kind = info.kind if info else await self._existing_kind()
-        self._sub = Subscription(self._rt._require_context(), self._channel, kind, payload_type=self._type,
-                                 batch_size=self._batch, visibility=self._visibility, start=self._start)
-        return await self._sub.__aenter__()
-
-    async def _existing_kind(self) -> ChannelKind:
-        for info in await self._rt.channels():
-            if info.name == self._channel:
-                return info.kind
-        return (await self._rt.channel(self._channel, "broadcast")).kind
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._sub is not None:
-            await self._sub.close()
-
-
 @asynccontextmanager
 async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -> AsyncIterator[_locks.Lease]:
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
-
-
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
-
-
-def _check_channel_name(name: str, *, inbox: bool) -> None:
-    """The SQL's rule for channel names, checked before anything is sent."""
-    if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
-        raise InvalidName(f"invalid channel name {name!r}",
-                          hint="1-128 characters: letters, digits, _ . : / - (not starting with a symbol)")
-    if not inbox and name.startswith("agent:"):
-        raise InvalidName("channel names starting with agent: are agent inboxes")
-
-
-def _check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None) -> None:
-    _check_channel_name(channel, inbox=True)
-    if kind not in (None, "broadcast", "queue"):
-        raise InvalidInput(f"kind must be broadcast or queue (got {kind!r})")
-    if start not in ("latest", "earliest"):
-        raise InvalidInput(f"start must be 'latest' or 'earliest' (got {start!r})")
-    if visibility_timeout is not None:
-        bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
 
 
 class _Inbox:
