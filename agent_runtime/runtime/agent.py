@@ -1,14 +1,18 @@
-"""AgentRuntime: one agent process's membership of the network.
+"""AgentRuntime: one agent process's membership of the network, the facade and its lifecycle.
 
 It owns one anyio task group. Background services (the wake-up listener, presence heartbeat,
 metrics flusher, janitor, inbox consumer, handlers) are tasks in it; leaving the ``async with``
 shuts them down in order: stop intake, let in-flight handlers finish (or hand their messages
-back), release locks, flush metrics, mark the agent offline, close connections."""
+back), release locks, flush metrics, mark the agent offline, close connections.
+
+The work is done by parts given one :class:`~._context.RuntimeContext` (made once connected),
+never the runtime: ``_dispatch`` (wake-ups, the safety poll), ``_services`` (heartbeat, metrics
+flush, janitor), ``_requests`` (requests, replies, the inbox), ``_handlers``, ``_channels``,
+``_publish``, ``_subscription`` and ``_locks``."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import uuid
@@ -19,38 +23,21 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ..errors import (
-    AgentRuntimeError,
-    AgentUnavailable,
-    ConfigurationError,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    RemoteError,
-    RequestTimeout,
-)
-from ..models import (
-    AgentInfo,
-    AgentStatus,
-    ChannelInfo,
-    ChannelKind,
-    RawMessage,
-    SendResult,
-)
+from ..errors import AgentRuntimeError, ConfigurationError
+from ..models import AgentInfo, AgentStatus, ChannelInfo, ChannelKind, SendResult
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _channels, _dispatch, _handlers, _locks, _run, _services
+from . import _channels, _dispatch, _handlers, _locks, _requests, _run, _services
 from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
-from ._db import Database, MessageClass
+from ._db import Database
 from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
-from ._handlers import Handler, nack_quietly
+from ._handlers import Handler
 from ._metrics import Metrics
-from ._payload import to_json_value as _to_builtins
 from ._presence import PresenceEvents, PresenceHub
-from ._publish import MAX_PAYLOAD_BYTES, checked_payload, inbox_channel, publish_many, send
+from ._publish import MAX_PAYLOAD_BYTES, inbox_channel, publish_many
 from ._registry import Subscriptions
-from ._subscription import Message, Subscription
+from ._subscription import Message
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
@@ -61,12 +48,7 @@ __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
-_CONTROL: tuple[MessageClass, ...] = ("request", "reply")
-_REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
-# A request still unanswered after this long makes the requester look whether the agent is online.
-_PRESENCE_CHECK_AFTER = 0.5
+P = TypeVar("P")
 
 
 def _default_agent_id(name: str) -> str:
@@ -148,16 +130,9 @@ class AgentRuntime(NetworkViews):
         self._presence = PresenceHub()
         self._lock_waiters = _locks.LockWaiters()
         self._carried = CarriedMessages()  # verifies what wake-ups carry (or fetch instead)
-        self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
         self._request_concurrency = whole(request_concurrency, "request_concurrency", minimum=1, maximum=10000)
-        # Claimed requests wait here for one of the request_concurrency workers; while as many
-        # are pending as there are workers, the inbox claims replies only (requests wait in the table).
-        self._requests_send, self._requests_receive = anyio.create_memory_object_stream[Message[Any]](math.inf)
-        self._requests_pending = 0
-        self._control: Subscription[Any] | None = None
-        self._inbox_sub: Subscription[Any] | None = None  # plain messages, opened by the first rt.inbox() read
-        self._inbox_lock = anyio.Lock()
+        self._requests: _requests.Requests | None = None
         self._in_flight = InFlight()
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,6 +159,8 @@ class AgentRuntime(NetworkViews):
                 in_flight=self._in_flight)
             self._locks = _locks.Locks(context, self._lock_waiters)
             self._wake_ups = _dispatch.Dispatch(context, self._presence, self._lock_waiters)
+            requests = self._requests = _requests.Requests(context, concurrency=self._request_concurrency,
+                                                           handler=self._request_handler)
             for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
                 await self._transport.watch(topic)
             self.info = await db.register_agent(
@@ -191,7 +168,7 @@ class AgentRuntime(NetworkViews):
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
                 heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
             stack.push_async_callback(self._leave)  # 3-5. locks, metrics, offline
-            stack.push_async_callback(self._hand_back_requests)
+            stack.push_async_callback(requests.hand_back)
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tasks.open(tg)
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
@@ -201,9 +178,9 @@ class AgentRuntime(NetworkViews):
             tg.start_soon(_services.flush_metrics, context)
             if self.janitor_enabled:
                 tg.start_soon(_services.janitor, context)
-            await tg.start(self._control_loop)
+            await tg.start(requests.control_loop)
             for _ in range(self._request_concurrency):
-                tg.start_soon(self._request_worker)
+                tg.start_soon(requests.worker)
             self._exit_stack = stack.pop_all()
         return self
 
@@ -264,18 +241,18 @@ class AgentRuntime(NetworkViews):
         thread it waits until the runtime stops or the task is cancelled."""
         await _run.wait_for_signal(self._stopping)
 
-    def _require_context(self) -> RuntimeContext:
-        if self._context is None:
+    @staticmethod
+    def _started(part: P | None) -> P:
+        """A part made when the runtime started (refused before that)."""
+        if part is None:
             raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
-        return self._context
+        return part
+
+    def _require_context(self) -> RuntimeContext:
+        return self._started(self._context)
 
     def _require_db(self) -> Database:
-        return self._require_context().db
-
-    def _require_locks(self) -> _locks.Locks:
-        if self._locks is None:
-            raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
-        return self._locks
+        return self._started(self._context).db
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
@@ -286,124 +263,9 @@ class AgentRuntime(NetworkViews):
         if self._wake_ups is not None:
             self._wake_ups(event)
 
-    # ------------------------------------------------------------------ background loops
-
     def _heard(self, info: AgentInfo) -> None:
+        """What the heartbeat service heard back: this agent as the network sees it."""
         self.info = info
-
-    async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Claims this agent's requests and replies, never its plain messages (those wait in the
-        table for :meth:`inbox`): replies complete pending requests at once, requests queue for
-        the request workers. Nothing here waits on the application."""
-        async with Subscription[Any](self._require_context(), inbox_channel(self.agent_id), "direct",
-                                     payload_type=None, batch_size=max(16, self._request_concurrency), visibility=None,
-                                     start="earliest", classes=_CONTROL) as sub:
-            self._control = sub
-            task_status.started()
-            async for msg in sub:
-                if msg.raw.reply_to is not None:
-                    self._in_flight.begin()
-                    self._requests_pending += 1
-                    if self._requests_pending >= self._request_concurrency:
-                        sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
-                    self._requests_send.send_nowait(msg)
-                else:
-                    waiter = self._pending_replies.get(msg.correlation_id or "")
-                    if waiter is not None:
-                        waiter[1].append(msg.raw)
-                        waiter[0].set()
-                    await msg.ack()  # a late reply to a request that gave up is dropped
-
-    async def _request_worker(self) -> None:
-        async for msg in self._requests_receive:
-            try:
-                await self._answer(msg)
-            finally:
-                self._in_flight.end()
-                self._requests_pending -= 1
-                sub = self._control
-                if sub is not None and sub.classes == _REPLIES_ONLY and \
-                        self._requests_pending < self._request_concurrency:
-                    sub.classes = _CONTROL
-                    sub.wake()
-
-    async def _hand_back_requests(self) -> None:
-        """At shutdown: requests claimed but never started go back to the table at once (and so
-        do plain messages claimed for rt.inbox() but never read)."""
-        if self._inbox_sub is not None:
-            await self._inbox_sub.close()
-        self._requests_send.close()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-            async for msg in self._requests_receive:
-                try:  # never handed to a handler: not a failed attempt
-                    await self._require_db().nack(self.agent_id, msg.id, delay_ms=0, reason="agent shutting down",
-                                                  release=True)
-                except AgentRuntimeError as exc:
-                    log.warning("handing back request %s: %s", msg.id, exc)
-                finally:
-                    self._in_flight.end()
-
-    async def _answer(self, msg: Message[Any]) -> None:
-        """Run the request handler and reply. The error boundary of one request: whatever fails
-        (the handler, the reply, the database) is logged, counted and answered or retried here."""
-        try:
-            try:
-                kind, payload = await self._outcome(msg)
-                await self._send_reply(msg.raw, payload, kind)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await nack_quietly(self._require_context(), msg, delay=0,
-                                       reason="request handler cancelled (shutdown)")
-                raise
-            await msg.ack()
-        except Exception as exc:  # the reply could not be sent (the database is away...)
-            self.metrics.increment("errors.request", channel=msg.channel)
-            log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
-            await nack_quietly(self._require_context(), msg, reason=f"{type(exc).__name__}: {exc}")
-
-    async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
-        """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
-        raw = msg.raw
-        if raw.reply_to != inbox_channel(raw.sender_id) or not raw.correlation_id:
-            return _error(PermissionDenied(f"a request's reply_to must be the requester's own inbox "
-                                           f"({inbox_channel(raw.sender_id)}), not {raw.reply_to!r}"))
-        handler = self._request_handler
-        if handler is None:
-            return _error(AgentUnavailable(f"agent {self.agent_id} has no request handler"))
-        started = anyio.current_time()
-        try:
-            result = await handler(msg)
-        except Exception as exc:
-            self.metrics.increment("errors.request_handler", channel=msg.channel)
-            log.exception("request handler failed on %r", msg)
-            return "error", {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
-        finally:
-            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
-        try:
-            return "reply", checked_payload(result)
-        except InvalidInput as exc:
-            self.metrics.increment("errors.reply", channel=msg.channel)
-            log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
-            return _error(exc)
-
-    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
-        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
-        becomes an error reply; a requester that is gone gets nothing."""
-        destination = inbox_channel(request.sender_id)
-        message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
-        try:
-            try:
-                await send(self._require_context(), destination, [message])
-            except (InvalidInput, PermissionDenied) as exc:
-                if kind == "error":
-                    raise
-                self.metrics.increment("errors.reply", channel=destination)
-                log.warning("the reply to request %s was refused: %s", request.id, exc)
-                kind, payload = _error(exc)
-                await send(self._require_context(), destination,
-                           [{**message, "payload": payload, "headers": {"ar": kind}}])
-        except (NotFound, InvalidInput, PermissionDenied) as exc:
-            log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
 
     # ------------------------------------------------------------------ presence
 
@@ -496,19 +358,7 @@ class AgentRuntime(NetworkViews):
 
         They are claimed only while read: unread ones wait in the table (durably, for as long as
         their TTL), and never hold up this agent's requests and replies."""
-        return _Inbox(self)
-
-    async def _plain_inbox(self) -> Subscription[Any]:
-        async with self._inbox_lock:
-            if self._inbox_sub is None:
-                if not self._tasks.running:
-                    raise AgentRuntimeError("the runtime is not running")
-                sub = Subscription[Any](self._require_context(), inbox_channel(self.agent_id), "direct",
-                                        payload_type=None, batch_size=10, visibility=None, start="earliest",
-                                        classes=("plain",))
-                await sub.__aenter__()
-                self._inbox_sub = sub
-            return self._inbox_sub
+        return _requests.Inbox(self._started(self._requests))
 
     def on_request(self, handler: Handler) -> Handler:
         """Decorator: answer requests sent to this agent; the handler's return value is the reply
@@ -516,6 +366,8 @@ class AgentRuntime(NetworkViews):
         ``request_concurrency`` requests are handled at a time; more wait in the table. Until a
         handler is set, requests are refused (:class:`AgentUnavailable` at the requester)."""
         self._request_handler = handler
+        if self._requests is not None:
+            self._requests.handler = handler
         return handler
 
     async def request(self, agent_id: str, payload: Any, *, timeout: float = 30.0,  # noqa: ASYNC109 (the API)
@@ -526,55 +378,7 @@ class AgentRuntime(NetworkViews):
         so it is not handled after the requester gave up), :class:`RemoteError` if the responder
         could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
         or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
-        timeout_ms = required_ms(timeout, "timeout")
-        target = inbox_channel(agent_id)
-        message = {"payload": checked_payload(payload),
-                   "headers": {**(_to_builtins(headers) if headers else {}), "ar": "request"},
-                   "correlation_id": str(uuid.uuid4()), "reply_to": inbox_channel(self.agent_id),
-                   "ttl_ms": max(timeout_ms, 1)}
-        done = anyio.Event()  # a reply arrived, or the agent is found offline
-        replies: list[RawMessage] = []
-        offline: list[bool] = []
-        self._pending_replies[message["correlation_id"]] = (done, replies)
-        try:
-            await send(self._require_context(), target, [message])
-            with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
-                    await done.wait()
-                    tg.cancel_scope.cancel()
-        finally:
-            del self._pending_replies[message["correlation_id"]]
-        if not replies and offline:
-            raise AgentUnavailable(f"agent {agent_id} is offline")
-        if not replies:
-            raise RequestTimeout(f"no reply from {agent_id} within {timeout}s")
-        reply = replies[0]
-        if reply.headers.get("ar") == "error":
-            body = reply.payload if isinstance(reply.payload, dict) else {"error": reply.payload}
-            error, remote_type = body.get("error"), body.get("type")
-            if remote_type == AgentUnavailable.__name__:
-                raise AgentUnavailable(str(error))
-            raise RemoteError(f"{agent_id} failed: {error}",
-                              remote_type=None if remote_type is None else str(remote_type))
-        return reply.payload
-
-    async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
-        """While no reply has come, look now and then whether the agent is online at all (a
-        prompt reply costs no look-up)."""
-        delay = _PRESENCE_CHECK_AFTER
-        while not done.is_set():
-            await anyio.sleep(delay)
-            try:
-                agents = await self._require_db().list_agents(None, online_only=True)
-            except AgentRuntimeError as exc:
-                log.debug("presence check for a request failed: %s", exc)
-                continue
-            if not any(a.id == agent_id for a in agents):
-                offline.append(True)
-                done.set()
-                return
-            delay = max(self.heartbeat_interval, delay)
+        return await self._started(self._requests).request(agent_id, payload, timeout=timeout, headers=headers)
 
     # ------------------------------------------------------------------ dead letters
 
@@ -596,12 +400,12 @@ class AgentRuntime(NetworkViews):
         ``async with lease.fenced(conn):`` (see :class:`~agent_runtime.Lease`)."""
         required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
-        return _require_lease(self._require_locks().hold(key, ttl=ttl, wait=wait))
+        return _require_lease(self._started(self._locks).hold(key, ttl=ttl, wait=wait))
 
     def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
         """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
         required_ms(ttl, "ttl")
-        return self._require_locks().hold(key, ttl=ttl, wait=0, raise_if_unavailable=False)
+        return self._started(self._locks).hold(key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
     # ------------------------------------------------------------------ metrics and topology
 
@@ -614,26 +418,3 @@ async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
-
-
-class _Inbox:
-    """``async for msg in rt.inbox()``: opens the runtime's plain-message subscription on the
-    first read (shared by every reader, closed with the runtime)."""
-
-    def __init__(self, rt: AgentRuntime) -> None:
-        self._rt = rt
-        self._sub: Subscription[Any] | None = None
-
-    def __aiter__(self) -> _Inbox:
-        return self
-
-    async def __anext__(self) -> Message[Any]:
-        if self._sub is None:
-            self._sub = await self._rt._plain_inbox()
-        return await self._sub.__anext__()
-
-
-def _error(exc: AgentRuntimeError) -> tuple[str, dict[str, str]]:
-    return "error", {"error": str(exc), "type": type(exc).__name__}
-
-
