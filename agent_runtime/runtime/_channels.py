@@ -8,6 +8,9 @@ import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+import msgspec
+import msgspec.inspect
+
 from ..errors import InvalidInput, InvalidName
 from ..models import ChannelInfo, ChannelKind
 from ._context import RuntimeContext
@@ -16,7 +19,7 @@ from ._payload import to_json_value
 from ._publish import MAX_PAYLOAD_BYTES
 from ._subscription import Subscription
 
-__all__ = ["Subscribing", "check_name", "check_subscription", "ensure", "subscribe"]
+__all__ = ["Subscribing", "check_name", "check_payload_type", "check_subscription", "ensure", "subscribe"]
 
 T = TypeVar("T")
 
@@ -32,8 +35,21 @@ def check_name(name: str, *, inbox: bool) -> None:
         raise InvalidName("channel names starting with agent: are agent inboxes")
 
 
-def check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None) -> None:
+def check_payload_type(payload_type: Any) -> None:
+    """A type payloads can be decoded into (msgspec's), or None for the JSON as it is."""
+    if payload_type is None:
+        return
+    try:
+        msgspec.inspect.type_info(payload_type)
+    except TypeError as exc:
+        raise InvalidInput(f"type must be a type msgspec can decode payloads into (got {payload_type!r})",
+                           hint="a msgspec.Struct, a dataclass, a TypedDict, dict[str, Any], ...") from exc
+
+
+def check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None,
+                       payload_type: Any = None) -> None:
     check_name(channel, inbox=True)
+    check_payload_type(payload_type)
     if kind not in (None, "broadcast", "queue"):
         raise InvalidInput(f"kind must be broadcast or queue (got {kind!r})")
     if start not in ("latest", "earliest"):
@@ -66,7 +82,7 @@ async def ensure(context: RuntimeContext, name: str, kind: ChannelKind = "broadc
 def subscribe(context: RuntimeContext, channel: str, *, payload_type: type[T] | None, kind: ChannelKind | None,
               start: str, batch_size: int, visibility_timeout: float | None) -> Subscribing[T]:
     """Check the arguments now; the channel is ensured and the subscription opened on ``async with``."""
-    check_subscription(channel, kind, start, visibility_timeout)
+    check_subscription(channel, kind, start, visibility_timeout, payload_type)
     whole(batch_size, "batch_size", minimum=1, maximum=10000)
     return Subscribing(context, channel, kind, payload_type, start, batch_size, visibility_timeout)
 

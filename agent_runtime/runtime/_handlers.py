@@ -29,7 +29,7 @@ def handle(context: RuntimeContext, channel: str, handler: Handler, *, payload_t
            kind: ChannelKind | None, start: str, concurrency: int, visibility_timeout: float | None) -> None:
     """Check the arguments now, then start the handler's task (see ``AgentRuntime.on``)."""
     whole(concurrency, "concurrency", minimum=1, maximum=10000)
-    check_subscription(channel, kind, start, visibility_timeout)
+    check_subscription(channel, kind, start, visibility_timeout, payload_type)
     if not callable(handler):
         raise InvalidInput(f"handler must be an async callable (got {handler!r})")
     context.tasks.start_soon(_handler_loop, context, channel, handler, payload_type, kind, start,
@@ -39,8 +39,8 @@ def handle(context: RuntimeContext, channel: str, handler: Handler, *, payload_t
 async def _handler_loop(context: RuntimeContext, channel: str, handler: Handler, payload_type: type[Any] | None,
                         kind: ChannelKind | None, start: str, visibility: float | None, concurrency: int) -> None:
     """One handler's error boundary: a lost connection reopens its subscription with backoff;
-    anything else the database refuses (a channel of another kind, one that was deleted...)
-    stops this handler alone, logged and counted, never the runtime."""
+    anything else the database refuses (a channel of another kind, one that was deleted...), or
+    anything unexpected, stops this handler alone, logged and counted, never the runtime."""
     retrying = tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
         wait=tenacity.wait_random_exponential(multiplier=context.retry.base_delay, max=context.retry.max_delay),
@@ -54,6 +54,9 @@ async def _handler_loop(context: RuntimeContext, channel: str, handler: Handler,
     except AgentRuntimeError as exc:
         context.metrics.increment("errors.handler", channel=channel)
         log.error("the handler on %s stopped: %s", channel, exc)
+    except Exception:  # a bug below the handler (the handler's own errors nack its message): this handler only
+        context.metrics.increment("errors.handler", channel=channel)
+        log.exception("the handler on %s stopped unexpectedly", channel)
 
 
 async def _consume(context: RuntimeContext, channel: str, handler: Handler, payload_type: type[Any] | None,

@@ -291,7 +291,7 @@ class Subscription(Generic[T]):
             else:
                 try:
                     payload = msgspec.convert(raw.payload, self._type, strict=False)
-                except (msgspec.ValidationError, TypeError) as exc:
+                except Exception as exc:  # (a type's own checks, its __post_init__, may raise anything)
                     # An undecodable payload can never succeed: dead-letter it with the reason, keep going.
                     error = InvalidPayload(
                         f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")

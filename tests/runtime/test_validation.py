@@ -33,7 +33,7 @@ def test_constructor_refuses_bad_settings(option: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("args", "error"), [
     ({"visibility_timeout": 0}, InvalidInput), ({"visibility_timeout": -5}, InvalidInput),
     ({"channel": "bad name!"}, InvalidName), ({"channel": ""}, InvalidName), ({"kind": "fanout"}, InvalidInput),
-    ({"start": "middle"}, InvalidInput), ({"concurrency": 0}, InvalidInput),
+    ({"start": "middle"}, InvalidInput), ({"concurrency": 0}, InvalidInput), ({"type": 123}, InvalidInput),
 ])
 async def test_handle_and_subscribe_refuse_bad_arguments(make_runtime: RuntimeFactory, args: dict[str, Any],
                                                          error: type[Exception]) -> None:
