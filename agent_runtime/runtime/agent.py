@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -27,7 +26,7 @@ from ..errors import AgentRuntimeError, ConfigurationError
 from ..models import AgentInfo, AgentStatus, ChannelInfo, ChannelKind, SendResult
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _channels, _dispatch, _handlers, _locks, _requests, _run, _services
+from . import _channels, _dispatch, _handlers, _identity, _locks, _requests, _run, _services
 from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
 from ._db import Database
 from ._durations import bounded, required_ms, whole
@@ -49,11 +48,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = TypeVar("P")
-
-
-def _default_agent_id(name: str) -> str:
-    base = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name).strip("-_.") or "agent"
-    return f"{base[:100]}-{uuid.uuid4().hex[:8]}"
 
 
 class AgentRuntime(NetworkViews):
@@ -94,14 +88,15 @@ class AgentRuntime(NetworkViews):
         pool_size: int = 10,
         request_concurrency: int = 16,
     ) -> None:
-        self.name = name
+        self.name = _identity.check_agent_name(name)
         self.settings: ConnectionSettings = resolve(url, key, access_token)
         # An agent's own token names its agent: that is who this runtime is, unless told otherwise.
-        self.agent_id = agent_id or self.settings.claimed_agent_id or _default_agent_id(name)
-        self.capabilities = list(capabilities)
-        self.kind = kind
-        self.version = version
-        self.metadata = dict(metadata or {})
+        self.agent_id = _identity.check_agent_id(
+            agent_id or self.settings.claimed_agent_id or _identity.default_agent_id(name))
+        self.capabilities = _identity.checked_capabilities(capabilities)
+        self.kind = _identity.check_kind(kind)
+        self.version = _identity.check_version(version)
+        self.metadata = _identity.checked_metadata(metadata)
         self._access_token_provider = access_token_provider
         # Checked here, so that a bad value is refused by the constructor, not by a timer later.
         self.heartbeat_interval = bounded(heartbeat_interval, "heartbeat_interval", minimum=0.1, maximum=1200)
