@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import tenacity
 
 from ..errors import (
     AgentRuntimeError,
@@ -66,26 +67,59 @@ class Requests:
     async def control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Claims this agent's requests and replies, never its plain messages (those wait in the
         table for ``rt.inbox()``): replies complete pending requests at once, requests queue for
-        the request workers. Nothing here waits on the application."""
+        the request workers. Nothing here waits on the application.
+
+        The inbox's error boundary: once started, a control subscription that fails (a conflict
+        or a refusal its own retries do not cover) is logged, counted (``errors.inbox``) and
+        reopened with backoff; the runtime goes on. Failing to open it at start fails the start."""
         context = self._context
-        async with Subscription[Any](context, inbox_channel(context.agent_id), "direct", payload_type=None,
-                                     batch_size=max(16, self._concurrency), visibility=None, start="earliest",
-                                     classes=_CONTROL) as sub:
-            self.control = sub
-            task_status.started()
-            async for msg in sub:
-                if msg.raw.reply_to is not None:
-                    context.in_flight.begin()
-                    self._requests_pending += 1
-                    if self._requests_pending >= self._concurrency:
-                        sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
-                    self._requests_send.send_nowait(msg)
-                else:
-                    waiter = self._pending_replies.get(msg.correlation_id or "")
-                    if waiter is not None:
-                        waiter[1].append(msg.raw)
-                        waiter[0].set()
-                    await msg.ack()  # a late reply to a request that gave up is dropped
+        sub: Subscription[Any] | None = await self._open_control()
+        task_status.started()
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(AgentRuntimeError),
+            wait=tenacity.wait_random_exponential(multiplier=context.retry.base_delay, max=context.retry.max_delay),
+            sleep=anyio.sleep, before_sleep=self._reopening)
+        async for attempt in retrying:
+            with attempt:
+                if sub is None:
+                    sub = await self._open_control()
+                try:
+                    await self._route(sub)
+                finally:
+                    await sub.close()  # (shielded and bounded; claimed but unread messages go back)
+                    sub = None
+
+    async def _open_control(self) -> Subscription[Any]:
+        context = self._context
+        busy = self._requests_pending >= self._concurrency  # (requests wait in the table meanwhile)
+        sub = Subscription[Any](context, inbox_channel(context.agent_id), "direct", payload_type=None,
+                                batch_size=max(16, self._concurrency), visibility=None, start="earliest",
+                                classes=_REPLIES_ONLY if busy else _CONTROL)
+        await sub.__aenter__()
+        self.control = sub
+        return sub
+
+    def _reopening(self, state: tenacity.RetryCallState) -> None:
+        self._context.metrics.increment("errors.inbox")
+        log.warning("the inbox of %s failed: %s; reopening", self._context.agent_id,
+                    state.outcome.exception() if state.outcome else None)
+
+    async def _route(self, sub: Subscription[Any]) -> None:
+        """Until the runtime stops: replies to their waiting requests, requests to the workers."""
+        context = self._context
+        async for msg in sub:
+            if msg.raw.reply_to is not None:
+                context.in_flight.begin()
+                self._requests_pending += 1
+                if self._requests_pending >= self._concurrency:
+                    sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
+                self._requests_send.send_nowait(msg)
+            else:
+                waiter = self._pending_replies.get(msg.correlation_id or "")
+                if waiter is not None:
+                    waiter[1].append(msg.raw)
+                    waiter[0].set()
+                await msg.ack()  # a late reply to a request that gave up is dropped
 
     async def worker(self) -> None:
         """One of ``concurrency`` request workers."""

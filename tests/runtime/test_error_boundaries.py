@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from agent_runtime import AgentRuntime
+from agent_runtime.errors import Conflict
 from agent_runtime.local import embedded
 
 RuntimeFactory = Callable[..., AgentRuntime]
@@ -152,3 +153,30 @@ async def test_a_bug_under_one_handler_stops_that_handler_only(make_runtime: Run
             while ("errors.handler", "broken") not in rt.metrics._figures:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         assert await rt.agents()  # still running
+
+
+async def test_a_failing_inbox_claim_is_reopened_and_requests_are_still_answered(
+        make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox's claim fails with an error its own retries do not cover (a deadlock, Conflict):
+    the agent reopens its inbox, counts it, and answers the request, rather than exiting."""
+    async with make_runtime("server") as server, make_runtime("client") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        db = server._require_db()
+        real = db.claim
+        failures = 0
+
+        async def claim(agent_id: str, channel: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal failures
+            if channel == f"agent:{server.agent_id}" and failures < 2:
+                failures += 1
+                raise Conflict("deadlock detected (injected)")
+            return await real(agent_id, channel, *args, **kwargs)
+
+        monkeypatch.setattr(db, "claim", claim)
+        with anyio.fail_after(10):
+            assert await client.request(server.agent_id, {"n": 1}, timeout=8) == {"n": 1}
+        assert failures == 2
+        assert server.metrics._figures[("errors.inbox", "")].count == 2
