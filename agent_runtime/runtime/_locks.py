@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import asyncpg
@@ -25,9 +25,7 @@ from ..errors import (
     error_from_sqlstate,
 )
 from ..models import LockGrant
-
-if TYPE_CHECKING:
-    from .agent import AgentRuntime
+from ._context import RuntimeContext
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ class Lease:
     ttl: float
     expires_at: datetime | None
     lost: bool = False
-    _runtime: AgentRuntime | None = field(default=None, repr=False)
+    _context: RuntimeContext | None = field(default=None, repr=False)
     # anyio.current_time() after which this holder must not act as owner any more.
     _deadline: float = field(default=math.inf, repr=False)
 
@@ -60,6 +58,12 @@ class Lease:
         if self.lost:
             return 0.0
         return max(self._deadline - anyio.current_time(), 0.0)
+
+    def _renewed(self, started: float, expires_at: datetime | None) -> float:
+        """A renewal that began at ``started`` succeeded: the new deadline on this holder's clock."""
+        self.expires_at = expires_at
+        self._deadline = started + self.ttl
+        return self._deadline
 
     def _require_live(self) -> None:
         if self.lost or self.remaining() <= 0:
@@ -99,15 +103,15 @@ class Lease:
     async def is_live(self) -> bool:
         """A snapshot: whether the database still held this token as the live one when asked.
         It guards nothing done afterwards; use :meth:`fenced` (or the SQL check) for writes."""
-        if self._runtime is None:
+        if self._context is None:
             raise LockNotHeld(f"lease on {self.key} is not attached to a runtime")
         try:
-            return await self._runtime._require_db().check_fencing_token(self.key, self.token)
+            return await self._context.db.check_fencing_token(self.key, self.token)
         except StaleFencingToken:
             return False
 
     def _grace(self) -> float:
-        return self._runtime.shutdown_timeout if self._runtime is not None else 10.0
+        return self._context.timing.shutdown_timeout if self._context is not None else 10.0
 
 
 async def _shielded_end(connection: asyncpg.Connection, end: Callable[[], Awaitable[None]], grace: float) -> bool:
@@ -161,47 +165,98 @@ class LockWaiters:
 _MAX_CALL_WAIT = 5.0
 
 
-async def acquire(runtime: AgentRuntime, key: str, *, ttl: float, wait: float | None) -> Lease | None:
-    """Take the lease, waiting up to ``wait`` seconds (None: forever, 0: one try).
-    Each call waits in the database at most what is left of ``wait`` (p_wait_ms). Between tries a
-    waiter sleeps until a release notification, the holder's remaining lease, or a bounded
-    exponential backoff with jitter, whichever comes first."""
-    db = runtime._require_db()
-    lease_id = uuid.uuid4()
-    started = anyio.current_time()
-    deadline = None if wait is None else started + wait
-    backoff = tenacity.wait_random_exponential(multiplier=0.02, max=1.0)
-    attempt = 0
-    while True:
-        released = runtime._lock_waiters.event(key)
-        grant: LockGrant | None = None
-        call_started = anyio.current_time()
-        # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
-        call_wait = min(_MAX_CALL_WAIT, ttl / 2)
-        if deadline is not None:
-            call_wait = min(max(deadline - call_started, 0.0), call_wait)
+class Locks:
+    """One runtime's leases: acquired (woken by release notifications through ``waiters``), kept
+    renewed while held, released on exit, and at shutdown any that are still held."""
+
+    def __init__(self, context: RuntimeContext, waiters: LockWaiters) -> None:
+        self._context = context
+        self._waiters = waiters
+        self._held: set[Lease] = set()
+
+    async def acquire(self, key: str, *, ttl: float, wait: float | None) -> Lease | None:
+        """Take the lease, waiting up to ``wait`` seconds (None: forever, 0: one try).
+        Each call waits in the database at most what is left of ``wait`` (p_wait_ms). Between tries a
+        waiter sleeps until a release notification, the holder's remaining lease, or a bounded
+        exponential backoff with jitter, whichever comes first."""
+        context = self._context
+        db = context.db
+        lease_id = uuid.uuid4()
+        started = anyio.current_time()
+        deadline = None if wait is None else started + wait
+        backoff = tenacity.wait_random_exponential(multiplier=0.02, max=1.0)
+        attempt = 0
+        while True:
+            released = self._waiters.event(key)
+            grant: LockGrant | None = None
+            call_started = anyio.current_time()
+            # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
+            call_wait = min(_MAX_CALL_WAIT, ttl / 2)
+            if deadline is not None:
+                call_wait = min(max(deadline - call_started, 0.0), call_wait)
+            try:
+                grant = await db.acquire_lock(context.agent_id, key, lease_id, int(ttl * 1000),
+                                              wait_ms=int(call_wait * 1000))
+            except ConnectionLost as exc:
+                log.warning("acquiring %s: %s; retrying", key, exc)
+            if grant is not None and grant.acquired and grant.token is not None:
+                # One figure per agent, not per key (keys are many: a series each would not scale).
+                context.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
+                # The database's TTL started during the call, so after call_started: this is never later.
+                return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _context=context,
+                             _deadline=call_started + ttl)
+            now = anyio.current_time()
+            if deadline is not None and now >= deadline:
+                return None
+            attempt += 1
+            pause = backoff(_state(attempt))
+            if grant is not None:
+                pause = min(pause, max(grant.ttl_ms / 1000, 0.001))
+            if deadline is not None:
+                pause = min(pause, deadline - now)
+            with anyio.move_on_after(pause):
+                await released.wait()
+
+    @asynccontextmanager
+    async def hold(self, key: str, *, ttl: float, wait: float | None,
+                   raise_if_unavailable: bool = True) -> AsyncIterator[Lease | None]:
+        lease = await self.acquire(key, ttl=ttl, wait=wait)
+        if lease is None:
+            if raise_if_unavailable:
+                raise LockTimeout(f"lock {key!r} not acquired within {wait}s")
+            yield None
+            return
+        self._held.add(lease)
+        renewer = anyio.CancelScope()
         try:
-            grant = await db.acquire_lock(runtime.agent_id, key, lease_id, int(ttl * 1000),
-                                          wait_ms=int(call_wait * 1000))
-        except ConnectionLost as exc:
-            log.warning("acquiring %s: %s; retrying", key, exc)
-        if grant is not None and grant.acquired and grant.token is not None:
-            # One figure per agent, not per key (keys are many: a series each would not scale).
-            runtime.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
-            # The database's TTL started during the call, so after call_started: this is never later.
-            return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _runtime=runtime,
-                         _deadline=call_started + ttl)
-        now = anyio.current_time()
-        if deadline is not None and now >= deadline:
-            return None
-        attempt += 1
-        pause = backoff(_state(attempt))
-        if grant is not None:
-            pause = min(pause, max(grant.ttl_ms / 1000, 0.001))
-        if deadline is not None:
-            pause = min(pause, deadline - now)
-        with anyio.move_on_after(pause):
-            await released.wait()
+            # The renewer runs in the runtime's task group; the body runs in a scope it may cancel,
+            # whose deadline is when the lease runs out on this process's clock.
+            with anyio.CancelScope(deadline=lease._deadline) as body:
+                self._context.tasks.start_soon(_run_in_scope, renewer, _keep_renewed, self._context, lease, body)
+                yield lease
+            if body.cancelled_caught and anyio.current_time() >= lease._deadline:
+                lease.lost = True
+                log.error("lock %s (token %s) ran out on this holder's clock; the block was cancelled",
+                          key, lease.token)
+        finally:
+            renewer.cancel()
+            self._held.discard(lease)
+            await self.release(lease)  # (refused harmlessly when the lease is gone already)
+        if lease.lost:
+            raise LockLost(f"lock {key!r} was lost while held (token {lease.token}); the block was cancelled")
+
+    async def release(self, lease: Lease) -> None:
+        context = self._context
+        with anyio.CancelScope(shield=True), anyio.move_on_after(context.timing.shutdown_timeout):
+            try:
+                await context.db.release_lock(context.agent_id, lease.key, lease.lease_id)
+            except AgentRuntimeError as exc:
+                log.warning("releasing %s: %s (it will expire in %.1fs)", lease.key, exc, lease.ttl)
+
+    async def release_all(self) -> None:
+        """At shutdown: the leases still held (normally released by their own blocks)."""
+        for lease in list(self._held):
+            await self.release(lease)
 
 
 def _state(attempt: int) -> tenacity.RetryCallState:
@@ -210,20 +265,19 @@ def _state(attempt: int) -> tenacity.RetryCallState:
     return state
 
 
-async def _keep_renewed(runtime: AgentRuntime, lease: Lease, body: anyio.CancelScope) -> None:
+async def _keep_renewed(context: RuntimeContext, lease: Lease, body: anyio.CancelScope) -> None:
     """Renew at a third of the TTL. Each success moves the body's deadline to the TTL after the
     start of that renewal (the block is cancelled when it passes, renewal or not). If the lease is
     gone, mark it lost and cancel the protected block: the holder never silently runs on."""
-    db = runtime._require_db()
+    db = context.db
     # Renewed when two thirds of the TTL are left (at once after an acquire that waited long).
     interval = max(lease.remaining() - lease.ttl * 2 / 3, 0.0)
     while True:
         await anyio.sleep(interval)
         started = anyio.current_time()
         try:
-            grant = await db.renew_lock(runtime.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
-            lease.expires_at = grant.expires_at
-            lease._deadline = body.deadline = started + lease.ttl
+            grant = await db.renew_lock(context.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
+            body.deadline = lease._renewed(started, grant.expires_at)
             interval = lease.ttl / 3
         except LockNotHeld:
             break
@@ -236,43 +290,6 @@ async def _keep_renewed(runtime: AgentRuntime, lease: Lease, body: anyio.CancelS
     body.cancel()
 
 
-@asynccontextmanager
-async def hold(runtime: AgentRuntime, key: str, *, ttl: float, wait: float | None,
-               raise_if_unavailable: bool = True) -> AsyncIterator[Lease | None]:
-    lease = await acquire(runtime, key, ttl=ttl, wait=wait)
-    if lease is None:
-        if raise_if_unavailable:
-            raise LockTimeout(f"lock {key!r} not acquired within {wait}s")
-        yield None
-        return
-    runtime._held.add(lease)
-    renewer = anyio.CancelScope()
-    try:
-        # The renewer runs in the runtime's task group; the body runs in a scope it may cancel,
-        # whose deadline is when the lease runs out on this process's clock.
-        with anyio.CancelScope(deadline=lease._deadline) as body:
-            runtime._start_task(_run_in_scope, renewer, _keep_renewed, runtime, lease, body)
-            yield lease
-        if body.cancelled_caught and anyio.current_time() >= lease._deadline:
-            lease.lost = True
-            log.error("lock %s (token %s) ran out on this holder's clock; the block was cancelled",
-                      key, lease.token)
-    finally:
-        renewer.cancel()
-        runtime._held.discard(lease)
-        await release(runtime, lease)  # (refused harmlessly when the lease is gone already)
-    if lease.lost:
-        raise LockLost(f"lock {key!r} was lost while held (token {lease.token}); the block was cancelled")
-
-
 async def _run_in_scope(scope: anyio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
     with scope:
         await fn(*args)
-
-
-async def release(runtime: AgentRuntime, lease: Lease) -> None:
-    with anyio.CancelScope(shield=True), anyio.move_on_after(runtime.shutdown_timeout):
-        try:
-            await runtime._require_db().release_lock(runtime.agent_id, lease.key, lease.lease_id)
-        except AgentRuntimeError as exc:
-            log.warning("releasing %s: %s (it will expire in %.1fs)", lease.key, exc, lease.ttl)

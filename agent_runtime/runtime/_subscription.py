@@ -24,18 +24,17 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
 
 from ..errors import AgentRuntimeError, ConnectionLost, InvalidPayload
 from ..models import ChannelKind, NackResult, RawMessage
+from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms, to_ms
-
-if TYPE_CHECKING:
-    from .agent import AgentRuntime
+from ._publish import reply
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +85,7 @@ class Message(Generic[T]):
         """Mark handled. Acks are batched and written before the next fetch (and on exit)."""
         if not self._done:
             self._done = True
-            sub = self._sub
-            if not sub._pending_acks:
-                sub._acks_since = anyio.current_time()
-            sub._pending_acks.append(self.raw)
-            sub._settled(self)
+            self._sub._acked(self)
 
     async def nack(self, *, delay: float | None = None, reason: str | None = None, dead: bool = False) -> NackResult:
         """Have it redelivered after ``delay`` seconds (default: exponential backoff by attempt),
@@ -105,7 +100,7 @@ class Message(Generic[T]):
 
     async def reply(self, payload: Any) -> None:
         """Answer a request: sends ``payload`` to the requester's inbox with this correlation id."""
-        await self._sub._runtime._reply(self.raw, payload)
+        await reply(self._sub._context, self.raw, payload)
 
     def __repr__(self) -> str:
         return (f"Message(channel={self.channel!r}, seq={self.raw.seq}, sender={self.sender_id!r}, "
@@ -121,10 +116,10 @@ _MIN_BUFFER = 16
 class Subscription(Generic[T]):
     """``async with rt.subscribe("tasks") as sub: async for msg in sub: ...``"""
 
-    def __init__(self, runtime: AgentRuntime, channel: str, kind: ChannelKind, *, payload_type: type[T] | None,
+    def __init__(self, context: RuntimeContext, channel: str, kind: ChannelKind, *, payload_type: type[T] | None,
                  batch_size: int, visibility: float | None, start: str,
                  classes: Sequence[MessageClass] | None = None) -> None:
-        self._runtime = runtime
+        self._context = context
         self.channel = channel
         self.kind = kind
         # Queues and inboxes: claim only these classes of message (None: all); may change while open.
@@ -217,6 +212,13 @@ class Subscription(Generic[T]):
         for first, messages in offered:
             self._take_or_wake(first, messages)
 
+    def _acked(self, message: Message[T]) -> None:
+        """``message`` was acked: its ack waits for the next fetch (or close)."""
+        if not self._pending_acks:
+            self._acks_since = anyio.current_time()
+        self._pending_acks.append(message.raw)
+        self._settled(message)
+
     def _settled(self, message: Message[T]) -> None:
         """``message`` was acked or nacked (its nack written)."""
         if message._round == self._round:
@@ -241,9 +243,13 @@ class Subscription(Generic[T]):
                 or (self.kind == "broadcast" and (self._frontier is None or self._unsettled > 0)))
 
     async def __aenter__(self) -> Subscription[T]:
-        if self.kind == "direct":  # (replies carried by inbox wake-ups are believed with the key)
-            await self._runtime._carried.load_key(self._runtime._require_db())
-        await self._runtime._open_subscription(self)
+        context = self._context
+        if self.kind != "queue":  # (once; until then wake-ups are plain hints; inboxes: carried replies)
+            await context.carried.load_key(context.db)
+        state = await context.db.subscribe(context.agent_id, self.channel, self._start)
+        if self.kind == "broadcast" and isinstance(state.get("cursor"), int):
+            self._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
+        await context.subscriptions.add(self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -254,14 +260,14 @@ class Subscription(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        self._runtime._close_subscription(self)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
+        self._context.subscriptions.discard(self)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
             try:
                 await self._flush_acks()
                 if self.kind != "broadcast":
-                    db = self._runtime._require_db()
+                    db = self._context.db
                     for raw in self._buffer:  # never handed out: not a failed attempt
-                        await db.nack(self._runtime.agent_id, raw.id, delay_ms=0, reason="subscriber closed",
+                        await db.nack(self._context.agent_id, raw.id, delay_ms=0, reason="subscriber closed",
                                       release=True)
                 self._buffer.clear()
             except AgentRuntimeError as exc:
@@ -273,19 +279,19 @@ class Subscription(Generic[T]):
     async def __anext__(self) -> Message[T]:
         buffer = self._buffer
         while True:
-            if self._closed or self._runtime._stopping.is_set():
+            if self._closed or self._context.stopping.is_set():
                 raise StopAsyncIteration
             if not buffer:
                 await self._refill()
                 continue
             raw = buffer.popleft()
-            self._runtime.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+            self._context.metrics.received(self.channel, raw.size_bytes, raw.created_at)
             if self._type is None:
                 payload = raw.payload
             else:
                 try:
                     payload = msgspec.convert(raw.payload, self._type, strict=False)
-                except (msgspec.ValidationError, TypeError) as exc:
+                except Exception as exc:  # (a type's own checks, its __post_init__, may raise anything)
                     # An undecodable payload can never succeed: dead-letter it with the reason, keep going.
                     error = InvalidPayload(
                         f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")
@@ -319,13 +325,13 @@ class Subscription(Generic[T]):
                     # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
                     # be handled or handed back by close(), not vanish with a call cancelled by shutdown
                     # and sit in flight until its visibility timeout. Likewise acks being written.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._runtime.shutdown_timeout):
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
                         batch = await self._with_acks(self._fetch)
                 except ConnectionLost as exc:
                     log.warning("fetching from %s: %s; retrying", self.channel, exc)
                     self._news = True
                     self._after_fetch(None)
-                    await self._runtime._sleep_unless_stopping(random.uniform(0.2, 1.0))
+                    await self._context.sleep_unless_stopping(random.uniform(0.2, 1.0))
                     return
                 except BaseException:
                     self._news = True
@@ -338,7 +344,7 @@ class Subscription(Generic[T]):
                 if self._buffer:
                     wake.set()  # consumers waiting for news: here it is
                     return
-        if not self._runtime._stopping.is_set():  # shutdown wakes every subscription
+        if not self._context.stopping.is_set():  # shutdown wakes every subscription
             with anyio.move_on_after(timeout) as waited:
                 self._waiting.add(waited)
                 try:
@@ -375,16 +381,16 @@ class Subscription(Generic[T]):
         self._take_offered()
 
     async def _fetch(self, ack_ids: list[int] | None) -> list[RawMessage]:
-        db = self._runtime._require_db()
+        db = self._context.db
         if self.kind == "broadcast":
-            return await db.fetch(self._runtime.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._runtime.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
+            return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
+        return await db.claim(self._context.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
                               self.classes)
 
     async def _flush_acks(self) -> None:
         if self._pending_acks:
-            db = self._runtime._require_db()
-            await self._with_acks(lambda ids: db.ack(self._runtime.agent_id, ids or [], self.channel))
+            db = self._context.db
+            await self._with_acks(lambda ids: db.ack(self._context.agent_id, ids or [], self.channel))
 
     async def _with_acks(self, call: Callable[[list[int] | None], Awaitable[R]]) -> R:
         """``call(ack_ids)`` writes the pending acks (None: there are none) in its transaction. If it
@@ -402,19 +408,19 @@ class Subscription(Generic[T]):
             self._pending_acks[:0] = pending
             raise
         if pending:
-            self._runtime.metrics.increment("messages.acked", len(pending), channel=self.channel)
+            self._context.metrics.increment("messages.acked", len(pending), channel=self.channel)
         return result
 
     async def _nack(self, raw: RawMessage, *, delay: float | None, reason: str | None, dead: bool) -> NackResult:
         # Everything acked before this message must be written first (broadcast acks are cumulative
         # and a nack rewinds the cursor to just before this message).
         if delay is None:
-            delay = self._runtime.retry_delay(raw.attempts)
+            delay = self._context.retry.delay(raw.attempts)
         delay_ms = required_ms(delay, "delay")
         try:
             await self._flush_acks()
-            result = await self._runtime._require_db().nack(
-                self._runtime.agent_id, raw.id, delay_ms=delay_ms, reason=reason, dead=dead)
+            result = await self._context.db.nack(
+                self._context.agent_id, raw.id, delay_ms=delay_ms, reason=reason, dead=dead)
         except AgentRuntimeError:
             if self.kind == "broadcast":
                 # Not written: nothing after this message may be acked (acks are cumulative), so
@@ -424,7 +430,7 @@ class Subscription(Generic[T]):
                 self.wake()
             raise
         metric = "messages.dead" if result.state == "dead" else "messages.nacked"
-        self._runtime.metrics.increment(metric, channel=self.channel)
+        self._context.metrics.increment(metric, channel=self.channel)
         if self.kind == "broadcast":
             # The cursor moved back: whatever was fetched after this message comes again in order,
             # from a fetch (where the cursor now stands is the database's business).

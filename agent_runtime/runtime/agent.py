@@ -1,60 +1,42 @@
-"""AgentRuntime: one agent process's membership of the network.
+"""AgentRuntime: one agent process's membership of the network, the facade and its lifecycle.
 
 It owns one anyio task group. Background services (the wake-up listener, presence heartbeat,
 metrics flusher, janitor, inbox consumer, handlers) are tasks in it; leaving the ``async with``
 shuts them down in order: stop intake, let in-flight handlers finish (or hand their messages
-back), release locks, flush metrics, mark the agent offline, close connections."""
+back), release locks, flush metrics, mark the agent offline, close connections.
+
+The work is done by parts given one :class:`~._context.RuntimeContext` (made once connected),
+never the runtime: ``_dispatch`` (wake-ups, the safety poll), ``_services`` (heartbeat, metrics
+flush, janitor), ``_requests`` (requests, replies, the inbox), ``_handlers``, ``_channels``,
+``_publish``, ``_subscription`` and ``_locks``."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
-import re
 import socket
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import anyio
-import msgspec
-import tenacity
-from anyio.abc import TaskGroup
 
-from ..errors import (
-    AgentRuntimeError,
-    AgentUnavailable,
-    ConfigurationError,
-    InvalidInput,
-    InvalidName,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RemoteError,
-    RequestTimeout,
-)
-from ..models import (
-    AgentInfo,
-    AgentStatus,
-    ChannelInfo,
-    ChannelKind,
-    RawMessage,
-    SendResult,
-)
+from ..errors import AgentRuntimeError, ConfigurationError
+from ..models import AgentInfo, AgentStatus, ChannelInfo, ChannelKind, SendResult
 from ..transports import wire
 from ..transports.base import AccessTokenProvider, Transport
-from . import _locks, _run
-from ._db import Database, MessageClass
+from . import _channels, _dispatch, _handlers, _identity, _locks, _requests, _run, _services
+from ._context import InFlight, RetryPolicy, RuntimeContext, Tasks, Timing
+from ._db import Database
 from ._durations import bounded, required_ms, whole
 from ._durations import seconds as _seconds
-from ._durations import to_ms as _ms
+from ._handlers import Handler
 from ._metrics import Metrics
-from ._payload import to_json_value as _to_builtins
-from ._presence import PresenceEvent, PresenceEvents, PresenceHub
-from ._subscription import Message, Subscription
+from ._presence import PresenceEvents, PresenceHub
+from ._publish import MAX_PAYLOAD_BYTES, inbox_channel, publish_many
+from ._registry import Subscriptions
+from ._subscription import Message
 from ._wakeups import CarriedMessages
 from .config import ConnectionSettings, resolve
 from .connect import open_transport
@@ -65,25 +47,7 @@ __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Handler = Callable[[Message[Any]], Awaitable[Any]]
-
-_JANITOR_LOCK = "agent_runtime:janitor"
-_encoder = msgspec.json.Encoder()
-# The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
-# is refused here, before it is sent.
-MAX_PAYLOAD_BYTES = 1_048_576
-# The inbox: the runtime claims requests and replies itself; plain messages only for rt.inbox().
-_CONTROL: tuple[MessageClass, ...] = ("request", "reply")
-_REPLIES_ONLY: tuple[MessageClass, ...] = ("reply",)
-# The safety poll's budget: subscriptions woken per second at most, however many there are.
-SAFETY_POLLS_PER_SECOND = 50
-# A request still unanswered after this long makes the requester look whether the agent is online.
-_PRESENCE_CHECK_AFTER = 0.5
-
-
-def _default_agent_id(name: str) -> str:
-    base = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name).strip("-_.") or "agent"
-    return f"{base[:100]}-{uuid.uuid4().hex[:8]}"
+P = TypeVar("P")
 
 
 class AgentRuntime(NetworkViews):
@@ -124,14 +88,15 @@ class AgentRuntime(NetworkViews):
         pool_size: int = 10,
         request_concurrency: int = 16,
     ) -> None:
-        self.name = name
+        self.name = _identity.check_agent_name(name)
         self.settings: ConnectionSettings = resolve(url, key, access_token)
         # An agent's own token names its agent: that is who this runtime is, unless told otherwise.
-        self.agent_id = agent_id or self.settings.claimed_agent_id or _default_agent_id(name)
-        self.capabilities = list(capabilities)
-        self.kind = kind
-        self.version = version
-        self.metadata = dict(metadata or {})
+        self.agent_id = _identity.check_agent_id(
+            agent_id or self.settings.claimed_agent_id or _identity.default_agent_id(name))
+        self.capabilities = _identity.checked_capabilities(capabilities)
+        self.kind = _identity.check_kind(kind)
+        self.version = _identity.check_version(version)
+        self.metadata = _identity.checked_metadata(metadata)
         self._access_token_provider = access_token_provider
         # Checked here, so that a bad value is refused by the constructor, not by a timer later.
         self.heartbeat_interval = bounded(heartbeat_interval, "heartbeat_interval", minimum=0.1, maximum=1200)
@@ -151,28 +116,19 @@ class AgentRuntime(NetworkViews):
         self.metrics = Metrics()
         self.info: AgentInfo | None = None
         self._transport: Transport | None = None
-        self._db: Database | None = None
-        self._tg: TaskGroup | None = None
+        self._context: RuntimeContext | None = None  # what the parts are given, once connected
+        self._locks: _locks.Locks | None = None
+        self._wake_ups: _dispatch.Dispatch | None = None
+        self._tasks = Tasks()
         self._exit_stack: AsyncExitStack | None = None
         self._stopping = anyio.Event()
-        self._subscriptions: dict[str, set[Subscription[Any]]] = {}
         self._presence = PresenceHub()
         self._lock_waiters = _locks.LockWaiters()
         self._carried = CarriedMessages()  # verifies what wake-ups carry (or fetch instead)
-        self._held: set[_locks.Lease] = set()
-        self._pending_replies: dict[str, tuple[anyio.Event, list[RawMessage]]] = {}
         self._request_handler: Handler | None = None
         self._request_concurrency = whole(request_concurrency, "request_concurrency", minimum=1, maximum=10000)
-        # Claimed requests wait here for one of the request_concurrency workers; while as many
-        # are pending as there are workers, the inbox claims replies only (requests wait in the table).
-        self._requests_send, self._requests_receive = anyio.create_memory_object_stream[Message[Any]](math.inf)
-        self._requests_pending = 0
-        self._control: Subscription[Any] | None = None
-        self._inbox_sub: Subscription[Any] | None = None  # plain messages, opened by the first rt.inbox() read
-        self._inbox_lock = anyio.Lock()
-        self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._requests: _requests.Requests | None = None
+        self._in_flight = InFlight()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,26 +143,39 @@ class AgentRuntime(NetworkViews):
             self._transport = await open_transport(self.settings, migrate=self._migrate, pool_size=self._pool_size,
                                                    access_token_provider=self._access_token_provider)
             stack.push_async_callback(self._close)  # 6. close
-            self._db = Database(self._transport)
+            db = Database(self._transport)
+            context = self._context = RuntimeContext(
+                agent_id=self.agent_id, db=db, metrics=self.metrics,
+                timing=Timing(shutdown_timeout=self.shutdown_timeout, poll_interval=self.poll_interval,
+                              heartbeat_interval=self.heartbeat_interval, metrics_interval=self.metrics_interval,
+                              janitor_interval=self.janitor_interval),
+                retry=RetryPolicy(self.retry_base_delay, self.retry_max_delay), stopping=self._stopping,
+                tasks=self._tasks, subscriptions=Subscriptions(self._transport), carried=self._carried,
+                in_flight=self._in_flight)
+            self._locks = _locks.Locks(context, self._lock_waiters)
+            self._wake_ups = _dispatch.Dispatch(context, self._presence, self._lock_waiters)
+            requests = self._requests = _requests.Requests(context, concurrency=self._request_concurrency,
+                                                           handler=self._request_handler)
             for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
                 await self._transport.watch(topic)
-            self.info = await self._db.register_agent(
+            self.info = await db.register_agent(
                 self.agent_id, self.name, kind=self.kind, capabilities=self.capabilities, version=self.version,
                 host=socket.gethostname(), pid=os.getpid(), metadata=self.metadata,
                 heartbeat_ttl_ms=int(self.heartbeat_ttl * 1000))
             stack.push_async_callback(self._leave)  # 3-5. locks, metrics, offline
-            stack.push_async_callback(self._hand_back_requests)
-            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(requests.hand_back)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tasks.open(tg)
             stack.push_async_callback(self._stop)  # 1-2. stop intake, grace period, cancel
             await tg.start(self._transport.listen, self._dispatch)
-            tg.start_soon(self._heartbeat_loop)
-            tg.start_soon(self._safety_poll_loop)
-            tg.start_soon(self._metrics_loop)
+            tg.start_soon(_services.heartbeat, context, self._heard)
+            tg.start_soon(_dispatch.safety_poll, context)
+            tg.start_soon(_services.flush_metrics, context)
             if self.janitor_enabled:
-                tg.start_soon(self._janitor_loop)
-            await tg.start(self._control_loop)
+                tg.start_soon(_services.janitor, context)
+            await tg.start(requests.control_loop)
             for _ in range(self._request_concurrency):
-                tg.start_soon(self._request_worker)
+                tg.start_soon(requests.worker)
             self._exit_stack = stack.pop_all()
         return self
 
@@ -230,21 +199,22 @@ class AgentRuntime(NetworkViews):
         news see it now); in-flight handlers get the grace period, then they are cancelled and
         their messages handed back (nacked) in their own shielded cleanup."""
         self._stopping.set()
-        self._wake_subscriptions()
-        tg, self._tg = self._tg, None
+        if self._context is not None:
+            self._context.subscriptions.wake_all()
+        tg = self._tasks.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-            await self._idle.wait()
+            await self._in_flight.idle()
         if tg is not None:
             tg.cancel_scope.cancel()
 
     async def _leave(self) -> None:
         """Steps 3-5 of shutdown, shielded from cancellation and bounded in time."""
-        db = self._db
+        context, locks = self._context, self._locks
         with anyio.CancelScope(shield=True):
-            if db is not None:
+            if context is not None and locks is not None:
+                db = context.db
                 with anyio.move_on_after(self.shutdown_timeout):
-                    for lease in list(self._held):  # 3. locks (normally released by their own blocks)
-                        await _locks.release(self, lease)
+                    await locks.release_all()  # 3. locks (normally released by their own blocks)
                     try:
                         await self.metrics.flush(db, self.agent_id)  # 4. metrics
                     except AgentRuntimeError as exc:
@@ -266,281 +236,31 @@ class AgentRuntime(NetworkViews):
         thread it waits until the runtime stops or the task is cancelled."""
         await _run.wait_for_signal(self._stopping)
 
-    def _require_db(self) -> Database:
-        if self._db is None:
+    @staticmethod
+    def _started(part: P | None) -> P:
+        """A part made when the runtime started (refused before that)."""
+        if part is None:
             raise AgentRuntimeError("the runtime is not started: use 'async with AgentRuntime(...)'")
-        return self._db
+        return part
 
-    def _start_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        if self._tg is None:
-            raise AgentRuntimeError("the runtime is not running")
-        self._tg.start_soon(fn, *args)
+    def _require_context(self) -> RuntimeContext:
+        return self._started(self._context)
 
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._stopping.wait()
-
-    def _wake_subscriptions(self) -> None:
-        for subs in self._subscriptions.values():
-            for sub in subs:
-                sub.wake()
+    def _require_db(self) -> Database:
+        return self._started(self._context).db
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff before redelivering a message that failed ``attempts`` times (with jitter)."""
-        delay = min(self.retry_base_delay * 2.0 ** max(attempts - 1, 0), self.retry_max_delay)
-        return float(delay * random.uniform(0.8, 1.2))
-
-    # ------------------------------------------------------------------ wake-up dispatch
+        return RetryPolicy(self.retry_base_delay, self.retry_max_delay).delay(attempts)
 
     def _dispatch(self, event: wire.WakeUp) -> None:
-        """Wake-ups are hints: one that cannot be understood is logged and dropped, never fatal."""
-        try:
-            self._dispatch_event(event)
-        except Exception:
-            self.metrics.increment("errors.wakeup")
-            log.exception("ignoring a wake-up that could not be dispatched: %r", event)
+        """The transport's sink (looked up when the runtime starts listening)."""
+        if self._wake_ups is not None:
+            self._wake_ups(event)
 
-    def _dispatch_event(self, event: wire.WakeUp) -> None:
-        # (decoded and checked by the transport: typed events only)
-        if isinstance(event, wire.MessageWakeUp):
-            subs = self._subscriptions.get(event.channel)
-            if not subs:
-                return
-            messages = self._carried.messages(event)
-            if messages is None:
-                for sub in subs:
-                    sub.wake()
-            else:
-                for sub in subs:
-                    sub.offer(messages[0].seq, messages)
-        elif isinstance(event, wire.PresenceChange):
-            self._presence.publish(PresenceEvent(event.kind, event.agent_id, event.status))
-        elif isinstance(event, wire.LockReleased):
-            self._lock_waiters.released(event.key)
-        elif isinstance(event, wire.Reconnected):
-            self._wake_subscriptions()
-            self._lock_waiters.wake_all()
-            self._presence.publish(PresenceEvent("resync"))
-
-    async def _open_subscription(self, sub: Subscription[Any]) -> None:
-        db = self._require_db()
-        if sub.kind == "broadcast":
-            await self._carried.load_key(db)  # (once; until then wake-ups are plain hints)
-        state = await db.subscribe(self.agent_id, sub.channel, sub._start)
-        if sub.kind == "broadcast" and isinstance(state.get("cursor"), int):
-            sub._frontier = state["cursor"]  # where wake-ups carrying messages may continue from
-        await db.transport.watch(_wakeup_topic(sub))  # Realtime joins one channel per topic
-        self._subscriptions.setdefault(sub.channel, set()).add(sub)
-
-    def _close_subscription(self, sub: Subscription[Any]) -> None:
-        subs = self._subscriptions.get(sub.channel)
-        if subs is not None and sub in subs:
-            subs.discard(sub)
-            if self._db is not None:
-                self._db.transport.unwatch(_wakeup_topic(sub))
-
-    # ------------------------------------------------------------------ background loops
-
-    async def _periodically(self, part: str, pause: Callable[[], float], round_: Callable[[], Awaitable[None]],
-                            *, at_once: bool = False) -> None:
-        """A background service's error boundary: a round that fails is logged and counted
-        (``errors.<part>``), and the next round runs as planned."""
-        if not at_once:
-            await anyio.sleep(pause())
-        while True:
-            try:
-                await round_()
-            except AgentRuntimeError as exc:
-                self.metrics.increment(f"errors.{part}")
-                log.warning("%s failed: %s", part, exc)
-            except Exception:
-                self.metrics.increment(f"errors.{part}")
-                log.exception("%s failed unexpectedly", part)
-            await anyio.sleep(pause())
-
-    async def _heartbeat_loop(self) -> None:
-        db = self._require_db()
-
-        async def beat() -> None:
-            self.info = await db.heartbeat(self.agent_id)
-
-        await self._periodically("heartbeat", lambda: self.heartbeat_interval * random.uniform(0.8, 1.0), beat)
-
-    async def _safety_poll_loop(self) -> None:
-        """The one safety poll of this runtime (not one timer per subscription): each tick wakes the
-        subscriptions that have fetched nothing for ``poll_interval``, at most SAFETY_POLLS_PER_SECOND
-        of them, so that thousands of idle subscriptions cost a bounded number of transactions (each
-        is then looked at less often than ``poll_interval``). Wake-ups and reconnects do the rest."""
-        tick = min(self.poll_interval, 1.0)
-        while True:
-            await anyio.sleep(tick)
-            budget = max(1, int(SAFETY_POLLS_PER_SECOND * tick))
-            now = anyio.current_time()
-            for subs in list(self._subscriptions.values()):
-                for sub in list(subs):
-                    if budget and sub.poll_due(now, self.poll_interval):
-                        sub.wake()
-                        budget -= 1
-                if not budget:
-                    break
-
-    async def _metrics_loop(self) -> None:
-        db = self._require_db()
-
-        async def flush() -> None:
-            await self.metrics.flush(db, self.agent_id)  # (a failed flush keeps retryable figures)
-
-        await self._periodically("metrics_flush", lambda: self.metrics_interval, flush)
-
-    async def _janitor_loop(self) -> None:
-        """Leader-elected cleanup: whoever holds the janitor lock runs it; the lease is re-taken
-        each round with the same lease id, so the leader keeps it while alive."""
-        db = self._require_db()
-        lease_id = uuid.uuid4()
-
-        allowed = True
-
-        async def clean() -> None:
-            nonlocal allowed
-            if not allowed:
-                return
-            grant = await db.acquire_lock(self.agent_id, _JANITOR_LOCK, lease_id, int(self.janitor_interval * 3000))
-            if grant.acquired:
-                try:
-                    counts = await db.run_cleanup()
-                except PermissionDenied:
-                    # An agent with its own JWT may not clean up for everyone: step aside for good
-                    # (and free the leadership at once, so a trusted agent's janitor takes over).
-                    allowed = False
-                    log.info("janitor: %s is not a trusted role, so it leaves cleanup to others", self.agent_id)
-                    await db.release_lock(self.agent_id, _JANITOR_LOCK, lease_id)
-                    return
-                if any(counts.values()):
-                    log.info("janitor: %s", counts)
-
-        await self._periodically("janitor", lambda: self.janitor_interval * random.uniform(0.9, 1.1), clean,
-                                 at_once=True)
-
-    async def _control_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Claims this agent's requests and replies, never its plain messages (those wait in the
-        table for :meth:`inbox`): replies complete pending requests at once, requests queue for
-        the request workers. Nothing here waits on the application."""
-        async with Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None,
-                                     batch_size=max(16, self._request_concurrency), visibility=None,
-                                     start="earliest", classes=_CONTROL) as sub:
-            self._control = sub
-            task_status.started()
-            async for msg in sub:
-                if msg.raw.reply_to is not None:
-                    self._begin()
-                    self._requests_pending += 1
-                    if self._requests_pending >= self._request_concurrency:
-                        sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
-                    self._requests_send.send_nowait(msg)
-                else:
-                    waiter = self._pending_replies.get(msg.correlation_id or "")
-                    if waiter is not None:
-                        waiter[1].append(msg.raw)
-                        waiter[0].set()
-                    await msg.ack()  # a late reply to a request that gave up is dropped
-
-    async def _request_worker(self) -> None:
-        async for msg in self._requests_receive:
-            try:
-                await self._answer(msg)
-            finally:
-                self._end()
-                self._requests_pending -= 1
-                sub = self._control
-                if sub is not None and sub.classes == _REPLIES_ONLY and \
-                        self._requests_pending < self._request_concurrency:
-                    sub.classes = _CONTROL
-                    sub.wake()
-
-    async def _hand_back_requests(self) -> None:
-        """At shutdown: requests claimed but never started go back to the table at once (and so
-        do plain messages claimed for rt.inbox() but never read)."""
-        if self._inbox_sub is not None:
-            await self._inbox_sub.close()
-        self._requests_send.close()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-            async for msg in self._requests_receive:
-                try:  # never handed to a handler: not a failed attempt
-                    await self._require_db().nack(self.agent_id, msg.id, delay_ms=0, reason="agent shutting down",
-                                                  release=True)
-                except AgentRuntimeError as exc:
-                    log.warning("handing back request %s: %s", msg.id, exc)
-                finally:
-                    self._end()
-
-    def _begin(self) -> None:
-        self._in_flight += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-
-    def _end(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    async def _answer(self, msg: Message[Any]) -> None:
-        """Run the request handler and reply. The error boundary of one request: whatever fails
-        (the handler, the reply, the database) is logged, counted and answered or retried here."""
-        try:
-            try:
-                kind, payload = await self._outcome(msg)
-                await self._send_reply(msg.raw, payload, kind)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                    await self._nack_quietly(msg, delay=0, reason="request handler cancelled (shutdown)")
-                raise
-            await msg.ack()
-        except Exception as exc:  # the reply could not be sent (the database is away...)
-            self.metrics.increment("errors.request", channel=msg.channel)
-            log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
-            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
-
-    async def _outcome(self, msg: Message[Any]) -> tuple[str, Any]:
-        """The reply to a request: ``("reply", payload)`` or ``("error", {"error", "type"})``."""
-        raw = msg.raw
-        if raw.reply_to != _inbox(raw.sender_id) or not raw.correlation_id:
-            return _error(PermissionDenied(f"a request's reply_to must be the requester's own inbox "
-                                           f"({_inbox(raw.sender_id)}), not {raw.reply_to!r}"))
-        handler = self._request_handler
-        if handler is None:
-            return _error(AgentUnavailable(f"agent {self.agent_id} has no request handler"))
-        started = anyio.current_time()
-        try:
-            result = await handler(msg)
-        except Exception as exc:
-            self.metrics.increment("errors.request_handler", channel=msg.channel)
-            log.exception("request handler failed on %r", msg)
-            return "error", {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
-        finally:
-            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
-        try:
-            return "reply", _checked_payload(result)
-        except InvalidInput as exc:
-            self.metrics.increment("errors.reply", channel=msg.channel)
-            log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
-            return _error(exc)
-
-    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
-        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
-        becomes an error reply; a requester that is gone gets nothing."""
-        destination = _inbox(request.sender_id)
-        message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
-        try:
-            try:
-                await self._send(destination, [message])
-            except (InvalidInput, PermissionDenied) as exc:
-                if kind == "error":
-                    raise
-                self.metrics.increment("errors.reply", channel=destination)
-                log.warning("the reply to request %s was refused: %s", request.id, exc)
-                kind, payload = _error(exc)
-                await self._send(destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
-        except (NotFound, InvalidInput, PermissionDenied) as exc:
-            log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
+    def _heard(self, info: AgentInfo) -> None:
+        """What the heartbeat service heard back: this agent as the network sees it."""
+        self.info = info
 
     # ------------------------------------------------------------------ presence
 
@@ -563,30 +283,20 @@ class AgentRuntime(NetworkViews):
                       visibility_timeout: float | None = None, max_payload_bytes: int | None = None,
                       metadata: dict[str, Any] | None = None) -> ChannelInfo:
         """Create the channel if missing (an existing one keeps its settings). Times in seconds."""
-        _check_channel_name(name, inbox=False)
-        if kind not in ("broadcast", "queue"):
-            raise InvalidInput(f"channel kind must be broadcast or queue (got {kind!r})")
-        if max_attempts is not None:
-            whole(max_attempts, "max_attempts", minimum=1, maximum=1000)
-        if max_payload_bytes is not None:
-            whole(max_payload_bytes, "max_payload_bytes", minimum=1, maximum=MAX_PAYLOAD_BYTES)
-        if visibility_timeout is not None:
-            bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
-        return await self._require_db().ensure_channel(
-            self.agent_id, name, kind, retention_ms=_ms(retention, "retention"),
-            message_ttl_ms=_ms(message_ttl, "message_ttl"), max_attempts=max_attempts,
-            visibility_timeout_ms=_ms(visibility_timeout, "visibility_timeout"),
-            max_payload_bytes=max_payload_bytes, metadata=None if metadata is None else _to_builtins(metadata))
+        return await _channels.ensure(self._require_context(), name, kind, retention=retention,
+                                      message_ttl=message_ttl, max_attempts=max_attempts,
+                                      visibility_timeout=visibility_timeout, max_payload_bytes=max_payload_bytes,
+                                      metadata=metadata)
 
     @overload
     def subscribe(self, channel: str, *, type: None = None, kind: ChannelKind | None = None, start: str = "latest",
-                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[Any]: ...
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _channels.Subscribing[Any]: ...
     @overload
     def subscribe(self, channel: str, *, type: type[T], kind: ChannelKind | None = None, start: str = "latest",
-                  batch_size: int = 100, visibility_timeout: float | None = None) -> _SubscribeCM[T]: ...
+                  batch_size: int = 100, visibility_timeout: float | None = None) -> _channels.Subscribing[T]: ...
     def subscribe(self, channel: str, *, type: type[T] | None = None, kind: ChannelKind | None = None,
                   start: str = "latest", batch_size: int = 100,
-                  visibility_timeout: float | None = None) -> _SubscribeCM[Any]:
+                  visibility_timeout: float | None = None) -> _channels.Subscribing[Any]:
         """Subscribe to a channel (created as ``kind`` if missing, default broadcast).
 
         Durable: the subscription (per agent id and channel) keeps its cursor, so an agent that
@@ -594,9 +304,8 @@ class AgentRuntime(NetworkViews):
         subscription begins, ``"latest"`` or ``"earliest"``. ``type``: a msgspec Struct (or any
         type msgspec can convert to) the payloads are validated and decoded into; a payload that
         does not fit goes to the dead letters with the reason."""
-        _check_subscription(channel, kind, start, visibility_timeout)
-        whole(batch_size, "batch_size", minimum=1, maximum=10000)
-        return _SubscribeCM(self, channel, kind, type, start, batch_size, visibility_timeout)
+        return _channels.subscribe(self._require_context(), channel, payload_type=type, kind=kind, start=start,
+                                   batch_size=batch_size, visibility_timeout=visibility_timeout)
 
     def on(self, channel: str, *, type: type[Any] | None = None, kind: ChannelKind | None = None,
            start: str = "latest", concurrency: int = 1,
@@ -614,83 +323,8 @@ class AgentRuntime(NetworkViews):
                kind: ChannelKind | None = None, start: str = "latest", concurrency: int = 1,
                visibility_timeout: float | None = None) -> None:
         """Start a handler task on ``channel`` (see :meth:`on`)."""
-        whole(concurrency, "concurrency", minimum=1, maximum=10000)
-        _check_subscription(channel, kind, start, visibility_timeout)
-        if not callable(handler):
-            raise InvalidInput(f"handler must be an async callable (got {handler!r})")
-        self._start_task(self._handler_loop, channel, handler, type, kind, start, visibility_timeout, concurrency)
-
-    async def _handler_loop(self, channel: str, handler: Handler, payload_type: type[Any] | None,
-                            kind: ChannelKind | None, start: str, visibility: float | None,
-                            concurrency: int) -> None:
-        """One handler's error boundary: a lost connection reopens its subscription with backoff;
-        anything else the database refuses (a channel of another kind, one that was deleted...)
-        stops this handler alone, logged and counted, never the runtime."""
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
-            wait=tenacity.wait_random_exponential(multiplier=self.retry_base_delay, max=self.retry_max_delay),
-            sleep=anyio.sleep, reraise=True,
-            before_sleep=lambda state: log.warning("handler on %s: %s; reopening", channel,
-                                                   state.outcome.exception() if state.outcome else None))
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._consume(channel, handler, payload_type, kind, start, visibility, concurrency)
-        except AgentRuntimeError as exc:
-            self.metrics.increment("errors.handler", channel=channel)
-            log.error("the handler on %s stopped: %s", channel, exc)
-
-    async def _consume(self, channel: str, handler: Handler, payload_type: type[Any] | None,
-                       kind: ChannelKind | None, start: str, visibility: float | None, concurrency: int) -> None:
-        # Concurrent handlers share one subscription: one claim (and one ack write) serves them all.
-        # Broadcast keeps per-channel order: one handler at a time.
-        failures: list[AgentRuntimeError] = []
-        async with self.subscribe(channel, type=payload_type, kind=kind, start=start,
-                                  batch_size=max(10, concurrency), visibility_timeout=visibility) as sub:
-            async with anyio.create_task_group() as tg:
-                for _ in range(1 if sub.kind == "broadcast" else concurrency):
-                    tg.start_soon(self._handle_each, sub, handler, failures, tg.cancel_scope)
-        if failures:
-            raise failures[0]
-
-    async def _handle_each(self, sub: Subscription[Any], handler: Handler, failures: list[AgentRuntimeError],
-                           scope: anyio.CancelScope) -> None:
-        try:
-            async for msg in sub:
-                self._begin()
-                try:
-                    await self._run_handler(handler, msg)
-                finally:
-                    self._end()
-        except AgentRuntimeError as exc:  # the subscription failed: the boundary above decides
-            failures.append(exc)
-            scope.cancel()
-
-    async def _run_handler(self, handler: Handler, msg: Message[Any]) -> None:
-        """One message's error boundary: the handler raising nacks it; a nack that cannot be
-        written (the database is away) leaves it to be redelivered."""
-        started = anyio.current_time()
-        try:
-            await handler(msg)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_timeout):
-                await self._nack_quietly(msg, delay=0, reason="handler cancelled (shutdown)")
-            raise
-        except Exception as exc:
-            self.metrics.increment("errors.handler_call", channel=msg.channel)
-            log.warning("handler for %s failed on %r: %s", msg.channel, msg, exc)
-            await self._nack_quietly(msg, reason=f"{type(exc).__name__}: {exc}")
-        else:
-            await msg.ack()
-        finally:
-            self.metrics.observe("handler.time_ms", (anyio.current_time() - started) * 1000, channel=msg.channel)
-
-    async def _nack_quietly(self, msg: Message[Any], *, delay: float | None = None, reason: str) -> None:
-        try:
-            await msg.nack(delay=delay, reason=reason)
-        except AgentRuntimeError as exc:
-            self.metrics.increment("errors.nack", channel=msg.channel)
-            log.warning("nack of %r failed (%s): it will be redelivered", msg, exc)
+        _handlers.handle(self._require_context(), channel, handler, payload_type=type, kind=kind, start=start,
+                         concurrency=concurrency, visibility_timeout=visibility_timeout)
 
     async def publish(self, channel: str, payload: Any, *, headers: dict[str, Any] | None = None,
                       idempotency_key: str | None = None, ttl: float | None = None,
@@ -705,35 +339,13 @@ class AgentRuntime(NetworkViews):
                            idempotency_keys: Sequence[str | None] | None = None, ttl: float | None = None,
                            delay: float | None = None) -> list[SendResult]:
         """Send a batch in one round trip (all or nothing), in order."""
-        if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
-            raise InvalidInput("idempotency_keys must match payloads one to one")
-        messages = []
-        ttl_ms, delay_ms = _ms(ttl, "ttl"), _ms(delay, "delay")
-        headers = _to_builtins(headers) if headers else None
-        for i, payload in enumerate(payloads):
-            entry: dict[str, Any] = {"payload": _checked_payload(payload)}
-            if headers:
-                entry["headers"] = headers
-            if idempotency_keys is not None and idempotency_keys[i]:
-                entry["idempotency_key"] = idempotency_keys[i]
-            if ttl_ms is not None:
-                entry["ttl_ms"] = ttl_ms
-            if delay_ms is not None:
-                entry["delay_ms"] = delay_ms
-            messages.append(entry)
-        return await self._send(channel, messages)
-
-    async def _send(self, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
-        results = await self._require_db().send_batch(self.agent_id, channel, messages)
-        sent = sum(1 for r in results if not r.duplicate)
-        if sent:
-            self.metrics.increment("messages.sent", sent, channel=channel)
-        return results
+        return await publish_many(self._require_context(), channel, payloads, headers=headers,
+                                  idempotency_keys=idempotency_keys, ttl=ttl, delay=delay)
 
     async def send(self, agent_id: str, payload: Any, *, headers: dict[str, Any] | None = None,
                    idempotency_key: str | None = None, ttl: float | None = None) -> SendResult:
         """Send straight to another agent's inbox."""
-        return await self.publish(_inbox(agent_id), payload, headers=headers, idempotency_key=idempotency_key,
+        return await self.publish(inbox_channel(agent_id), payload, headers=headers, idempotency_key=idempotency_key,
                                   ttl=ttl)
 
     def inbox(self) -> AsyncIterator[Message[Any]]:
@@ -741,18 +353,7 @@ class AgentRuntime(NetworkViews):
 
         They are claimed only while read: unread ones wait in the table (durably, for as long as
         their TTL), and never hold up this agent's requests and replies."""
-        return _Inbox(self)
-
-    async def _plain_inbox(self) -> Subscription[Any]:
-        async with self._inbox_lock:
-            if self._inbox_sub is None:
-                if self._tg is None:
-                    raise AgentRuntimeError("the runtime is not running")
-                sub = Subscription[Any](self, _inbox(self.agent_id), "direct", payload_type=None, batch_size=10,
-                                        visibility=None, start="earliest", classes=("plain",))
-                await sub.__aenter__()
-                self._inbox_sub = sub
-            return self._inbox_sub
+        return _requests.Inbox(self._started(self._requests))
 
     def on_request(self, handler: Handler) -> Handler:
         """Decorator: answer requests sent to this agent; the handler's return value is the reply
@@ -760,6 +361,8 @@ class AgentRuntime(NetworkViews):
         ``request_concurrency`` requests are handled at a time; more wait in the table. Until a
         handler is set, requests are refused (:class:`AgentUnavailable` at the requester)."""
         self._request_handler = handler
+        if self._requests is not None:
+            self._requests.handler = handler
         return handler
 
     async def request(self, agent_id: str, payload: Any, *, timeout: float = 30.0,  # noqa: ASYNC109 (the API)
@@ -770,65 +373,7 @@ class AgentRuntime(NetworkViews):
         so it is not handled after the requester gave up), :class:`RemoteError` if the responder
         could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
         or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
-        timeout_ms = required_ms(timeout, "timeout")
-        target = _inbox(agent_id)
-        message = {"payload": _checked_payload(payload),
-                   "headers": {**(_to_builtins(headers) if headers else {}), "ar": "request"},
-                   "correlation_id": str(uuid.uuid4()), "reply_to": _inbox(self.agent_id),
-                   "ttl_ms": max(timeout_ms, 1)}
-        done = anyio.Event()  # a reply arrived, or the agent is found offline
-        replies: list[RawMessage] = []
-        offline: list[bool] = []
-        self._pending_replies[message["correlation_id"]] = (done, replies)
-        try:
-            await self._send(target, [message])
-            with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
-                    await done.wait()
-                    tg.cancel_scope.cancel()
-        finally:
-            del self._pending_replies[message["correlation_id"]]
-        if not replies and offline:
-            raise AgentUnavailable(f"agent {agent_id} is offline")
-        if not replies:
-            raise RequestTimeout(f"no reply from {agent_id} within {timeout}s")
-        reply = replies[0]
-        if reply.headers.get("ar") == "error":
-            body = reply.payload if isinstance(reply.payload, dict) else {"error": reply.payload}
-            error, remote_type = body.get("error"), body.get("type")
-            if remote_type == AgentUnavailable.__name__:
-                raise AgentUnavailable(str(error))
-            raise RemoteError(f"{agent_id} failed: {error}",
-                              remote_type=None if remote_type is None else str(remote_type))
-        return reply.payload
-
-    async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
-        """While no reply has come, look now and then whether the agent is online at all (a
-        prompt reply costs no look-up)."""
-        delay = _PRESENCE_CHECK_AFTER
-        while not done.is_set():
-            await anyio.sleep(delay)
-            try:
-                agents = await self._require_db().list_agents(None, online_only=True)
-            except AgentRuntimeError as exc:
-                log.debug("presence check for a request failed: %s", exc)
-                continue
-            if not any(a.id == agent_id for a in agents):
-                offline.append(True)
-                done.set()
-                return
-            delay = max(self.heartbeat_interval, delay)
-
-    async def _reply(self, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
-        """Answer a request (Message.reply): to the requester's own inbox, and only there."""
-        if not request.reply_to or not request.correlation_id:
-            raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
-        if request.reply_to != _inbox(request.sender_id):
-            raise PermissionDenied(f"message {request.id} asks for a reply to {request.reply_to!r}: "
-                                   "replies go to the requester's own inbox only")
-        await self._send(request.reply_to, [{"payload": _checked_payload(payload), "headers": {"ar": kind},
-                                             "correlation_id": request.correlation_id}])
+        return await self._started(self._requests).request(agent_id, payload, timeout=timeout, headers=headers)
 
     # ------------------------------------------------------------------ dead letters
 
@@ -850,12 +395,12 @@ class AgentRuntime(NetworkViews):
         ``async with lease.fenced(conn):`` (see :class:`~agent_runtime.Lease`)."""
         required_ms(ttl, "ttl")
         _seconds(wait, "wait", allow_inf=True)
-        return _require_lease(_locks.hold(self, key, ttl=ttl, wait=wait))
+        return _require_lease(self._started(self._locks).hold(key, ttl=ttl, wait=wait))
 
     def try_lock(self, key: str, *, ttl: float = 10.0) -> AbstractAsyncContextManager[_locks.Lease | None]:
         """Like :meth:`lock` but one attempt only: yields ``None`` if the lock is held elsewhere."""
         required_ms(ttl, "ttl")
-        return _locks.hold(self, key, ttl=ttl, wait=0, raise_if_unavailable=False)
+        return self._started(self._locks).hold(key, ttl=ttl, wait=0, raise_if_unavailable=False)
 
     # ------------------------------------------------------------------ metrics and topology
 
@@ -863,101 +408,8 @@ class AgentRuntime(NetworkViews):
         await self.metrics.flush(self._require_db(), self.agent_id)
 
 
-class _SubscribeCM(AbstractAsyncContextManager[Subscription[T]]):
-    """Ensures the channel (when a kind is known), then opens the subscription."""
-
-    def __init__(self, rt: AgentRuntime, channel: str, kind: ChannelKind | None, payload_type: type[T] | None,
-                 start: str, batch_size: int, visibility: float | None) -> None:
-        self._rt, self._channel, self._kind = rt, channel, kind
-        self._type, self._start, self._batch, self._visibility = payload_type, start, batch_size, visibility
-        self._sub: Subscription[T] | None = None
-
-    async def __aenter__(self) -> Subscription[T]:
-        if self._channel.startswith("agent:"):
-            kind: ChannelKind = "direct"
-        else:
-            info = await self._rt.channel(self._channel, self._kind or "broadcast") if self._kind else None
-            kind = info.kind if info else await self._existing_kind()
-        self._sub = Subscription(self._rt, self._channel, kind, payload_type=self._type, batch_size=self._batch,
-                                 visibility=self._visibility, start=self._start)
-        return await self._sub.__aenter__()
-
-    async def _existing_kind(self) -> ChannelKind:
-        for info in await self._rt.channels():
-            if info.name == self._channel:
-                return info.kind
-        return (await self._rt.channel(self._channel, "broadcast")).kind
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._sub is not None:
-            await self._sub.close()
-
-
 @asynccontextmanager
 async def _require_lease(cm: AbstractAsyncContextManager[_locks.Lease | None]) -> AsyncIterator[_locks.Lease]:
     async with cm as lease:
         assert lease is not None  # hold() raises LockTimeout rather than yield None here
         yield lease
-
-
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
-
-
-def _check_channel_name(name: str, *, inbox: bool) -> None:
-    """The SQL's rule for channel names, checked before anything is sent."""
-    if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
-        raise InvalidName(f"invalid channel name {name!r}",
-                          hint="1-128 characters: letters, digits, _ . : / - (not starting with a symbol)")
-    if not inbox and name.startswith("agent:"):
-        raise InvalidName("channel names starting with agent: are agent inboxes")
-
-
-def _check_subscription(channel: str, kind: ChannelKind | None, start: str, visibility_timeout: float | None) -> None:
-    _check_channel_name(channel, inbox=True)
-    if kind not in (None, "broadcast", "queue"):
-        raise InvalidInput(f"kind must be broadcast or queue (got {kind!r})")
-    if start not in ("latest", "earliest"):
-        raise InvalidInput(f"start must be 'latest' or 'earliest' (got {start!r})")
-    if visibility_timeout is not None:
-        bounded(visibility_timeout, "visibility_timeout", minimum=0.1, maximum=43200)
-
-
-class _Inbox:
-    """``async for msg in rt.inbox()``: opens the runtime's plain-message subscription on the
-    first read (shared by every reader, closed with the runtime)."""
-
-    def __init__(self, rt: AgentRuntime) -> None:
-        self._rt = rt
-        self._sub: Subscription[Any] | None = None
-
-    def __aiter__(self) -> _Inbox:
-        return self
-
-    async def __anext__(self) -> Message[Any]:
-        if self._sub is None:
-            self._sub = await self._rt._plain_inbox()
-        return await self._sub.__anext__()
-
-
-def _error(exc: AgentRuntimeError) -> tuple[str, dict[str, str]]:
-    return "error", {"error": str(exc), "type": type(exc).__name__}
-
-
-def _checked_payload(payload: Any) -> Any:
-    """The payload as JSON-ready builtins, refused here if no channel could take it."""
-    value = _to_builtins(payload)
-    if isinstance(value, str | list | dict):
-        size = len(_encoder.encode(value))
-        if size > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
-    return value
-
-
-def _wakeup_topic(sub: Subscription[Any]) -> str:
-    """The topic the SQL triggers send a channel's wake-ups on."""
-    return wire.channel_topic(sub.channel)
-
-
-def _inbox(agent_id: str) -> str:
-    """An agent's inbox channel (given its id, or the inbox's name itself)."""
-    return agent_id if agent_id.startswith(wire.inbox_topic("")) else wire.inbox_topic(agent_id)

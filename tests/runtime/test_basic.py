@@ -50,7 +50,7 @@ async def test_replies_come_from_their_wakeups_and_are_acked(make_runtime: Runti
         with anyio.fail_after(10):
             for n in range(5):
                 assert await client.request(server.agent_id, n, timeout=5) == n
-            control = client._control
+            control = client._requests.control if client._requests else None
             assert control is not None and control.taken_from_wakeups >= 4
             unacked = ("select count(*) from distributed_messages m join communication_channels c"
                        " on c.id = m.channel_id where c.name = $1 and m.state <> 'acked'")

@@ -8,9 +8,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
 from agent_runtime import AgentRuntime
+from agent_runtime.errors import Conflict
 from agent_runtime.local import embedded
 
 RuntimeFactory = Callable[..., AgentRuntime]
@@ -89,3 +91,92 @@ async def test_a_background_round_that_fails_is_counted_and_the_next_one_runs(
             await beat_again.wait()
         assert rt.metrics._figures[("errors.heartbeat", "")].count == 2
         assert await rt.agents()  # still working
+
+
+class _Order(msgspec.Struct):
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise RuntimeError("an order's own check, not a ValidationError")
+
+
+async def test_a_payload_type_whose_own_check_raises_dead_letters_that_message_only(
+        make_runtime: RuntimeFactory) -> None:
+    """Decoding into the handler's type raises something msgspec does not wrap (a __post_init__'s
+    RuntimeError): that message goes to the dead letters with the reason; the handler goes on."""
+    async with make_runtime("typed") as rt:
+        await rt.channel("orders", "queue")
+        handled: list[int] = []
+        done = anyio.Event()
+
+        async def handler(msg: Any) -> None:
+            handled.append(msg.payload.n)
+            done.set()
+
+        rt.handle("orders", handler, type=_Order)
+        await rt.publish("orders", {"n": -1})
+        await rt.publish("orders", {"n": 1})
+        with anyio.fail_after(5):
+            await done.wait()
+        assert handled == [1]
+        dead = await rt.dead_letters("orders")
+        assert [d.payload for d in dead] == [{"n": -1}] and "own check" in (dead[0].reason or "")
+
+
+async def test_a_bug_under_one_handler_stops_that_handler_only(make_runtime: RuntimeFactory,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something unexpected (a bug, not a database error) where a handler claims: that handler
+    stops, logged and counted; the runtime and its other handlers go on."""
+    async with make_runtime("buggy") as rt:
+        await rt.channel("broken", "queue")
+        await rt.channel("fine", "queue")
+        db = rt._require_db()
+        real = db.claim
+
+        async def claim(agent_id: str, channel: str, *args: Any, **kwargs: Any) -> Any:
+            if channel == "broken":
+                raise RuntimeError("a bug while claiming")
+            return await real(agent_id, channel, *args, **kwargs)
+
+        monkeypatch.setattr(db, "claim", claim)
+        handled = anyio.Event()
+
+        async def handler(msg: Any) -> None:
+            handled.set()
+
+        rt.handle("broken", handler)
+        rt.handle("fine", handler)
+        await rt.publish("fine", {"n": 1})
+        with anyio.fail_after(5):
+            await handled.wait()
+            while ("errors.handler", "broken") not in rt.metrics._figures:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        assert await rt.agents()  # still running
+
+
+async def test_a_failing_inbox_claim_is_reopened_and_requests_are_still_answered(
+        make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox's claim fails with an error its own retries do not cover (a deadlock, Conflict):
+    the agent reopens its inbox, counts it, and answers the request, rather than exiting."""
+    async with make_runtime("server") as server, make_runtime("client") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        db = server._require_db()
+        real = db.claim
+        failures = 0
+
+        async def claim(agent_id: str, channel: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal failures
+            if channel == f"agent:{server.agent_id}" and failures < 2:
+                failures += 1
+                raise Conflict("deadlock detected (injected)")
+            return await real(agent_id, channel, *args, **kwargs)
+
+        monkeypatch.setattr(db, "claim", claim)
+        with anyio.fail_after(10):
+            assert await client.request(server.agent_id, {"n": 1}, timeout=8) == {"n": 1}
+        assert failures == 2
+        assert server.metrics._figures[("errors.inbox", "")].count == 2

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 
 from agent_runtime import AgentRuntime
-from agent_runtime.errors import InvalidName
+from agent_runtime.errors import InvalidInput
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -25,10 +26,12 @@ async def test_an_exception_in_the_block_comes_out_as_itself_and_the_agent_leave
 
 async def test_a_failed_start_raises_its_typed_error_and_leaves_nothing_open(
         make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
-    """Registration refused (a bad agent id): InvalidName, and no connection is left behind."""
+    """Registration refused by the database (metadata too large to store): a typed error, and no
+    connection is left behind."""
     before = await conn.fetchval("select count(*) from pg_stat_activity where datname = current_database()")
-    with pytest.raises(InvalidName):
-        async with make_runtime("bad", agent_id="not a valid id!"):
+    rt = make_runtime("bad", metadata={"blob": secrets.token_hex(100_000)})  # (the constructor cannot tell)
+    with pytest.raises(InvalidInput):
+        async with rt:
             pass
     after = await conn.fetchval("select count(*) from pg_stat_activity where datname = current_database()")
     assert after <= before

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from agent_runtime import AgentRuntime
-from agent_runtime.runtime import agent as runtime_module
+from agent_runtime.runtime import _dispatch
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -35,7 +35,7 @@ async def test_a_message_without_wake_up_arrives_by_the_safety_poll(make_runtime
 async def test_safety_poll_wakes_a_bounded_number_of_subscriptions(make_runtime: RuntimeFactory,
                                                                    monkeypatch: Any) -> None:
     """200 idle subscriptions, poll_interval 0.2 s, a budget of 20 per second: about 20 fetches a second, not 1,000."""
-    monkeypatch.setattr(runtime_module, "SAFETY_POLLS_PER_SECOND", 20)
+    monkeypatch.setattr(_dispatch, "SAFETY_POLLS_PER_SECOND", 20)
     async with make_runtime("many", poll_interval=0.2, pool_size=10) as rt:
         fetches = 0
         db = rt._require_db()

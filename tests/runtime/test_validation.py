@@ -22,7 +22,9 @@ NAN = float("nan")
     {"heartbeat_interval": 1e308}, {"heartbeat_ttl": NAN}, {"heartbeat_ttl": 0.1}, {"poll_interval": NAN},
     {"poll_interval": 0}, {"metrics_interval": NAN}, {"janitor_interval": -3}, {"pool_size": 0},
     {"pool_size": 2.5}, {"shutdown_timeout": NAN}, {"retry_base_delay": -1}, {"retry_max_delay": 0.01},
-    {"request_concurrency": 0},
+    {"request_concurrency": 0}, {"agent_id": "not a valid id!"}, {"capabilities": "plan"},
+    {"capabilities": ["plan", 1]}, {"kind": 5}, {"kind": "Not A Kind"}, {"version": None},
+    {"metadata": {"a": object()}}, {"metadata": {"a": NAN}}, {"metadata": [1, 2]},
 ])
 def test_constructor_refuses_bad_settings(option: dict[str, Any]) -> None:
     """Each bad setting is an InvalidInput from the constructor (not a crash or a hot loop later)."""
@@ -30,10 +32,17 @@ def test_constructor_refuses_bad_settings(option: dict[str, Any]) -> None:
         AgentRuntime("bad", url="postgresql://unused/db", **option)
 
 
+@pytest.mark.parametrize("name", [123, "", "-leading", "new\nline", "x" * 129])
+def test_constructor_refuses_bad_names(name: Any) -> None:
+    """An agent name the registry would refuse is an InvalidName from the constructor (not a TypeError)."""
+    with pytest.raises(InvalidName):
+        AgentRuntime(name, url="postgresql://unused/db")
+
+
 @pytest.mark.parametrize(("args", "error"), [
     ({"visibility_timeout": 0}, InvalidInput), ({"visibility_timeout": -5}, InvalidInput),
     ({"channel": "bad name!"}, InvalidName), ({"channel": ""}, InvalidName), ({"kind": "fanout"}, InvalidInput),
-    ({"start": "middle"}, InvalidInput), ({"concurrency": 0}, InvalidInput),
+    ({"start": "middle"}, InvalidInput), ({"concurrency": 0}, InvalidInput), ({"type": 123}, InvalidInput),
 ])
 async def test_handle_and_subscribe_refuse_bad_arguments(make_runtime: RuntimeFactory, args: dict[str, Any],
                                                          error: type[Exception]) -> None:

@@ -15,15 +15,16 @@ from agent_runtime.runtime._metrics import Metrics
 from agent_runtime.runtime._subscription import Subscription
 
 
-class _Runtime:
+class _Context:
+    """The parts of a RuntimeContext these tests reach (no database)."""
+
     def __init__(self) -> None:
         self.metrics = Metrics()
-        self._stopping = anyio.Event()
-        self.shutdown_timeout = 1.0
+        self.stopping = anyio.Event()
 
 
 def _sub(kind: ChannelKind = "broadcast", frontier: int | None = 10, batch_size: int = 100) -> Subscription[Any]:
-    sub: Subscription[Any] = Subscription(_Runtime(), "news", kind, payload_type=None,  # type: ignore[arg-type]
+    sub: Subscription[Any] = Subscription(_Context(), "news", kind, payload_type=None,  # type: ignore[arg-type]
                                           batch_size=batch_size, visibility=None, start="latest")
     sub._frontier = frontier
     sub._news = False  # as after its first fetch

@@ -1,0 +1,81 @@
+"""Sending: payloads checked (JSON-ready, within the largest size any channel takes) before
+anything crosses the wire, batches in one round trip, and replies to a request's own requester."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import InvalidInput, PayloadTooLarge, PermissionDenied
+from ..models import RawMessage, SendResult
+from ..transports import wire
+from ._context import RuntimeContext
+from ._durations import to_ms
+from ._payload import to_json_value
+
+__all__ = ["MAX_PAYLOAD_BYTES", "checked_payload", "inbox_channel", "publish_many", "reply", "send"]
+
+# The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
+# is refused here, before it is sent.
+MAX_PAYLOAD_BYTES = 1_048_576
+_encoder = msgspec.json.Encoder()
+
+
+def checked_payload(payload: Any) -> Any:
+    """The payload as JSON-ready builtins, refused here if no channel could take it."""
+    value = to_json_value(payload)
+    if isinstance(value, str | list | dict):
+        size = len(_encoder.encode(value))
+        if size > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
+    return value
+
+
+def inbox_channel(agent_id: str) -> str:
+    """An agent's inbox channel (given its id, or the inbox's name itself)."""
+    return agent_id if agent_id.startswith(wire.inbox_topic("")) else wire.inbox_topic(agent_id)
+
+
+async def send(context: RuntimeContext, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
+    """Send prepared messages (payloads checked already) in one round trip, counted as sent."""
+    results = await context.db.send_batch(context.agent_id, channel, messages)
+    sent = sum(1 for r in results if not r.duplicate)
+    if sent:
+        context.metrics.increment("messages.sent", sent, channel=channel)
+    return results
+
+
+async def publish_many(context: RuntimeContext, channel: str, payloads: Sequence[Any], *,
+                       headers: dict[str, Any] | None, idempotency_keys: Sequence[str | None] | None,
+                       ttl: float | None, delay: float | None) -> list[SendResult]:
+    """Check every argument and payload first, then send the batch (all or nothing), in order."""
+    if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
+        raise InvalidInput("idempotency_keys must match payloads one to one")
+    messages = []
+    ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
+    headers = to_json_value(headers) if headers else None
+    for i, payload in enumerate(payloads):
+        entry: dict[str, Any] = {"payload": checked_payload(payload)}
+        if headers:
+            entry["headers"] = headers
+        if idempotency_keys is not None and idempotency_keys[i]:
+            entry["idempotency_key"] = idempotency_keys[i]
+        if ttl_ms is not None:
+            entry["ttl_ms"] = ttl_ms
+        if delay_ms is not None:
+            entry["delay_ms"] = delay_ms
+        messages.append(entry)
+    return await send(context, channel, messages)
+
+
+async def reply(context: RuntimeContext, request: RawMessage, payload: Any, *, kind: str = "reply") -> None:
+    """Answer a request (Message.reply): to the requester's own inbox, and only there."""
+    if not request.reply_to or not request.correlation_id:
+        raise InvalidInput(f"message {request.id} is not a request (no reply_to/correlation_id)")
+    if request.reply_to != inbox_channel(request.sender_id):
+        raise PermissionDenied(f"message {request.id} asks for a reply to {request.reply_to!r}: "
+                               "replies go to the requester's own inbox only")
+    await send(context, request.reply_to, [{"payload": checked_payload(payload), "headers": {"ar": kind},
+                                            "correlation_id": request.correlation_id}])
