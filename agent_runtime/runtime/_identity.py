@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import InvalidInput, InvalidName
@@ -51,13 +51,15 @@ def check_kind(kind: Any) -> str:
 
 
 def checked_capabilities(capabilities: Any) -> list[str]:
-    """A sequence of strings (a single string is refused, not split into letters)."""
-    if isinstance(capabilities, str | bytes) or not isinstance(capabilities, Sequence | set | frozenset) \
-            or not all(isinstance(c, str) for c in capabilities):
+    """Strings, from any iterable of them (a single string is refused, not split into letters)."""
+    if isinstance(capabilities, str | bytes | Mapping) or not isinstance(capabilities, Iterable):
         raise InvalidInput(f"capabilities must be a list of strings (got {capabilities!r})")
-    if len(capabilities) > _MAX_CAPABILITIES:
-        raise InvalidInput(f"at most {_MAX_CAPABILITIES} capabilities (got {len(capabilities)})")
-    return list(capabilities)
+    listed = list(capabilities)
+    if not all(isinstance(c, str) for c in listed):
+        raise InvalidInput(f"capabilities must be a list of strings (got {listed!r})")
+    if len(listed) > _MAX_CAPABILITIES:
+        raise InvalidInput(f"at most {_MAX_CAPABILITIES} capabilities (got {len(listed)})")
+    return listed
 
 
 def check_version(version: Any) -> str:

@@ -180,42 +180,54 @@ class Locks:
         waiter sleeps until a release notification, the holder's remaining lease, or a bounded
         exponential backoff with jitter, whichever comes first."""
         context = self._context
-        db = context.db
         lease_id = uuid.uuid4()
         started = anyio.current_time()
         deadline = None if wait is None else started + wait
         backoff = tenacity.wait_random_exponential(multiplier=0.02, max=1.0)
-        attempt = 0
-        while True:
-            released = self._waiters.event(key)
-            grant: LockGrant | None = None
+        released = self._waiters.event(key)
+
+        async def attempt() -> Lease | LockGrant | None:
+            """One try: the lease, or the refusal (None: the connection failed)."""
+            nonlocal released
+            released = self._waiters.event(key)  # (before the call: a release during it is not missed)
             call_started = anyio.current_time()
             # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
             call_wait = min(_MAX_CALL_WAIT, ttl / 2)
             if deadline is not None:
                 call_wait = min(max(deadline - call_started, 0.0), call_wait)
             try:
-                grant = await db.acquire_lock(context.agent_id, key, lease_id, int(ttl * 1000),
-                                              wait_ms=int(call_wait * 1000))
+                grant = await context.db.acquire_lock(context.agent_id, key, lease_id, int(ttl * 1000),
+                                                      wait_ms=int(call_wait * 1000))
             except ConnectionLost as exc:
                 log.warning("acquiring %s: %s; retrying", key, exc)
-            if grant is not None and grant.acquired and grant.token is not None:
-                # One figure per agent, not per key (keys are many: a series each would not scale).
-                context.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
-                # The database's TTL started during the call, so after call_started: this is never later.
-                return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _context=context,
-                             _deadline=call_started + ttl)
-            now = anyio.current_time()
-            if deadline is not None and now >= deadline:
                 return None
-            attempt += 1
-            pause = backoff(_state(attempt))
-            if grant is not None:
-                pause = min(pause, max(grant.ttl_ms / 1000, 0.001))
+            if not grant.acquired or grant.token is None:
+                return grant
+            # One figure per agent, not per key (keys are many: a series each would not scale).
+            context.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
+            # The database's TTL started during the call, so after call_started: this is never later.
+            return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _context=context,
+                         _deadline=call_started + ttl)
+
+        def pause(state: tenacity.RetryCallState) -> float:
+            seconds = backoff(state)
+            refusal = state.outcome.result() if state.outcome is not None and not state.outcome.failed else None
+            if isinstance(refusal, LockGrant):  # no longer than the holder's lease has left
+                seconds = min(seconds, max(refusal.ttl_ms / 1000, 0.001))
             if deadline is not None:
-                pause = min(pause, deadline - now)
-            with anyio.move_on_after(pause):
+                seconds = min(seconds, max(deadline - anyio.current_time(), 0.0))
+            return seconds
+
+        async def until_released(seconds: float) -> None:
+            with anyio.move_on_after(seconds):
                 await released.wait()
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_result(lambda outcome: not isinstance(outcome, Lease)),
+            stop=lambda _: deadline is not None and anyio.current_time() >= deadline,
+            wait=pause, sleep=until_released, retry_error_callback=lambda _: None)
+        lease: Lease | LockGrant | None = await retrying(attempt)
+        return lease if isinstance(lease, Lease) else None
 
     @asynccontextmanager
     async def hold(self, key: str, *, ttl: float, wait: float | None,
@@ -257,12 +269,6 @@ class Locks:
         """At shutdown: the leases still held (normally released by their own blocks)."""
         for lease in list(self._held):
             await self.release(lease)
-
-
-def _state(attempt: int) -> tenacity.RetryCallState:
-    state = tenacity.RetryCallState(retry_object=tenacity.AsyncRetrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = attempt
-    return state
 
 
 async def _keep_renewed(context: RuntimeContext, lease: Lease, body: anyio.CancelScope) -> None:
