@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "agent_runtime"
 _RECONNECT_PAUSE = 0.05  # seconds: the first pause before reconnecting, doubled on each failure
-_JSON_ARGS = frozenset({"p_payload", "p_headers", "p_metadata", "p_messages", "p_metrics", "p_info"})
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+
+
+def _encode_json(value: object) -> str:
+    return _encoder.encode(value).decode()
 
 
 @contextmanager
@@ -86,15 +89,16 @@ class PostgresTransport:
                 # would be one more round trip per call for nothing. An open transaction is still
                 # rolled back by the pool.
                 reset=_keep_session,
+                init=_set_json_codecs,
             )
 
     def _statement(self, function: str, names: tuple[str, ...]) -> str:
+        # No casts: the server types each parameter from the function's signature, and the json
+        # codecs of every pool connection (_set_json_codecs) encode the json and jsonb ones.
         key = (function, names)
         sql = self._sql.get(key)
         if sql is None:
-            params = ", ".join(
-                f"{n} => ${i}::jsonb" if n in _JSON_ARGS else f"{n} => ${i}" for i, n in enumerate(names, 1)
-            )
+            params = ", ".join(f"{n} => ${i}" for i, n in enumerate(names, 1))
             sql = f"select public.{function}({params})::text"
             self._sql[key] = sql
         return sql
@@ -102,20 +106,18 @@ class PostgresTransport:
     async def call(self, function: str, args: Mapping[str, Any]) -> Any:
         if self._pool is None:
             raise ConnectionLost("the transport is not connected")
-        names = tuple(args)
-        try:
-            values = [
-                _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
-            ]
-        except (TypeError, ValueError, RecursionError) as exc:  # no JSON form (ValueError: a lone surrogate)
-            raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         with translate_errors():
             async with _connection(self._pool) as con:
                 try:
-                    raw = await con.fetchval(self._statement(function, names), *values)
-                except (asyncpg.DataError, TypeError, ValueError) as exc:
-                    if isinstance(exc, asyncpg.PostgresError):
+                    raw = await con.fetchval(self._statement(function, tuple(args)), *args.values())
+                except asyncpg.DataError as exc:
+                    # The driver could not encode a value (no JSON form, a lone surrogate, the wrong
+                    # Python type for the parameter's SQL type): it says so with the codec's error as
+                    # the cause. A data error from the server has none, and is translated as such.
+                    if exc.__cause__ is None:
                         raise
+                    raise InvalidInput(f"invalid argument for {function}: {exc.__cause__}") from exc
+                except (TypeError, ValueError) as exc:
                     raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         return None if raw is None else _decoder.decode(raw)
 
@@ -195,6 +197,13 @@ class PostgresTransport:
 
 async def _keep_session(_con: asyncpg.Connection) -> None:
     return None
+
+
+async def _set_json_codecs(con: asyncpg.Connection) -> None:
+    """json and jsonb arguments are encoded by msgspec, whatever the parameter is called."""
+    for type_name in ("json", "jsonb"):
+        await con.set_type_codec(type_name, schema="pg_catalog", encoder=_encode_json, decoder=_decoder.decode,
+                                 format="text")
 
 
 @asynccontextmanager
