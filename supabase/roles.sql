@@ -59,6 +59,9 @@ begin
   -- Supabase Realtime defines them. Nothing streams a table out of plain Postgres, so send()
   -- does not store the message; it emits a pg_notify on 'realtime:broadcast' instead, which a
   -- local stand-in for Realtime can forward (delivered after commit, in commit order, like WAL).
+  -- The runtime's triggers call it only where agent_runtime_private.wakeup_routes says a Realtime
+  -- hears it (on plain Postgres: while such a stand-in runs), so the exception block below (a
+  -- subtransaction per call, as Supabase's own has) costs nothing otherwise.
   if to_regclass('realtime.messages') is null then
     create table realtime.messages (
       topic text not null,

@@ -12,7 +12,8 @@ The database must have the migrations applied (on plain Postgres with the bootst
 ``realtime.send`` emits ``pg_notify('realtime:broadcast', ...)`` after commit). The stand-in's
 login (``postgres_url``) must be able to switch to ``anon``, ``authenticated`` and
 ``service_role`` (a superuser, or a member of those roles like Supabase's ``authenticator``),
-and to create a role: at start it creates (or updates) Realtime's own login
+to write the owner-only ``agent_runtime_private.wakeup_routes`` (the schema's owner, or a
+superuser), and to create a role: at start it creates (or updates) Realtime's own login
 ``agent_runtime_standin_realtime`` — not a superuser, no BYPASSRLS, a member of those three
 roles without inheriting them, the owner of ``realtime.messages`` as ``supabase_realtime_admin``
 is on Supabase — and checks channel policies on connections of that login only (its password is
@@ -50,7 +51,9 @@ Departures from the protocol document (and from the real servers):
 * **Broadcast from the database** arrives by ``LISTEN realtime:broadcast`` (the bootstrap's
   ``realtime.send`` → ``pg_notify``), not WAL: after commit and in commit order as documented, but
   the sender-side RLS insert into ``realtime.messages`` is not performed, so only the
-  subscribers' read policies gate delivery. ``meta.id`` is ``payload.id``. Nothing is stored, so
+  subscribers' read policies gate delivery. (On plain Postgres the runtime's triggers call
+  ``realtime.send`` only when ``agent_runtime_private.wakeup_routes`` says a Realtime hears it,
+  as it does on Supabase: the stand-in turns that on at start.) ``meta.id`` is ``payload.id``. Nothing is stored, so
   ``broadcast.replay`` is ignored; binary payloads (``send_binary``) are not supported.
 * **Presence** ``presence_state`` is pushed after a join that enabled presence (not on a later
   first ``track``, which newer servers also do).
@@ -212,6 +215,7 @@ class SupabaseStandIn:
             password = hashlib.sha256(f"{self._realtime_login}:{self._keys.secret}".encode()).hexdigest()
             async with self._pool.acquire() as admin:
                 await prepare_login(admin, self._realtime_login, password)
+                await _route_wakeups_through_realtime(admin)
             self._auth_pool = await asyncpg.create_pool(self._postgres_url, user=self._realtime_login,
                                                         password=password, min_size=1, max_size=4)
             authorizer = Authorizer(self._auth_pool, self.stats)
@@ -321,6 +325,21 @@ class SupabaseStandIn:
                         backoff = min(backoff * 2, 2.0)
         finally:
             conn.terminate()
+
+
+async def _route_wakeups_through_realtime(conn: asyncpg.Connection) -> None:
+    """The runtime's triggers call ``realtime.send`` only where a Realtime hears it (Supabase; the
+    owner-only ``agent_runtime_private.wakeup_routes`` says so, set by the migrations from the
+    platform): on plain Postgres a stand-in for Realtime is what hears it, so it turns that on, as
+    Supabase has it (pg_notify stays on for runtimes on the Postgres transport)."""
+    if await conn.fetchval("select to_regclass('agent_runtime_private.wakeup_routes')") is None:
+        return  # (an older schema, whose triggers always call realtime.send)
+    try:
+        await conn.execute("update agent_runtime_private.wakeup_routes set realtime = true where not realtime")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise RuntimeError(
+            "the stand-in's login must own agent_runtime_private.wakeup_routes (or be a superuser) to route "
+            "wake-ups through realtime.send; without it no wake-up would reach Realtime's subscribers") from exc
 
 
 async def _not_implemented(request: web.Request) -> web.StreamResponse:

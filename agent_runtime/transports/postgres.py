@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -22,11 +23,14 @@ __all__ = ["PostgresTransport", "translate_errors"]
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "agent_runtime"
+_WATCH_WAIT = 5.0  # seconds a watch waits for its LISTEN before returning anyway
 _RECONNECT_PAUSE = 0.05  # seconds: the first pause before reconnecting, doubled on each failure
-_JSON_ARGS = frozenset({"p_payload", "p_headers", "p_metadata", "p_messages", "p_metrics", "p_info"})
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+
+
+def _encode_json(value: object) -> str:
+    return _encoder.encode(value).decode()
 
 
 @contextmanager
@@ -61,7 +65,8 @@ def describe_target(url: str) -> str:
 
 
 class PostgresTransport:
-    """Calls ``select public.fn(p_a => $1, ...)``; listens with ``LISTEN agent_runtime``."""
+    """Calls ``select public.fn(p_a => $1, ...)``; listens with one ``LISTEN`` per watched topic
+    (on its own notification channel: :func:`.wire.notification_channel`), on one connection."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
                  reconnect_max_delay: float = 5.0, health_interval: float = 2.0) -> None:
@@ -74,6 +79,14 @@ class PostgresTransport:
         self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._closed = False
         self.malformed_wakeups = 0  # notifications dropped at the edge: not wake-ups
+        # Watched topics (each watch counted) and the notification channel of each: the LISTEN
+        # connection hears these and nothing else.
+        self._topics: Counter[str] = Counter()
+        self._channels: dict[str, str] = {}  # notification channel -> topic
+        self._listener: asyncpg.Connection | None = None  # the LISTEN connection, once it listens
+        self._listened: set[str] = set()  # channels LISTENed on it
+        self._listener_lock = anyio.Lock()  # one statement at a time on that connection
+        self._sink: EventSink = _nowhere
 
     async def connect(self) -> None:
         with translate_errors(describe_target(self.url)):
@@ -86,15 +99,16 @@ class PostgresTransport:
                 # would be one more round trip per call for nothing. An open transaction is still
                 # rolled back by the pool.
                 reset=_keep_session,
+                init=_set_json_codecs,
             )
 
     def _statement(self, function: str, names: tuple[str, ...]) -> str:
+        # No casts: the server types each parameter from the function's signature, and the json
+        # codecs of every pool connection (_set_json_codecs) encode the json and jsonb ones.
         key = (function, names)
         sql = self._sql.get(key)
         if sql is None:
-            params = ", ".join(
-                f"{n} => ${i}::jsonb" if n in _JSON_ARGS else f"{n} => ${i}" for i, n in enumerate(names, 1)
-            )
+            params = ", ".join(f"{n} => ${i}" for i, n in enumerate(names, 1))
             sql = f"select public.{function}({params})::text"
             self._sql[key] = sql
         return sql
@@ -102,39 +116,33 @@ class PostgresTransport:
     async def call(self, function: str, args: Mapping[str, Any]) -> Any:
         if self._pool is None:
             raise ConnectionLost("the transport is not connected")
-        names = tuple(args)
-        try:
-            values = [
-                _encoder.encode(v).decode() if n in _JSON_ARGS and v is not None else v for n, v in args.items()
-            ]
-        except (TypeError, ValueError, RecursionError) as exc:  # no JSON form (ValueError: a lone surrogate)
-            raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         with translate_errors():
             async with _connection(self._pool) as con:
                 try:
-                    raw = await con.fetchval(self._statement(function, names), *values)
-                except (asyncpg.DataError, TypeError, ValueError) as exc:
-                    if isinstance(exc, asyncpg.PostgresError):
+                    raw = await con.fetchval(self._statement(function, tuple(args)), *args.values())
+                except asyncpg.DataError as exc:
+                    # The driver could not encode a value (no JSON form, a lone surrogate, the wrong
+                    # Python type for the parameter's SQL type): it says so with the codec's error as
+                    # the cause. A data error from the server has none, and is translated as such.
+                    if exc.__cause__ is None:
                         raise
+                    raise InvalidInput(f"invalid argument for {function}: {exc.__cause__}") from exc
+                except (TypeError, ValueError) as exc:
                     raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
         return None if raw is None else _decoder.decode(raw)
 
     async def listen(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._sink = sink
         started = False
-
-        def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
-            event = wire.from_notification(payload)
-            if event is None:
-                self.malformed_wakeups += 1
-            else:
-                sink(event)
-
         while True:
             conn = await self._listen_connection(started)
             lost = anyio.Event()
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+                async with self._listener_lock:
+                    self._listened = set()
+                    await self._sync_channels(conn)
+                    self._listener = conn
                 if started:
                     sink(wire.RECONNECTED)  # anything sent while we were away must be caught up
                 else:
@@ -144,8 +152,29 @@ class PostgresTransport:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("LISTEN connection lost: %s", exc)
             finally:
+                self._listener = None
                 conn.terminate()
             await anyio.sleep(_RECONNECT_PAUSE)
+
+    def _on_notify(self, _c: object, _pid: int, channel: str, payload: str) -> None:
+        topic = self._channels.get(channel)
+        if topic is None:
+            return  # a topic no longer watched (its UNLISTEN is on the way)
+        event = wire.from_notification(payload)
+        if event is None or event.topic != topic:  # (a wake-up on the wrong topic's channel is forged)
+            self.malformed_wakeups += 1
+        else:
+            self._sink(event)
+
+    async def _sync_channels(self, conn: asyncpg.Connection) -> None:
+        """LISTEN to the channels of the watched topics, UNLISTEN the others; under the lock. The
+        watched set may change during each round trip: recomputed each time."""
+        while (missing := next((c for c in self._channels if c not in self._listened), None)) is not None:
+            await conn.add_listener(missing, self._on_notify)
+            self._listened.add(missing)
+        while (stale := next((c for c in self._listened if c not in self._channels), None)) is not None:
+            await conn.remove_listener(stale, self._on_notify)
+            self._listened.discard(stale)
 
     async def _listen_connection(self, started: bool) -> asyncpg.Connection:
         """A connection for LISTEN, retried with exponential backoff. Before the first one only a
@@ -169,20 +198,41 @@ class PostgresTransport:
 
     async def _watch(self, conn: asyncpg.Connection, lost: anyio.Event) -> None:
         """Return when the connection is gone. A periodic query notices a half-dead socket that
-        the termination callback alone would miss."""
+        the termination callback alone would miss; the channels of topics no longer watched are
+        UNLISTENed then (until then their notifications are dropped unread)."""
         while not lost.is_set():
             with anyio.move_on_after(self._health_interval):
                 await lost.wait()
                 return
             with anyio.fail_after(self._health_interval * 2):
-                await conn.fetchval("select 1")
+                async with self._listener_lock:
+                    await self._sync_channels(conn)
+                    await conn.fetchval("select 1")
 
-    # LISTEN hears every topic: nothing to join.
     async def watch(self, topic: str) -> None:
-        pass
+        self._topics[topic] += 1
+        if self._topics[topic] > 1:
+            return
+        self._channels[wire.notification_channel(topic)] = topic
+        conn = self._listener
+        if conn is None:
+            return  # not listening yet, or reconnecting: listen() LISTENs to every watched topic
+        try:
+            with anyio.move_on_after(_WATCH_WAIT):
+                async with self._listener_lock:
+                    if conn is self._listener:
+                        await self._sync_channels(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The connection is going: the reconnect LISTENs to it, then says RECONNECTED.
+            log.warning("LISTEN for %s failed: %s", topic, exc)
 
     def unwatch(self, topic: str) -> None:
-        pass
+        count = self._topics[topic] - 1
+        if count > 0:
+            self._topics[topic] = count
+            return
+        del self._topics[topic]
+        self._channels.pop(wire.notification_channel(topic), None)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -193,8 +243,19 @@ class PostgresTransport:
             pool.terminate()
 
 
+def _nowhere(event: wire.WakeUp) -> None:  # (before listen() has a sink)
+    return None
+
+
 async def _keep_session(_con: asyncpg.Connection) -> None:
     return None
+
+
+async def _set_json_codecs(con: asyncpg.Connection) -> None:
+    """json and jsonb arguments are encoded by msgspec, whatever the parameter is called."""
+    for type_name in ("json", "jsonb"):
+        await con.set_type_codec(type_name, schema="pg_catalog", encoder=_encode_json, decoder=_decoder.decode,
+                                 format="text")
 
 
 @asynccontextmanager

@@ -1,9 +1,9 @@
 """The wake-up wire format, in one place: the topics wake-ups travel on and the events they carry.
 
 The database's triggers (``supabase/schemas/80_wakeups.sql``) send each wake-up as a compact JSON
-object: over ``pg_notify('agent_runtime', ...)`` with its topic in ``t`` and its event in ``e``,
-over Supabase Realtime as a broadcast whose topic and event are the channel's and the message's
-own. A transport turns either into one :data:`WakeUp` here, once, at its edge
+object: over ``pg_notify`` on the topic's own channel (:func:`notification_channel`) with its topic
+in ``t`` and its event in ``e``, over Supabase Realtime as a broadcast whose topic and event are the
+channel's and the message's own. A transport turns either into one :data:`WakeUp` here, once, at its edge
 (:func:`from_notification`, :func:`from_broadcast`); what does not decode is dropped there
 (logged here, counted by the transport), so the runtime only ever sees typed events.
 
@@ -14,6 +14,7 @@ Topics: ``agent:<id>`` (an agent's inbox; also the inbox channel's own name), ``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Final, Literal
@@ -34,6 +35,7 @@ __all__ = [
     "from_broadcast",
     "from_notification",
     "inbox_topic",
+    "notification_channel",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ PRESENCE: Final = "presence"
 LOCKS: Final = "locks"
 _AGENT = "agent:"
 _CHANNEL = "channel:"
+_NOTIFICATION_PREFIX = "agent_runtime:"
 
 
 def inbox_topic(agent_id: str) -> str:
@@ -52,6 +55,13 @@ def inbox_topic(agent_id: str) -> str:
 def channel_topic(channel: str) -> str:
     """The topic a channel's wake-ups travel on: an inbox (``agent:<id>``) is its own topic."""
     return channel if channel.startswith(_AGENT) else f"{_CHANNEL}{channel}"
+
+
+def notification_channel(topic: str) -> str:
+    """The ``pg_notify`` channel a topic's wake-ups travel on: ``agent_runtime:`` and the first 32
+    hex digits of the SHA-256 of the topic (a channel is an identifier, at most 63 bytes; a topic
+    is not bounded). The SQL's ``agent_runtime_private.topic_channel`` computes the same."""
+    return _NOTIFICATION_PREFIX + hashlib.sha256(topic.encode()).hexdigest()[:32]
 
 
 def agent_topics(agent_id: str) -> tuple[str, ...]:

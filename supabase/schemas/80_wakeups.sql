@@ -1,12 +1,13 @@
 -- agent_runtime declared schema, part 80: wake-ups, compact hints coalesced per statement and
--- channel, delivered after commit by pg_notify ('agent_runtime') and realtime.send (Supabase
--- Realtime's broadcast from the database; a stand-in on plain Postgres). They are hints: the cursor
--- and claim functions decide what a consumer gets. A broadcast wake-up carries the new messages
--- themselves when they are few (at most 16), small (under 6000 bytes of JSON) and visible now.
--- Carried messages are signed (HMAC-SHA256 with a secret only the owner reads), so a forged
--- notification can at worst wake an agent, never deliver a message or move a cursor.
--- Owns: wakeup_secret, wakeup_mac, wakeup_key, notify, on_messages_inserted, on_messages_ready,
--- on_presence_changed, on_lock_released and their triggers.
+-- channel, delivered after commit by pg_notify on the topic's own notification channel (the
+-- Postgres transport LISTENs to the topics it watches, and hears no other) and, on Supabase, by
+-- realtime.send (Realtime's broadcast from the database); wakeup_routes says which. They are
+-- hints: the cursor and claim functions decide what a consumer gets. A broadcast wake-up carries
+-- the new messages themselves when they are few (at most 16), small (under 6000 bytes of JSON)
+-- and visible now. Carried messages are signed (HMAC-SHA256 with a secret only the owner reads),
+-- so a forged notification can at worst wake an agent, never deliver a message or move a cursor.
+-- Owns: wakeup_secret, wakeup_mac, wakeup_key, wakeup_routes, topic_channel, notify,
+-- on_messages_inserted, on_messages_ready, on_presence_changed, on_lock_released and their triggers.
 
 -- ---------------------------------------------------------------------------------------------
 -- Wake-ups that cannot lie
@@ -71,15 +72,57 @@ $$;
 revoke all on function public.wakeup_key() from public, anon, authenticated;
 grant execute on function public.wakeup_key() to service_role;
 
--- notify(p_topic, p_event, p_payload) -> void: one wake-up, by pg_notify on 'agent_runtime' and by
--- realtime.send (private topic). Raises nothing (realtime.send swallows its errors).
+-- ---------------------------------------------------------------------------------------------
+-- Where wake-ups go
+-- ---------------------------------------------------------------------------------------------
+-- Each topic has its own notification channel, so that a wake-up reaches only the connections
+-- listening to its topic (one shared channel made every listener receive and decode every
+-- wake-up). Channel names are identifiers (at most 63 bytes) and topics are not bounded, so the
+-- channel is a fixed-length digest of the topic: 'agent_runtime:' and the first 32 hex digits of
+-- the SHA-256 of the topic (UTF-8). agent_runtime/transports/wire.py (notification_channel)
+-- computes the same; a test keeps the two equal.
+create function agent_runtime_private.topic_channel(p_topic text) returns text
+language sql immutable parallel safe set search_path = '' as $$
+  select 'agent_runtime:' || pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_topic, 'UTF8')), 'hex'), 32)
+$$;
+revoke all on function agent_runtime_private.topic_channel(text) from public, anon, authenticated, service_role;
+
+-- Which ways wake-ups are sent, decided by the platform, not by any session: a table only the
+-- owner writes (a session can set any GUC it likes). notify: pg_notify on the topic's channel,
+-- for runtimes on the Postgres transport. realtime: realtime.send, for Supabase Realtime's
+-- subscribers (the Supabase transport); on plain Postgres nobody hears the bootstrap's stand-in
+-- for it unless a stand-in for Realtime runs (agent_runtime.testing.SupabaseStandIn turns it on),
+-- and each call is a subtransaction, so it is off there. On Supabase both are on: runtimes may
+-- also connect to its database directly (postgresql://), and they LISTEN. An operator may change
+-- either (as the owner: update agent_runtime_private.wakeup_routes set ...).
+create table agent_runtime_private.wakeup_routes (
+  id       boolean primary key default true check (id),  -- one row
+  notify   boolean not null,
+  realtime boolean not null
+);
+revoke all on table agent_runtime_private.wakeup_routes from public, anon, authenticated, service_role;
+insert into agent_runtime_private.wakeup_routes (notify, realtime)
+values (true, exists (select 1 from pg_catalog.pg_roles where rolname = 'supabase_admin'));
+
+-- notify(p_topic, p_event, p_payload) -> void: one wake-up, the ways wakeup_routes says: pg_notify
+-- on the topic's channel (with the topic in 't' and the event in 'e'), realtime.send (private
+-- topic). Raises nothing (realtime.send swallows its errors).
 create function agent_runtime_private.notify(p_topic text, p_event text, p_payload jsonb) returns void
 language plpgsql set search_path = '' as $$
+declare
+  v_notify boolean;
+  v_realtime boolean;
 begin
-  perform pg_notify('agent_runtime', (p_payload || jsonb_build_object('t', p_topic, 'e', p_event))::text);
-  -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
-  -- realtime.messages). realtime.send never raises.
-  perform realtime.send(p_payload, p_event, p_topic, true);
+  select w.notify, w.realtime into v_notify, v_realtime from agent_runtime_private.wakeup_routes w;
+  if v_notify is not false then  -- (no row: notify, the plain-Postgres way)
+    perform pg_catalog.pg_notify(agent_runtime_private.topic_channel(p_topic),
+                                 (p_payload || jsonb_build_object('t', p_topic, 'e', p_event))::text);
+  end if;
+  if v_realtime then
+    -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
+    -- realtime.messages). realtime.send never raises.
+    perform realtime.send(p_payload, p_event, p_topic, true);
+  end if;
 end
 $$;
 revoke all on function agent_runtime_private.notify(text, text, jsonb) from public, anon, authenticated, service_role;
@@ -97,7 +140,10 @@ declare
   v_topic text;
   v_messages text;
   v_note text;
+  v_notify boolean;
+  v_realtime boolean;
 begin
+  select w.notify, w.realtime into v_notify, v_realtime from agent_runtime_private.wakeup_routes w;
   for r in
     select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
            bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes,
@@ -124,12 +170,13 @@ begin
       end if;
     end if;
     if v_note is null then
-      perform pg_catalog.pg_notify('agent_runtime', json_build_object('c', r.name, 's', r.seq, 't', v_topic,
-                                                                      'e', 'message')::text);
-      perform realtime.send(jsonb_build_object('c', r.name, 's', r.seq), 'message', v_topic, true);
-    else
-      perform pg_catalog.pg_notify('agent_runtime', left(v_note, -1) || ',"t":' || to_json(v_topic)::text
-                                                    || ',"e":"message"}');
+      v_note := json_build_object('c', r.name, 's', r.seq)::text;
+    end if;
+    if v_notify is not false then
+      perform pg_catalog.pg_notify(agent_runtime_private.topic_channel(v_topic),
+                                   left(v_note, -1) || ',"t":' || to_json(v_topic)::text || ',"e":"message"}');
+    end if;
+    if v_realtime then
       -- Supabase Realtime broadcast from the database (private topic, authorised by RLS on
       -- realtime.messages: only the channel's subscribers hear it). realtime.send never raises.
       perform realtime.send(v_note::jsonb, 'message', v_topic, true);

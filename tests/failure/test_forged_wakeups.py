@@ -24,6 +24,7 @@ import pytest
 from agent_runtime import AgentRuntime
 from agent_runtime.runtime import _subscription
 from agent_runtime.runtime._subscription import Subscription
+from agent_runtime.transports import wire
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -62,8 +63,9 @@ async def intruder(conn: asyncpg.Connection, db_url: str) -> AsyncIterator[async
 
 
 async def _notify(intruder: asyncpg.Connection, payload: dict[str, Any]) -> None:
+    """NOTIFY on the channel of the wake-up's topic, where its listeners hear it."""
     text = json.dumps(payload).replace("'", "''")
-    await intruder.execute(f"notify agent_runtime, '{text}'")
+    await intruder.execute(f"""notify "{wire.notification_channel(payload['t'])}", '{text}'""")
 
 
 def _fake_message(id_: int, seq: int, channel: str, payload: Any) -> dict[str, Any]:
@@ -116,6 +118,7 @@ async def test_forged_wakeups_deliver_nothing_and_move_no_cursor(
             for forged in forgeries:
                 await _notify(intruder, forged)
             await anyio.sleep(0.5)  # (they have arrived, and woken the target for nothing)
+            assert rt._transport.malformed_wakeups == 2  # type: ignore[attr-defined]  # (the two that do not decode)
             await pub.publish("news", {"n": "after"})
             msg = await _next(sub)
             assert msg.payload == {"n": "after"} and msg.sender_id == pub.agent_id

@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from agent_runtime.transports import wire
+
 TABLES = (
     "distributed_agents",
     "agent_presence",
@@ -123,11 +125,16 @@ async def acting_as(conn: asyncpg.Connection, agent_id: str | None, role: str = 
         yield
 
 
-class Listener:
-    """LISTENs on 'agent_runtime' on its own connection and keeps every decoded payload."""
+SENTINEL_CHANNEL = "agent_runtime_test_sentinel"  # (no topic's channel: see wire.notification_channel)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+
+class Listener:
+    """LISTENs on the notification channels of ``topics`` (and nothing else) on its own
+    connection and keeps every decoded payload."""
+
+    def __init__(self, conn: asyncpg.Connection, topics: tuple[str, ...]) -> None:
         self.conn = conn
+        self.topics = topics
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
 
@@ -136,7 +143,9 @@ class Listener:
         self._changed.set()
 
     async def start(self) -> None:
-        await self.conn.add_listener("agent_runtime", self._on_notify)
+        for topic in self.topics:
+            await self.conn.add_listener(wire.notification_channel(topic), self._on_notify)
+        await self.conn.add_listener(SENTINEL_CHANNEL, self._on_notify)
 
     async def wait_for(self, pred: Callable[[dict[str, Any]], bool], within: float = 3.0) -> dict[str, Any]:
         async with asyncio.timeout(within):
@@ -150,7 +159,7 @@ class Listener:
     async def settle(self, sender: asyncpg.Connection) -> list[dict[str, Any]]:
         """Everything notified before now: a sentinel sent after it arrives after it (commit order)."""
         marker = uuid.uuid4().hex
-        await sender.execute("select pg_notify('agent_runtime', $1)", json.dumps({"sentinel": marker}))
+        await sender.execute("select pg_notify($1, $2)", SENTINEL_CHANNEL, json.dumps({"sentinel": marker}))
         await self.wait_for(lambda e: e.get("sentinel") == marker)
         events = [e for e in self.events if "sentinel" not in e]
         self.events.clear()
@@ -158,10 +167,11 @@ class Listener:
 
 
 @asynccontextmanager
-async def listening(db_url: str) -> AsyncIterator[Listener]:
+async def listening(db_url: str, *topics: str) -> AsyncIterator[Listener]:
+    """A listener for the wake-ups of ``topics`` (``channel:<name>``, ``agent:<id>``, ``presence``, ``locks``)."""
     conn = await asyncpg.connect(db_url)
     try:
-        listener = Listener(conn)
+        listener = Listener(conn, topics)
         await listener.start()
         yield listener
     finally:
@@ -177,8 +187,23 @@ async def connections(db_url: str, n: int) -> AsyncIterator[list[asyncpg.Connect
         await asyncio.gather(*(c.close() for c in conns))
 
 
-async def realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any) -> list[dict[str, Any]]:
-    """What the bootstrap's realtime.send broadcast (pg_notify on 'realtime:broadcast') during ``action``."""
+@asynccontextmanager
+async def realtime_routing(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Wake-ups sent through realtime.send too, as on Supabase (off on plain Postgres), meanwhile."""
+    await conn.execute("update agent_runtime_private.wakeup_routes set realtime = true")
+    try:
+        yield
+    finally:
+        await conn.execute("update agent_runtime_private.wakeup_routes set realtime = false")
+
+
+async def realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any, *,
+                            routed: bool = True) -> list[dict[str, Any]]:
+    """What the bootstrap's realtime.send broadcast (pg_notify on 'realtime:broadcast') during
+    ``action``; ``routed``: with wake-ups routed through realtime.send as on Supabase."""
+    if routed:
+        async with realtime_routing(conn):
+            return await realtime_payloads(db_url, conn, action, routed=False)
     listen = await asyncpg.connect(db_url)
     got: list[str] = []
     done = asyncio.Event()

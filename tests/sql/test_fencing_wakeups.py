@@ -50,7 +50,7 @@ async def _cursor(conn: asyncpg.Connection, channel: str) -> int:
 async def test_carried_messages_are_signed_with_a_key_only_trusted_roles_get(conn: asyncpg.Connection,
                                                                              db_url: str) -> None:
     await _setup(conn)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:news") as listener:
         await call(conn, "send_messages", agent_id="a1", channel="news", messages=[{"payload": "héllo"}])
         [event] = await listener.settle(conn)
     key = bytes.fromhex(await call(conn, "wakeup_key"))

@@ -124,7 +124,7 @@ async def test_cleanup_expired_locks(db_url: str, conn: asyncpg.Connection) -> N
     await call(conn, "acquire_lock", agent_id="a1", key="gone", lease_id=uuid.uuid4(), ttl_ms=100)
     await call(conn, "acquire_lock", agent_id="a1", key="live", lease_id=uuid.uuid4(), ttl_ms=60000)
     await asyncio.sleep(0.15)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "locks") as listener:
         assert await call(conn, "cleanup_expired_locks") == 1
         events = await listener.settle(conn)
     assert events == [{"k": "gone", "t": "locks", "e": "released"}]
@@ -136,7 +136,7 @@ async def test_cleanup_stale_presence_emits_leave(db_url: str, conn: asyncpg.Con
     await register(conn, "stale")
     await register(conn, "fresh")
     await conn.execute("update agent_presence set expires_at = now() - interval '1 second' where agent_id = 'stale'")
-    async with listening(db_url) as listener:
+    async with listening(db_url, "presence") as listener:
         assert await call(conn, "cleanup_stale_presence") == 1
         events = await listener.settle(conn)
         statuses = dict(await conn.fetch("select id, status from distributed_agents"))

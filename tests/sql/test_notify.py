@@ -1,4 +1,5 @@
-"""Wake-ups: the triggers' pg_notify hints on channel 'agent_runtime' (messages, presence, locks)."""
+"""Wake-ups: the triggers' pg_notify hints (messages, presence, locks), each on its topic's own
+notification channel, and realtime.send only where wakeup_routes says so."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import uuid
 
 import asyncpg
-from _helpers import call, listening, realtime_payloads, register, send
+import pytest
+from _helpers import acting_as, call, expect_error, listening, realtime_payloads, register, send
+
+from agent_runtime.transports import wire
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
@@ -20,7 +24,7 @@ async def test_batch_send_notifies_once_with_max_seq(db_url: str, conn: asyncpg.
     """A batch insert notifies once for its channel, carrying the highest seq (on a broadcast
     channel, small batches also carry their messages: see test_wakeup_messages.py)."""
     await _setup(conn)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:news", "channel:jobs") as listener:
         await call(conn, "send_messages", agent_id="a1", channel="news", messages=[{"payload": i} for i in range(5)])
         await call(conn, "send_messages", agent_id="a1", channel="jobs", messages=[{"payload": i} for i in range(5)])
         events = await listener.settle(conn)
@@ -34,7 +38,7 @@ async def test_batch_send_notifies_once_with_max_seq(db_url: str, conn: asyncpg.
 async def test_inbox_notifies_on_agent_topic(db_url: str, conn: asyncpg.Connection) -> None:
     """A message to an inbox is announced on the agent's own topic agent:<id>."""
     await _setup(conn)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "agent:b1") as listener:
         await send(conn, "a1", "agent:b1", {"hi": 1})
         events = await listener.settle(conn)
     assert events == [{"c": "agent:b1", "s": 1, "t": "agent:b1", "e": "message"}]
@@ -43,7 +47,7 @@ async def test_inbox_notifies_on_agent_topic(db_url: str, conn: asyncpg.Connecti
 async def test_one_notify_per_statement_and_channel(db_url: str, conn: asyncpg.Connection) -> None:
     """Each insert statement notifies each channel it wrote to once; nothing is sent before commit."""
     await _setup(conn)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:news", "channel:jobs") as listener:
         async with conn.transaction():
             await send(conn, "a1", "news", 1)
             await send(conn, "a1", "jobs", 1)
@@ -58,7 +62,7 @@ async def test_one_notify_per_statement_and_channel(db_url: str, conn: asyncpg.C
 async def test_rolled_back_send_notifies_nothing(db_url: str, conn: asyncpg.Connection) -> None:
     """A send in a transaction that rolls back produces no wake-up."""
     await _setup(conn)
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:news") as listener:
         tr = conn.transaction()
         await tr.start()
         await send(conn, "a1", "news", 1)
@@ -71,7 +75,7 @@ async def test_nack_and_replay_wake_consumers(db_url: str, conn: asyncpg.Connect
     await _setup(conn)
     sent = await send(conn, "a1", "jobs", 1)
     await call(conn, "claim_messages", agent_id="b1", channel="jobs")
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:jobs") as listener:
         await call(conn, "nack_message", agent_id="b1", message_id=sent["id"])
         assert await listener.settle(conn) == [{"c": "jobs", "s": 1, "t": "channel:jobs", "e": "message"}]
         await call(conn, "claim_messages", agent_id="b1", channel="jobs")
@@ -84,7 +88,7 @@ async def test_nack_and_replay_wake_consumers(db_url: str, conn: asyncpg.Connect
 
 async def test_presence_events(db_url: str, conn: asyncpg.Connection) -> None:
     """Join on register, status on a change, nothing on a plain heartbeat, leave on deregister, join on resume."""
-    async with listening(db_url) as listener:
+    async with listening(db_url, "presence") as listener:
         await register(conn, "a1")
         assert await listener.settle(conn) == [
             {"a": "a1", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
@@ -105,7 +109,7 @@ async def test_lock_release_notifies(db_url: str, conn: asyncpg.Connection) -> N
     """Releasing a lock announces the key on 'locks'; acquiring and renewing do not."""
     await register(conn, "a1")
     lease = uuid.uuid4()
-    async with listening(db_url) as listener:
+    async with listening(db_url, "locks") as listener:
         await call(conn, "acquire_lock", agent_id="a1", key="job:1", lease_id=lease, ttl_ms=10000)
         await call(conn, "renew_lock", agent_id="a1", key="job:1", lease_id=lease, ttl_ms=10000)
         assert await listener.settle(conn) == []
@@ -122,3 +126,58 @@ async def test_realtime_send_mirrors_the_hint(db_url: str, conn: asyncpg.Connect
     [event] = await realtime_payloads(db_url, conn, send_one)
     assert event["topic"] == "channel:news" and event["event"] == "message" and event["private"] is True
     assert event["payload"]["c"] == "news" and event["payload"]["s"] == 1
+
+
+async def test_a_wakeup_reaches_only_the_listeners_of_its_topic(db_url: str, conn: asyncpg.Connection) -> None:
+    """A wake-up for one topic is not received by a connection listening only to another."""
+    await _setup(conn)
+    await call(conn, "ensure_channel", agent_id="a1", name="other")
+    async with listening(db_url, "channel:other", "agent:a1") as elsewhere, \
+            listening(db_url, "channel:news") as here:
+        await send(conn, "a1", "news", 1)
+        await send(conn, "a1", "agent:b1", 2)
+        await call(conn, "set_agent_status", agent_id="a1", status="busy")
+        assert await elsewhere.settle(conn) == []
+        assert [(e["t"], e["s"]) for e in await here.settle(conn)] == [("channel:news", 1)]
+        await send(conn, "a1", "other", 3)
+        assert [(e["t"], e["s"]) for e in await elsewhere.settle(conn)] == [("channel:other", 1)]
+
+
+@pytest.mark.parametrize("topic", [
+    "presence", "locks", "agent:b1", "channel:news", "", "channel:héllo wörld ✓", "channel:" + "x" * 1000,
+])
+async def test_the_sql_and_the_wire_module_name_the_same_channel(conn: asyncpg.Connection, topic: str) -> None:
+    """topic_channel (SQL) and wire.notification_channel (Python) agree, within the 63-byte limit."""
+    channel = await conn.fetchval("select agent_runtime_private.topic_channel($1)", topic)
+    assert channel == wire.notification_channel(topic)
+    assert len(channel.encode()) <= 63
+
+
+async def test_plain_postgres_sends_no_realtime_broadcast(db_url: str, conn: asyncpg.Connection) -> None:
+    """Without a Realtime to hear it (plain Postgres, no stand-in), no wake-up calls realtime.send;
+    with pg_notify routed off too, nothing is notified at all."""
+    await _setup(conn)
+    assert tuple(await conn.fetchrow("select notify, realtime from agent_runtime_private.wakeup_routes")) \
+        == (True, False)
+
+    async def traffic() -> None:
+        await send(conn, "a1", "news", 1)
+        await send(conn, "a1", "agent:b1", 1)
+        await call(conn, "set_agent_status", agent_id="a1", status="busy")
+
+    assert await realtime_payloads(db_url, conn, traffic, routed=False) == []
+    await conn.execute("update agent_runtime_private.wakeup_routes set notify = false")
+    async with listening(db_url, "channel:news", "agent:b1", "presence") as listener:
+        await traffic()
+        assert await listener.settle(conn) == []
+
+
+async def test_only_the_owner_reads_or_changes_the_routes(conn: asyncpg.Connection) -> None:
+    """No API role (nor a session's settings) can turn wake-ups off or route them elsewhere."""
+    await register(conn, "b1")
+    for role, agent in (("authenticated", "b1"), ("anon", None), ("service_role", None)):
+        async with acting_as(conn, agent, role=role):
+            await expect_error("42501", conn.execute("update agent_runtime_private.wakeup_routes set notify = false"),
+                               role)
+        async with acting_as(conn, agent, role=role):
+            await expect_error("42501", conn.fetch("select * from agent_runtime_private.wakeup_routes"), role)

@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from _helpers import call, listening, realtime_payloads, register
 
+from agent_runtime.transports import wire
+
 BARE_KEYS = {"c", "s", "t", "e"}
 
 
@@ -32,7 +34,7 @@ async def test_small_batch_carries_its_messages_exactly_as_fetch_returns_them(
         {"payload": None, "correlation_id": "8f7c2b36-3c52-4a5e-9bd1-2f0e6c1d4a10", "reply_to": "agent:a1"},
         {"payload": [1.5, "x"], "ttl_ms": 60000},
     ]
-    async with listening(db_url) as listener:
+    async with listening(db_url, "channel:news") as listener:
         sent = await call(conn, "send_messages", agent_id="a1", channel="news", messages=messages)
         [event] = await listener.settle(conn)
     fetched = await call(conn, "fetch_messages", agent_id="b1", channel="news")
@@ -67,7 +69,7 @@ async def test_wakeup_is_a_bare_hint_unless_the_batch_qualifies(
         "queue": ("jobs", [{"payload": 1}]),
         "inbox": ("agent:b1", [{"payload": 1}]),
     }[case]
-    async with listening(db_url) as listener:
+    async with listening(db_url, wire.channel_topic(channel)) as listener:
         await call(conn, "send_messages", agent_id="a1", channel=channel, messages=messages)
         [event] = await listener.settle(conn)
     assert set(event) == BARE_KEYS
@@ -95,7 +97,7 @@ async def test_every_wakeup_fits_pg_notify(db_url: str, conn: asyncpg.Connection
             await call(conn, "send_messages", agent_id="a1", channel=channel,
                        messages=[{"payload": text, "headers": {"i": i}} for i in range(n)])
 
-        async with listening(db_url) as listener:
+        async with listening(db_url, f"channel:{channel}") as listener:
             realtime = await realtime_payloads(db_url, conn, batch)
             events = await listener.settle(conn)
         [event] = events
@@ -152,7 +154,7 @@ async def test_an_inbox_wakeup_carries_replies_which_are_acked_without_a_claim(
     await _setup(conn)
     await register(conn, "c1")
     reply = {"payload": {"ok": 1}, "headers": {"ar": "reply"}, "correlation_id": "8f7c2b36-3c52-4a5e-9bd1-2f0e6c1d4a10"}
-    async with listening(db_url) as listener:
+    async with listening(db_url, "agent:b1") as listener:
         [sent] = await call(conn, "send_messages", agent_id="a1", channel="agent:b1", messages=[reply])
         [event] = await listener.settle(conn)
     assert (event["t"], event["c"], event["f"]) == ("agent:b1", "agent:b1", sent["seq"])

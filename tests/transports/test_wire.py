@@ -20,6 +20,14 @@ def test_topics() -> None:
     assert wire.agent_topics("bob") == ("agent:bob", "presence", "locks")
 
 
+def test_notification_channels_are_short_identifiers_one_per_topic() -> None:
+    topics = ["presence", "locks", "agent:bob", "channel:news", "channel:" + "é" * 500]
+    channels = [wire.notification_channel(t) for t in topics]
+    assert len(set(channels)) == len(topics)
+    assert all(len(c.encode()) <= 63 and c.startswith("agent_runtime:") for c in channels)
+    assert wire.notification_channel("locks") == wire.notification_channel("locks")
+
+
 def test_both_edges_decode_the_same_events() -> None:
     carried = '[{"seq": 4}]'  # (carried messages stay one JSON text: the MAC is over that text)
     payload = {"c": "news", "s": 4, "f": 4, "m": carried, "h": "ab"}
@@ -58,19 +66,21 @@ def test_malformed_broadcasts_are_dropped(event: object, payload: object) -> Non
 async def test_the_postgres_transport_drops_and_counts_what_does_not_decode(db_url: str) -> None:
     transport = PostgresTransport(db_url)
     await transport.connect()
+    await transport.watch("locks")
     send, receive = anyio.create_memory_object_stream[wire.WakeUp](10)
     conn = await asyncpg.connect(db_url)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(transport.listen, send.send_nowait)
             for payload in ("garbage", '{"k": 1, "t": "locks", "e": "released"}',
+                            '{"k": "job:1", "t": "presence", "e": "released"}',  # another topic's
                             '{"k": "job:1", "t": "locks", "e": "released"}'):
-                await conn.execute("select pg_notify('agent_runtime', $1)", payload)
+                await conn.execute("select pg_notify($1, $2)", wire.notification_channel("locks"), payload)
             with anyio.fail_after(5):
                 first = await receive.receive()
             tg.cancel_scope.cancel()
         assert first == wire.LockReleased("locks", "job:1")
-        assert transport.malformed_wakeups == 2
+        assert transport.malformed_wakeups == 3
     finally:
         await conn.close()
         send.close()
