@@ -230,12 +230,11 @@ class PostgresTransport:
             log.warning("LISTEN for %s failed: %s", topic, exc)
 
     def unwatch(self, topic: str) -> None:
-        count = self._topics[topic] - 1
+        count = self._topics.get(topic, 0) - 1
         if count > 0:
             self._topics[topic] = count
-            return
-        del self._topics[topic]
-        self._channels.pop(wire.notification_channel(topic), None)
+        elif self._topics.pop(topic, None) is not None:  # (an unmatched unwatch changes nothing)
+            self._channels.pop(wire.notification_channel(topic), None)
 
     async def aclose(self) -> None:
         self._closed = True
