@@ -23,6 +23,9 @@ __all__ = ["PostgresTransport", "translate_errors"]
 
 log = logging.getLogger(__name__)
 
+# How a LISTEN connection fails. (InternalClientError: a statement begun just as the server's
+# "terminating connection" arrived, before the driver noticed the connection was gone.)
+_LISTEN_LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 _WATCH_WAIT = 5.0  # seconds a watch waits for its LISTEN before returning anyway
 _RECONNECT_PAUSE = 0.05  # seconds: the first pause before reconnecting, doubled on each failure
 _decoder = msgspec.json.Decoder()
@@ -149,7 +152,7 @@ class PostgresTransport:
                     started = True
                     task_status.started()
                 await self._watch(conn, lost)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _LISTEN_LOST as exc:
                 log.warning("LISTEN connection lost: %s", exc)
             finally:
                 self._listener = None
@@ -222,17 +225,16 @@ class PostgresTransport:
                 async with self._listener_lock:
                     if conn is self._listener:
                         await self._sync_channels(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _LISTEN_LOST as exc:
             # The connection is going: the reconnect LISTENs to it, then says RECONNECTED.
             log.warning("LISTEN for %s failed: %s", topic, exc)
 
     def unwatch(self, topic: str) -> None:
-        count = self._topics[topic] - 1
+        count = self._topics.get(topic, 0) - 1
         if count > 0:
             self._topics[topic] = count
-            return
-        del self._topics[topic]
-        self._channels.pop(wire.notification_channel(topic), None)
+        elif self._topics.pop(topic, None) is not None:  # (an unmatched unwatch changes nothing)
+            self._channels.pop(wire.notification_channel(topic), None)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -102,6 +102,7 @@ async def test_the_listener_hears_only_the_topics_it_watches(transport: Postgres
             await _release(transport, "k3")  # still watched once
             await heard.wait_for(wire.LockReleased("locks", "k3"))
             transport.unwatch("locks")
+            transport.unwatch("locks")  # (one too many: changes nothing)
             await _release(transport, "k4")  # not watched any more
             # The LISTEN connection is lost: the transport comes back listening to what it watches.
             assert await conn.fetchval(
