@@ -28,7 +28,9 @@ from agent_runtime import AgentRuntime
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
-pytestmark = pytest.mark.timeout(120)
+# Bounds in wall time (a paused or cancelled holder, the server's idle limit): in one xdist group,
+# so these never run beside each other under `-n` (other tests still run beside them).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("lock-timing")]
 
 ROUNDS = 20
 # Its lease runs out (on its clock) 0.9 s after it was taken; the server ends its idle fencing

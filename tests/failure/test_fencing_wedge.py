@@ -21,7 +21,9 @@ from agent_runtime.errors import LockLost, LockTimeout
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
-pytestmark = pytest.mark.timeout(120)
+# Bounds in wall time (a paused or cancelled holder, the server's idle limit): in one xdist group,
+# so these never run beside each other under `-n` (other tests still run beside them).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("lock-timing")]
 
 TRIALS = 15
 

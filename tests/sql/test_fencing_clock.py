@@ -13,7 +13,11 @@ import time
 import uuid
 
 import asyncpg
+import pytest
 from _helpers import call, connections, register
+
+# Bounds in wall time: in the same xdist group as tests/failure/test_fencing_*.py (see there).
+pytestmark = pytest.mark.xdist_group("lock-timing")
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
