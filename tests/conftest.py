@@ -5,7 +5,7 @@ test, and its test clock (``advance_clock``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -13,10 +13,9 @@ import pytest
 
 from agent_runtime import AgentRuntime
 from agent_runtime.local import embedded
-from agent_runtime.testing import TestDatabases
+from agent_runtime.testing import AdvanceClock, TestDatabases
 
 RuntimeFactory = Callable[..., AgentRuntime]
-AdvanceClock = Callable[[float], Awaitable[None]]
 
 pytest_plugins = ["agent_runtime.testing.pytest_plugin"]
 

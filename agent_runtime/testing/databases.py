@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +33,9 @@ from ..errors import InvalidInput
 from ..local import embedded
 from ..local.migrations import migrate_url
 from ..transports.postgres import translate_errors
+
+# What the pytest plugin's agent_runtime_advance_clock fixture gives: ``await advance(seconds)``.
+AdvanceClock = Callable[[float], Awaitable[None]]
 
 
 class TestDatabases:

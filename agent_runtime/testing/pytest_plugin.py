@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .databases import TestDatabases
+from .databases import AdvanceClock, TestDatabases
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ def agent_runtime_db_url(agent_runtime_databases: TestDatabases) -> Iterator[str
 
 @pytest.fixture
 def agent_runtime_advance_clock(agent_runtime_databases: TestDatabases,
-                                agent_runtime_db_url: str) -> Callable[[float], Awaitable[None]]:
+                                agent_runtime_db_url: str) -> AdvanceClock:
     """``await advance(seconds)``: the test database's clock, that much later from now on."""
     return functools.partial(agent_runtime_databases.advance_clock, agent_runtime_db_url)
 

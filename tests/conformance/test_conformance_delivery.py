@@ -13,6 +13,7 @@ import pytest
 
 from agent_runtime import AgentRuntime
 from agent_runtime.errors import LockTimeout, RemoteError, RequestTimeout
+from agent_runtime.testing import AdvanceClock
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -81,18 +82,21 @@ async def test_queue_nack_redelivers_then_dead_letters_then_replays(make_runtime
 
 
 @pytest.mark.slow
-async def test_queue_visibility_timeout_redelivers_to_another_consumer(make_runtime: RuntimeFactory) -> None:
-    """A claimed message neither acked nor nacked comes back after its visibility timeout."""
+async def test_queue_visibility_timeout_redelivers_to_another_consumer(
+        make_runtime: RuntimeFactory, advance_clock: AdvanceClock) -> None:
+    """A claimed message neither acked nor nacked comes back after its visibility timeout (of the
+    database clock: a minute's timeout, the clock moved past it)."""
     async with make_runtime("slow") as slow, make_runtime("other") as other:
         await slow.channel("vq", "queue")
-        async with slow.subscribe("vq", visibility_timeout=0.3) as s1:
+        async with slow.subscribe("vq", visibility_timeout=60) as s1:
             await slow.publish("vq", {"n": 1})
             with anyio.fail_after(5):
                 first = await s1.__anext__()
             assert first.attempts == 1
+            await advance_clock(61)
             async with other.subscribe("vq") as s2:
                 with anyio.fail_after(5):
-                    again = await s2.__anext__()  # found by other's poll after the timeout
+                    again = await s2.__anext__()  # found by other's first claim, the timeout past
                 assert again.id == first.id and again.attempts == 2
                 await again.ack()
 

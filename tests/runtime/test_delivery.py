@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 
 from agent_runtime import AgentRuntime
+from agent_runtime.testing import AdvanceClock
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -234,7 +235,7 @@ async def test_metrics_are_flushed_and_read_back(make_runtime: RuntimeFactory) -
 
 
 async def test_late_nack_does_not_undo_another_consumers_claim(
-        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A nack that races a new claim after the visibility timeout is ignored: the new claimant keeps the message."""
     async with make_runtime("slow") as slow, make_runtime("other") as other:
         await slow.channel("vq", "queue")
@@ -242,7 +243,7 @@ async def test_late_nack_does_not_undo_another_consumers_claim(
             await slow.publish("vq", {"n": 1})
             with anyio.fail_after(5):
                 msg = await sub.__anext__()
-            await anyio.sleep(0.3)  # its visibility timed out: another consumer may claim it now
+            await advance_clock(0.3)  # its visibility timed out: another consumer may claim it now
             tx = conn.transaction()
             await tx.start()
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -197,7 +197,3 @@ async def realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any) 
         await listen.close()
     return [json.loads(g) for g in got if g != "end"]
 
-
-# The conftest's advance_clock fixture: ``await advance_clock(seconds)`` moves the test database's
-# clock forward (TTLs and timeouts run out without sleeping).
-AdvanceClock = Callable[[float], Awaitable[None]]

@@ -7,7 +7,9 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from _helpers import AdvanceClock, call, connections, count, expect_error, refused_unchanged, register, send
+from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
 
 
 async def _setup(conn: asyncpg.Connection, **channel: Any) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import uuid
 
 import asyncpg
-from _helpers import AdvanceClock, Json, call, connections, count, expect_error, refused_unchanged, register, send
+from _helpers import Json, call, connections, count, expect_error, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

@@ -6,7 +6,6 @@ migrated database has no offset at all."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +16,8 @@ from catalog import empty_database
 
 from agent_runtime.errors import InvalidInput
 from agent_runtime.local.migrations import migrate
-from agent_runtime.testing import TestDatabases
+from agent_runtime.testing import AdvanceClock, TestDatabases
 
-AdvanceClock = Callable[[float], Awaitable[None]]
 
 async def _acquire(conn: asyncpg.Connection, agent: str) -> dict[str, Any]:
     result: dict[str, Any] = await call(conn, "acquire_lock", agent_id=agent, key="k", lease_id=uuid.uuid4(),
