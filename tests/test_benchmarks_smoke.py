@@ -14,11 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Both tests read the one run (a module fixture): in one xdist group, so it runs once.
+# Both tests read the one run, a session fixture (a module one would run again whenever xdist
+# interleaves another module's test between them), in one xdist group: it runs once.
 pytestmark = pytest.mark.xdist_group("benchmarks-smoke")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = [sys.executable, "-m", "benchmarks", "--quick", "--only", "latency1,locks,reqreply,queue1",

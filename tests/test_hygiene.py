@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from catalog import empty_database, with_supabase_default_privileges
 
 from agent_runtime.local.migrations import migrate
 from agent_runtime.testing import TestDatabases
+from tests.catalog import empty_database, with_supabase_default_privileges
 
 OURS = "('public', 'agent_runtime_private')"
 INTENDED_SELECTS = ("distributed_agents", "agent_presence", "communication_channels", "channel_subscriptions",

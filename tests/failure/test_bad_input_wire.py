@@ -15,12 +15,12 @@ import aiohttp
 import anyio
 import asyncpg
 import pytest
-from db_state import snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
+from tests.db_state import snapshot
 
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")

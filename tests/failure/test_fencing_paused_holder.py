@@ -20,11 +20,11 @@ from datetime import datetime
 import anyio
 import asyncpg
 import pytest
-from _failure_support import expect
-from _fencing_support import SCRIPT, wait_until_stopped
-from agent_processes import Child, children
 
 from agent_runtime import AgentRuntime
+from tests.agent_processes import Child, children
+from tests.failure._failure_support import expect
+from tests.failure._fencing_support import SCRIPT, wait_until_stopped
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

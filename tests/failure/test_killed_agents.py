@@ -10,10 +10,10 @@ from collections.abc import Callable
 import anyio
 import asyncpg
 import pytest
-from _failure_support import Spawn, expect
 
 from agent_runtime import AgentRuntime
 from agent_runtime.testing import AdvanceClock
+from tests.failure._failure_support import Spawn, expect
 
 TOTAL = 80
 RuntimeFactory = Callable[..., AgentRuntime]

@@ -14,10 +14,10 @@ from typing import Any
 
 import jwt
 import pytest
-from supabase_js import JsAgent, js_agent
 
 from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
+from tests.js.supabase_js import JsAgent, js_agent
 
 pytestmark = [
     pytest.mark.timeout(60),

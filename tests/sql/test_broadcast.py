@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection, **channel: object) -> None:

@@ -14,7 +14,8 @@ import uuid
 
 import asyncpg
 import pytest
-from _helpers import call, connections, register
+
+from tests.sql._helpers import call, connections, register
 
 # Bounds in wall time: in the same xdist group as tests/failure/test_fencing_*.py (see there).
 pytestmark = pytest.mark.xdist_group("lock-timing")

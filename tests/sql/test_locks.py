@@ -7,9 +7,9 @@ import uuid
 from typing import Any
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register
 
 
 async def _acquire(conn: asyncpg.Connection, agent: str, key: str = "k", ttl_ms: int = 60000,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-from _helpers import Json, call, count, listening, refused_unchanged, register, send
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import Json, call, count, listening, refused_unchanged, register, send
 
 
 async def test_metrics_batches_aggregate_into_one_bucket(conn: asyncpg.Connection) -> None:

@@ -6,7 +6,8 @@ import json
 import uuid
 
 import asyncpg
-from _helpers import call, listening, realtime_payloads, register, send
+
+from tests.sql._helpers import call, listening, realtime_payloads, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

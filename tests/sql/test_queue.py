@@ -7,9 +7,9 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection, **channel: Any) -> None:

@@ -7,9 +7,9 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
-from _helpers import call, count, expect_error, refused_unchanged, register
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, count, expect_error, refused_unchanged, register
 
 
 async def test_register_creates_agent_presence_and_inbox(conn: asyncpg.Connection) -> None:

@@ -6,9 +6,9 @@ import asyncio
 import uuid
 
 import asyncpg
-from _helpers import Json, call, connections, count, expect_error, refused_unchanged, register, send
 
 from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import Json, call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from _helpers import acting_as, call, expect_error, register, session_as
-from catalog import empty_database
 
 from agent_runtime.errors import InvalidInput
 from agent_runtime.local.migrations import migrate
 from agent_runtime.testing import AdvanceClock, TestDatabases
+from tests.catalog import empty_database
+from tests.sql._helpers import acting_as, call, expect_error, register, session_as
 
 
 async def _acquire(conn: asyncpg.Connection, agent: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import json
 
 import asyncpg
 import pytest
-from _helpers import call, listening, realtime_payloads, register
+
+from tests.sql._helpers import call, listening, realtime_payloads, register
 
 BARE_KEYS = {"c", "s", "t", "e"}
 
