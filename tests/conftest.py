@@ -1,9 +1,11 @@
-"""Real Postgres for every test, through the same helper users get
-(:class:`agent_runtime.testing.TestDatabases`): one private server per session, a migrated template
-built once, and a fresh clone of it per test."""
+"""Real Postgres for every test, through the same helper and pytest plugin users get
+(:class:`agent_runtime.testing.TestDatabases`, ``agent_runtime.testing.pytest_plugin``): one private
+server per session (per xdist worker), a migrated template built once, a fresh clone of it per
+test, and its test clock (``advance_clock``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -12,9 +14,11 @@ import pytest
 
 from agent_runtime import AgentRuntime
 from agent_runtime.local import embedded
-from agent_runtime.testing import TestDatabases
+from agent_runtime.testing import AdvanceClock, TestDatabases
 
 RuntimeFactory = Callable[..., AgentRuntime]
+
+pytest_plugins = ["agent_runtime.testing.pytest_plugin"]
 
 # Whole suites that take seconds per test (agent processes, server restarts, the CLI as a
 # subprocess, benchmarks, hypothesis): `pytest -m "not slow"` leaves them out.
@@ -29,14 +33,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `--dist loadgroup` a worker's xdist_group tests carry their group in their node id
+    (that is how xdist keeps a group on one worker). Where a pytest/xdist pair loses it
+    (pytest-dev/pytest-xdist#1386) the groups would mix silently: say so in the warnings summary."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid]
+    if lost:
+        warnings.warn(pytest.PytestWarning(
+            f"xdist_group is not honoured by this pytest and pytest-xdist (e.g. {lost[0]}): the timing-sensitive "
+            "tests may run beside each other; see the pytest pin in pyproject.toml"), stacklevel=1)
+
+
 @pytest.fixture(scope="session")
-def test_databases() -> Iterator[TestDatabases]:
-    databases = TestDatabases()
-    databases.start()
-    try:
-        yield databases
-    finally:
-        databases.stop()
+def test_databases(agent_runtime_databases: TestDatabases) -> TestDatabases:
+    """The plugin's session databases (one private server per session, per xdist worker)."""
+    return agent_runtime_databases
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +62,15 @@ def pg_server(test_databases: TestDatabases) -> embedded.LocalServer:
 
 
 @pytest.fixture
-async def db_url(test_databases: TestDatabases) -> AsyncIterator[str]:
-    """The URL of a fresh, migrated database for this test."""
-    url = await test_databases.create()
-    yield url
-    await test_databases.drop(url)
+def db_url(agent_runtime_db_url: str) -> str:
+    """The URL of a fresh, migrated database for this test (the plugin's)."""
+    return agent_runtime_db_url
+
+
+@pytest.fixture
+def advance_clock(agent_runtime_advance_clock: AdvanceClock) -> AdvanceClock:
+    """``await advance_clock(seconds)``: this test database's clock moves forward (the plugin's)."""
+    return agent_runtime_advance_clock
 
 
 @pytest.fixture

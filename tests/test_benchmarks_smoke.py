@@ -1,5 +1,6 @@
-"""The benchmark suite still runs (a quick pass over two sections) and reports every figure beside
-its baseline. Figures are printed, never asserted: this is not a timed test."""
+"""The benchmark suite still runs (one quick pass over four sections, sharing one private server)
+and reports every figure beside its baseline. Figures are printed, never asserted: this is not a
+timed test."""
 
 from __future__ import annotations
 
@@ -7,21 +8,34 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Both tests read the one run, a session fixture (a module one would run again whenever xdist
+# interleaves another module's test between them), in one xdist group: it runs once.
+pytestmark = pytest.mark.xdist_group("benchmarks-smoke")
 
-@pytest.mark.timeout(180)
-def test_quick_benchmarks_report_figures_beside_baselines(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "benchmarks", "--quick", "--only", "latency1,locks", "--json", str(out)]
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = [sys.executable, "-m", "benchmarks", "--quick", "--only", "latency1,locks,reqreply,queue1",
+            "--json", str(out)]
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stderr[-3000:]
-    document = json.loads(out.read_text())
+    document: dict[str, Any] = json.loads(out.read_text())
     assert json.loads(run.stdout) == document  # the same document on stdout
-    figures = document["figures"]
+    return run, document
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmarks_report_figures_beside_baselines(
+        bench_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
+    run, document = bench_run
+    figures = [f for f in document["figures"] if f["section"] in {"latency 1->1", "locks"}]
     assert {f["section"] for f in figures} == {"latency 1->1", "locks"}
     for figure in figures:
         assert figure["value"] is not None and figure["value"] > 0, figure
@@ -31,14 +45,11 @@ def test_quick_benchmarks_report_figures_beside_baselines(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(180)
-def test_peer_sections_report_figures(tmp_path: Path) -> None:
+def test_peer_sections_report_figures(bench_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
     """Request/reply and the one-at-a-time queue run beside their raw floors; CPU per 10k is reported
     for client and server. Peers (NATS, procrastinate) appear only where they are installed."""
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "benchmarks", "--quick", "--only", "reqreply,queue1", "--json", str(out)]
-    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=170)
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    _, document = bench_run
+    figures = {f["name"]: f for f in document["figures"]}
     assert figures["round trip p50"]["value"] > 0 and figures["round trip p50"]["baseline"] > 0
     cpu = figures["CPU s per 10k delivered (client+server)"]
     assert cpu["extra"]["client"] > 0 and cpu["extra"]["server"] > 0, cpu

@@ -22,13 +22,20 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from test_topology_render import LOCK_KEY, MARKUP_KEY, assert_sections_fit, build_network, parse_dot, parse_mermaid
 
 import agent_runtime
 from agent_runtime import UnknownChannel
 from agent_runtime.cli import commands as cli
 from agent_runtime.local import embedded
 from agent_runtime.runtime.config import resolve
+from tests.test_topology_render import (
+    LOCK_KEY,
+    MARKUP_KEY,
+    assert_sections_fit,
+    build_network,
+    parse_dot,
+    parse_mermaid,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_URL = "postgresql://nobody@127.0.0.1:1/nothing"  # nothing listens on port 1: refused at once

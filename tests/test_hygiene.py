@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from catalog import empty_database, with_supabase_default_privileges
 
 from agent_runtime.local.migrations import migrate
 from agent_runtime.testing import TestDatabases
+from tests.catalog import empty_database, with_supabase_default_privileges
 
 OURS = "('public', 'agent_runtime_private')"
 INTENDED_SELECTS = ("distributed_agents", "agent_presence", "communication_channels", "channel_subscriptions",
@@ -63,6 +63,12 @@ RULES: dict[str, str] = {
         join pg_class c on c.oid = at.attrelid join pg_namespace n on n.oid = c.relnamespace
         cross join lateral aclexplode(at.attacl) a left join pg_roles r on r.oid = a.grantee
         where n.nspname in {OURS} and (a.grantee = 0 or r.rolname in ('anon', 'authenticated'))""",
+    # One decision clock: a function reading the wall clock itself would ignore the test clock
+    # (and the rule that every decision takes the clock in one place). Comments aside.
+    "function reading the clock but through agent_runtime_private.clock()": f"""
+        select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname in {OURS} and p.oid <> 'agent_runtime_private.clock()'::regprocedure
+          and regexp_replace(p.prosrc, '--[^' || chr(10) || ']*', '', 'g') ~* '(clock_timestamp|statement_timestamp|transaction_timestamp|\\mnow)\\s*\\('""",
 }
 
 
@@ -123,6 +129,8 @@ async def test_each_rule_finds_its_violators(supabase_like: str) -> None:
             grant execute on function agent_runtime_private.careless_helper() to authenticated;
             grant usage on schema agent_runtime_private to authenticated;
             grant update (agent_id) on public.careless to authenticated;
+            create function agent_runtime_private.careless_clock() returns timestamptz language sql
+              set search_path = '' as $$ select pg_catalog.now() $$;
         """)
         found = {rule: await violations(conn, rule) for rule in RULES}
     finally:
@@ -137,3 +145,5 @@ async def test_each_rule_finds_its_violators(supabase_like: str) -> None:
     assert found["agent_runtime_private usable by an API role"] == ["authenticated"]
     assert "careless anon TRUNCATE" in found["table or sequence privilege beyond the intended SELECTs"]
     assert found["column privilege of an API role"] == ["careless.agent_id"]
+    assert found["function reading the clock but through agent_runtime_private.clock()"] == [
+        "agent_runtime_private.careless_clock()"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from catalog import catalog, differences, empty_database
 
 from agent_runtime.errors import MigrationError
 from agent_runtime.local.migrations import (
@@ -21,6 +20,7 @@ from agent_runtime.local.migrations import (
     split_statements,
 )
 from agent_runtime.testing import TestDatabases
+from tests.catalog import catalog, differences, empty_database
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_migrations"
 # The ledger the migrator kept before checksums (what every embedded database made so far has).

@@ -45,6 +45,25 @@ SCRIPTS = {
 
         agent_runtime.run(main, sys.argv[1])
     """,
+    # Ctrl-C twice: the second arrives while it leaves (the test sends it once the agent says
+    # "leaving", and only then lets it go on), however slow the machine is.
+    "run_with_run_forever_leaving_slowly": """
+        import os, sys
+        import anyio
+        import agent_runtime
+
+        async def main(url, go):
+            async with agent_runtime.AgentRuntime("svc", url=url, janitor=False) as rt:
+                print("ready", rt.agent_id, flush=True)
+                await rt.run_forever()
+                print("leaving", flush=True)
+                while not os.path.exists(go):
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.1)  # (the second signal, sent before go was made, is handled by now)
+            print("left", flush=True)
+
+        agent_runtime.run(main, sys.argv[1], sys.argv[2])
+    """,
     "run_with_sleep_forever": """
         import sys
         import anyio
@@ -83,11 +102,27 @@ async def _online(db_url: str) -> list[str]:
         await conn.close()
 
 
+def _wait_for_signal_handlers(pid: int, within: float = 10.0) -> None:
+    """Until the child catches SIGTERM (its bit in /proc's SigCgt): the signal receiver is open, so
+    the agent is inside run_forever or run(). (SIGINT is always caught by Python itself.)"""
+    deadline = time.monotonic() + within
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():  # (no /proc: not Linux) a pause instead
+        time.sleep(0.5)
+        return
+    while time.monotonic() < deadline:
+        caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the agent (pid {pid}) never installed its signal handlers")
+
+
 @pytest.mark.parametrize(("script", "signals"), [
     ("asyncio_run_forever", [signal.SIGINT]),
     ("asyncio_run_forever", [signal.SIGTERM]),
     ("run_with_run_forever", [signal.SIGTERM]),
-    ("run_with_run_forever", [signal.SIGINT, signal.SIGINT]),  # a second Ctrl-C while it leaves
+    ("run_with_run_forever_leaving_slowly", [signal.SIGINT, signal.SIGINT]),  # a second Ctrl-C while it leaves
     ("run_with_sleep_forever", [signal.SIGINT]),
     ("readme_first_agent", [signal.SIGTERM]),
 ])
@@ -97,18 +132,22 @@ def test_a_signal_is_an_orderly_exit(script: str, signals: list[signal.Signals],
     path = tmp_path / f"{script}.py"
     path.write_text(textwrap.dedent(SCRIPTS[script]))
     env = {**os.environ, "AGENT_RUNTIME_URL": db_url}  # the README's agent takes its database from there
-    proc = subprocess.Popen([sys.executable, str(path), db_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, str(path), db_url, str(go)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline().split()
         assert first[:1] == ["ready"], (first, proc.stderr.read() if proc.stderr else "")
         agent_id = first[1]
         assert agent_id in asyncio.run(_online(db_url))
-        time.sleep(0.3)  # let it settle into run_forever
-        for signum in signals:
-            proc.send_signal(signum)
-            time.sleep(0.05)
+        _wait_for_signal_handlers(proc.pid)
+        proc.send_signal(signals[0])
+        if len(signals) > 1:
+            assert proc.stdout.readline().strip() == "leaving"
+            for signum in signals[1:]:
+                proc.send_signal(signum)
+            go.touch()
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from catalog import catalog, differences, empty_database, with_supabase_default_privileges
 
 from agent_runtime.local.migrations import bootstrap_sql, migrate
 from agent_runtime.testing import TestDatabases
+from tests.catalog import catalog, differences, empty_database, with_supabase_default_privileges
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "supabase" / "schemas"
 

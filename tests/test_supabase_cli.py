@@ -19,11 +19,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from catalog import SUPABASE_DEFAULT_PRIVILEGES, catalog, differences
 
 from agent_runtime import AgentRuntime
 from agent_runtime.local.migrations import bootstrap_sql, load_migrations, migrate, migrate_url, split_statements
 from agent_runtime.testing import TestDatabases
+from tests.catalog import SUPABASE_DEFAULT_PRIVILEGES, catalog, differences
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "tests" / "supabase_cli"

@@ -15,12 +15,12 @@ import asyncpg
 import pytest
 from rich.console import Console
 from rich.text import Text
-from test_cli import ok
-from test_topology_render import assert_sections_fit, build_network
 
 from agent_runtime import Network, to_table
 from agent_runtime.local import embedded
 from agent_runtime.render.tables import Column, FittedTable
+from tests.test_cli import ok
+from tests.test_topology_render import assert_sections_fit, build_network
 
 ELLIPSIS = "…"
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent_processes import children
-
 from agent_runtime.local import embedded
 from agent_runtime.testing import TestDatabases
+from tests.agent_processes import children
 
 
 async def test_agent_process_logs_are_removed(tmp_path: Path) -> None:

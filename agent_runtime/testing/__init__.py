@@ -6,7 +6,7 @@ migrated databases per test (:class:`TestDatabases`; pytest fixtures in
 
 from __future__ import annotations
 
-from .databases import TestDatabases
+from .databases import AdvanceClock, TestDatabases
 from .supabase_standin import DEFAULT_JWT_SECRET, StandInStats, SupabaseStandIn
 
-__all__ = ["DEFAULT_JWT_SECRET", "StandInStats", "SupabaseStandIn", "TestDatabases"]
+__all__ = ["DEFAULT_JWT_SECRET", "AdvanceClock", "StandInStats", "SupabaseStandIn", "TestDatabases"]

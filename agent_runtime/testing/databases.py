@@ -2,6 +2,12 @@
 clone of it per test (``CREATE DATABASE ... TEMPLATE``). Cloning is fast and keeps tests isolated
 while NOTIFY behaves as in production (no rolled-back transactions).
 
+The template has a test clock: the database clock every decision reads (message TTLs, visibility
+timeouts, presence expiry, lock leases, retry backoff) can be moved forward with
+:meth:`TestDatabases.advance_clock` instead of sleeping out a TTL (``test_clock.sql``). Only a
+trusted connection (the table's owner) can move it; a migrated database outside these tests has
+no such clock.
+
 For your own agents' tests::
 
     pytest_plugins = ["agent_runtime.testing.pytest_plugin"]
@@ -13,16 +19,23 @@ For your own agents' tests::
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
+from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from ..errors import InvalidInput
 from ..local import embedded
 from ..local.migrations import migrate_url
 from ..transports.postgres import translate_errors
+
+# What the pytest plugin's agent_runtime_advance_clock fixture gives: ``await advance(seconds)``.
+AdvanceClock = Callable[[float], Awaitable[None]]
 
 
 class TestDatabases:
@@ -53,8 +66,11 @@ class TestDatabases:
         return self.server.url(database)
 
     async def _admin(self, sql: str) -> None:
+        await self._run("postgres", sql)
+
+    async def _run(self, database: str, sql: str) -> None:
         with translate_errors():
-            conn = await asyncpg.connect(self._url("postgres"))
+            conn = await asyncpg.connect(self._url(database))
             try:
                 await conn.execute(sql)
             finally:
@@ -67,6 +83,7 @@ class TestDatabases:
             await self._admin(f'drop database if exists "{name}"')
             await self._admin(f'create database "{name}"')
             await migrate_url(self._url(name))
+            await self._run(name, resources.files(__package__).joinpath("test_clock.sql").read_text())
             self._template = name
         return self._template
 
@@ -78,5 +95,22 @@ class TestDatabases:
         return self._url(name)
 
     async def drop(self, url: str) -> None:
-        name = urlsplit(url).path.lstrip("/")  # (the query names a socket folder, with slashes)
-        await self._admin(f'drop database if exists "{name}" with (force)')
+        await self._admin(f'drop database if exists "{_database_of(url)}" with (force)')
+
+    async def advance_clock(self, url: str, seconds: float) -> None:
+        """Moves the database clock of the test database at ``url`` forward by ``seconds`` (its
+        decisions see the time that much later from now on; it never goes back). Connects as this
+        server's superuser, the only role that may: an agent's session cannot."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidInput(f"the test clock only moves forward: seconds must be >= 0, not {seconds!r}")
+        with translate_errors():
+            conn = await asyncpg.connect(self._url(_database_of(url)))
+            try:
+                await conn.execute("update agent_runtime_private.test_clock "
+                                   "set advanced_by = advanced_by + make_interval(secs => $1)", seconds)
+            finally:
+                await conn.close()
+
+
+def _database_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")  # (the query names a socket folder, with slashes)

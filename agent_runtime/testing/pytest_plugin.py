@@ -4,6 +4,9 @@ or ``-p agent_runtime.testing.pytest_plugin``. It works by itself: no async plug
 
 - ``agent_runtime_databases``: the session's :class:`TestDatabases` (one private server).
 - ``agent_runtime_db_url``: a fresh migrated database for one test, dropped afterwards.
+- ``agent_runtime_advance_clock``: ``await agent_runtime_advance_clock(seconds)`` moves that
+  database's clock forward (TTLs, visibility timeouts, presence and lock expiry run out without
+  sleeping; see :meth:`TestDatabases.advance_clock`).
 
 An ``async def`` test that takes one of these fixtures runs on asyncio through this plugin,
 unless pytest-asyncio (``asyncio_mode = auto`` or ``@pytest.mark.asyncio``) or anyio
@@ -13,6 +16,7 @@ unless pytest-asyncio (``asyncio_mode = auto`` or ``@pytest.mark.asyncio``) or a
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,11 +24,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .databases import TestDatabases
+from .databases import AdvanceClock, TestDatabases
 
 T = TypeVar("T")
 
-_FIXTURES = frozenset({"agent_runtime_databases", "agent_runtime_db_url"})
+_FIXTURES = frozenset({"agent_runtime_databases", "agent_runtime_db_url", "agent_runtime_advance_clock"})
 
 
 def _in_thread(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -64,6 +68,13 @@ def agent_runtime_db_url(agent_runtime_databases: TestDatabases) -> Iterator[str
         yield url
     finally:
         _in_thread(agent_runtime_databases.drop, url)
+
+
+@pytest.fixture
+def agent_runtime_advance_clock(agent_runtime_databases: TestDatabases,
+                                agent_runtime_db_url: str) -> AdvanceClock:
+    """``await advance(seconds)``: the test database's clock, that much later from now on."""
+    return functools.partial(agent_runtime_databases.advance_clock, agent_runtime_db_url)
 
 
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:

@@ -31,10 +31,28 @@
 --   * anyone else (service_role, the owner, a direct login the operator granted): trusted.
 --
 -- Owns: schema agent_runtime_private (private helpers, executable by their owner only);
--- caller_role, is_trusted, assert_trusted, assert_acting_as, jwt_agent_id, ms.
+-- clock, caller_role, is_trusted, assert_trusted, assert_acting_as, jwt_agent_id, ms.
 
 create schema if not exists agent_runtime_private;
 revoke all on schema agent_runtime_private from public, anon, authenticated, service_role;
+
+-- clock() -> timestamptz: the database clock every decision reads (message visibility and TTL,
+-- claims and retries, presence expiry, lock leases, retention, metrics windows): one function, so
+-- that tests can move it. Here it is pg_catalog.clock_timestamp(). Callers read it as
+-- `(select agent_runtime_private.clock())`, in the statement that decides: an InitPlan, evaluated
+-- once when that statement runs (after its snapshot is taken, so after every commit it can see;
+-- never at the transaction's start as now() is), and called once per statement rather than once
+-- per row (a function with a pinned search_path is not inlined: ~1.5 us a call).
+-- Only agent_runtime.testing.TestDatabases redefines it, in the template of its test databases, to
+-- add an offset kept in a table only the table's owner may write (agent_runtime/testing/
+-- test_clock.sql). Trust comes from real roles there too: no setting or JWT claim a session can
+-- set changes what it returns, and in a migrated database it has no offset at all.
+-- Raises nothing.
+create function agent_runtime_private.clock() returns timestamptz
+language sql volatile set search_path = '' as $$
+  select pg_catalog.clock_timestamp()
+$$;
+revoke all on function agent_runtime_private.clock() from public, anon, authenticated, service_role;
 
 -- caller_role() -> text: the caller's real role (see the top of this file): the SET ROLE value
 -- when the session switched role, else the login role. Never null; raises nothing.

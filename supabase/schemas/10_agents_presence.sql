@@ -69,8 +69,8 @@ revoke all on function agent_runtime_private.agent_exists(text) from public, ano
 create view agent_runtime_private.agent_documents as
   select a.id, a.capabilities, p.status as presence_status, p.expires_at as presence_expires_at,
          row(a.id, a.name, a.kind, a.capabilities, a.version, a.host, a.pid, a.metadata,
-             case when p.expires_at is null or p.expires_at <= now() then 'offline' else p.status end,
-             coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > now(), false),
+             case when p.expires_at is null or p.expires_at <= (select agent_runtime_private.clock()) then 'offline' else p.status end,
+             coalesce(p.load, 0), coalesce(p.status <> 'offline' and p.expires_at > (select agent_runtime_private.clock()), false),
              a.started_at, a.last_seen, p.heartbeat_at, p.expires_at, a.incarnation
          )::agent_runtime_private.topology_agent as doc
   from public.distributed_agents a left join public.agent_presence p on p.agent_id = a.id;
@@ -92,6 +92,7 @@ declare
   v_agent public.distributed_agents;
   v_presence public.agent_presence;
   v_resumed boolean;
+  v_now timestamptz;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_agent_id is null or p_agent_id !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' then
@@ -105,6 +106,7 @@ begin
     raise exception 'metadata must be a JSON object' using errcode = 'AR400';
   end if;
   select exists (select 1 from public.distributed_agents where id = p_agent_id) into v_resumed;
+  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
   insert into public.distributed_agents as a (id, name, kind, capabilities, version, host, pid, metadata,
                                        status, heartbeat_ttl)
   values (p_agent_id, p_name, coalesce(p_kind, 'agent'), coalesce(p_capabilities, '{}'),
@@ -113,13 +115,13 @@ begin
     name = excluded.name, kind = excluded.kind, capabilities = excluded.capabilities,
     version = excluded.version, host = excluded.host, pid = excluded.pid,
     metadata = excluded.metadata, status = 'online', heartbeat_ttl = excluded.heartbeat_ttl,
-    started_at = now(), last_seen = now(), incarnation = a.incarnation + 1
+    started_at = v_now, last_seen = v_now, incarnation = a.incarnation + 1
   returning * into v_agent;
 
   insert into public.agent_presence as p (agent_id, status, heartbeat_at, expires_at, changed_at)
-  values (p_agent_id, 'online', now(), now() + v_ttl, now())
+  values (p_agent_id, 'online', v_now, v_now + v_ttl, v_now)
   on conflict (agent_id) do update set
-    status = 'online', heartbeat_at = now(), expires_at = now() + v_ttl, changed_at = now()
+    status = 'online', heartbeat_at = v_now, expires_at = v_now + v_ttl, changed_at = v_now
   returning * into v_presence;
 
   -- The agent's inbox: a direct channel only it consumes.
@@ -146,6 +148,7 @@ language plpgsql security definer set search_path = '' as $$
 declare
   v_agent public.distributed_agents;
   v_presence public.agent_presence;
+  v_now timestamptz;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_status is not null and p_status not in ('online', 'busy', 'away', 'offline') then
@@ -157,17 +160,18 @@ begin
   if p_info is not null and jsonb_typeof(p_info) <> 'object' then
     raise exception 'info must be a JSON object' using errcode = 'AR400';
   end if;
-  update public.distributed_agents set last_seen = now(),
+  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
+  update public.distributed_agents set last_seen = v_now,
     status = coalesce(p_status, case when status = 'offline' then 'online' else status end)
   where id = p_agent_id returning * into v_agent;
   if not found then
     perform agent_runtime_private.agent_exists(p_agent_id);
   end if;
   update public.agent_presence set
-    heartbeat_at = now(),
-    expires_at = now() + v_agent.heartbeat_ttl,
+    heartbeat_at = v_now,
+    expires_at = v_now + v_agent.heartbeat_ttl,
     -- An agent whose presence had lapsed comes back online on its next heartbeat.
-    status = coalesce(p_status, case when status = 'offline' or expires_at <= now()
+    status = coalesce(p_status, case when status = 'offline' or expires_at <= v_now
                                      then v_agent.status else status end),
     load = coalesce(p_load, load),
     info = coalesce(p_info, info)
@@ -196,14 +200,16 @@ language plpgsql security definer set search_path = '' as $$
 declare
   v_agent public.distributed_agents;
   v_presence public.agent_presence;
+  v_now timestamptz;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  update public.distributed_agents set status = 'offline', last_seen = now()
+  v_now := (select agent_runtime_private.clock());
+  update public.distributed_agents set status = 'offline', last_seen = v_now
   where id = p_agent_id returning * into v_agent;
   if not found then
     perform agent_runtime_private.agent_exists(p_agent_id);
   end if;
-  update public.agent_presence set status = 'offline', expires_at = now(), changed_at = now()
+  update public.agent_presence set status = 'offline', expires_at = v_now, changed_at = v_now
   where agent_id = p_agent_id returning * into v_presence;
   delete from public.distributed_locks where owner_id = p_agent_id;
   return (select to_jsonb(d.doc) from agent_runtime_private.agent_documents d where d.id = p_agent_id);
@@ -220,7 +226,7 @@ returns jsonb language sql stable security definer set search_path = '' as $$
   select coalesce(json_agg(to_json(d.doc) order by d.id), '[]'::json)::jsonb
   from agent_runtime_private.agent_documents d
   where (p_capability is null or d.capabilities @> array[p_capability])
-    and (not p_online_only or (d.presence_status <> 'offline' and d.presence_expires_at > now()))
+    and (not p_online_only or (d.presence_status <> 'offline' and d.presence_expires_at > (select agent_runtime_private.clock())))
 $$;
 revoke all on function public.list_agents(text, boolean) from public, anon, authenticated;
 grant execute on function public.list_agents(text, boolean) to authenticated, service_role;

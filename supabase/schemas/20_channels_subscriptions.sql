@@ -158,7 +158,7 @@ begin
   end if;
   insert into public.channel_subscriptions (channel_id, agent_id, cursor_seq)
   values (v_channel.id, p_agent_id, case when p_from = 'latest' then v_channel.last_seq else 0 end)
-  on conflict (channel_id, agent_id) do update set updated_at = now()
+  on conflict (channel_id, agent_id) do update set updated_at = (select agent_runtime_private.clock())
   returning * into v_sub;
   return jsonb_build_object('channel', v_channel.name, 'kind', v_channel.kind,
                             'agent_id', p_agent_id, 'cursor', v_sub.cursor_seq,

@@ -108,7 +108,7 @@ language sql stable security definer set search_path = '' as $$
   select coalesce(jsonb_agg(agent_runtime_private.channel_json(c) || jsonb_build_object(
            'subscribers', (select count(*) from public.channel_subscriptions s
                            join public.agent_presence p on p.agent_id = s.agent_id
-                           where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > now()),
+                           where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > (select agent_runtime_private.clock())),
            'ready', (select count(*) from public.distributed_messages m
                      where m.channel_id = c.id and m.state in ('ready', 'inflight')
                        and c.kind <> 'broadcast'),
@@ -215,8 +215,8 @@ begin
       insert into public.distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
                                         correlation_id, reply_to, expires_at, visible_at)
       select v_channel.id, n.last_seq - v_count + o.ord, p_agent_id, o.payload, o.headers,
-             o.size_bytes, o.correlation_id, o.reply_to, now() + coalesce(o.ttl, v_channel.message_ttl),
-             now() + coalesce(o.delay, interval '0')
+             o.size_bytes, o.correlation_id, o.reply_to, (select agent_runtime_private.clock()) + coalesce(o.ttl, v_channel.message_ttl),
+             (select agent_runtime_private.clock()) + coalesce(o.delay, interval '0')
       from numbered n cross join unnest(v_out) o
       returning id, seq
     )
@@ -257,8 +257,8 @@ begin
                                         correlation_id, reply_to, idempotency_key, expires_at,
                                         visible_at)
       select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
-             f.reply_to, f.idempotency_key, now() + coalesce(f.ttl, v_channel.message_ttl),
-             now() + coalesce(f.delay, interval '0')
+             f.reply_to, f.idempotency_key, (select agent_runtime_private.clock()) + coalesce(f.ttl, v_channel.message_ttl),
+             (select agent_runtime_private.clock()) + coalesce(f.delay, interval '0')
       from fresh f
       returning id, seq
     )
@@ -346,14 +346,14 @@ begin
     where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
   end if;
 
-  if v_sub.retry_at is null or v_sub.retry_at <= clock_timestamp() then  -- (see claim_messages)
+  if v_sub.retry_at is null or v_sub.retry_at <= (select agent_runtime_private.clock()) then  -- (see claim_messages)
     select agent_runtime_private.messages_json(
              array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
              array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
     into v_messages
     from (select * from public.distributed_messages
           where channel_id = v_channel.id and seq > v_sub.cursor_seq
-            and (expires_at is null or expires_at > clock_timestamp())
+            and (expires_at is null or expires_at > (select agent_runtime_private.clock()))
           order by seq limit p_limit) m;
   end if;
   if v_replays is null then
@@ -428,8 +428,8 @@ begin
     with picked as (
       select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
       from public.distributed_messages m
-      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
-        and (m.expires_at is null or m.expires_at > clock_timestamp())
+      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= (select agent_runtime_private.clock())
+        and (m.expires_at is null or m.expires_at > (select agent_runtime_private.clock()))
         and (p_classes is null
              or (m.reply_to is not null and 'request' = any (p_classes))
              or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
@@ -445,7 +445,7 @@ begin
       returning m.id
     ), claimed as (
       update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
-                                               claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
+                                               claimed_by = p_agent_id, visible_at = (select agent_runtime_private.clock()) + v_visibility
       from picked where m.id = picked.id and not picked.spent
       returning m as msg, m.seq as seq, m.attempts as attempts
     )
@@ -497,7 +497,7 @@ begin
                and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
                     or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
                         and m.correlation_id is not null))) then
-    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    update public.distributed_messages m set state = 'acked', acked_at = (select agent_runtime_private.clock()), claimed_by = p_agent_id
     from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
       and (v_channel_id is null or m.channel_id = v_channel_id)
@@ -519,7 +519,7 @@ begin
       retry_seq = case when s.retry_seq <= a.seq then null else s.retry_seq end,
       retry_attempts = case when s.retry_seq <= a.seq then 0 else s.retry_attempts end,
       retry_at = case when s.retry_seq <= a.seq then null else s.retry_at end,
-      updated_at = clock_timestamp()
+      updated_at = (select agent_runtime_private.clock())
     from acked a
     where s.channel_id = a.channel_id and s.agent_id = p_agent_id
     returning a.n
@@ -566,7 +566,7 @@ begin
   if not found then
     raise exception 'unknown message %', p_message_id using errcode = 'AR406';
   end if;
-  v_now := clock_timestamp();
+  v_now := (select agent_runtime_private.clock());
   select * into v_channel from public.communication_channels where id = v_msg.channel_id;
 
   if v_channel.kind <> 'broadcast' then
@@ -605,7 +605,7 @@ begin
   if not found or v_msg.seq <= v_sub.cursor_seq then
     return jsonb_build_object('state', 'ignored', 'attempts', 0);
   end if;
-  v_now := clock_timestamp();  -- (after the subscription row lock)
+  v_now := (select agent_runtime_private.clock());  -- (after the subscription row lock)
   v_attempts := case when v_sub.retry_seq = v_msg.seq then v_sub.retry_attempts + 1 else 1 end;
   if p_dead or v_attempts >= v_channel.max_attempts then
     insert into public.message_dead_letters (message_id, agent_id, attempts, reason)
@@ -644,7 +644,7 @@ begin
     select id from public.distributed_messages
     where id = any (p_message_ids) and state = 'inflight' and claimed_by = p_agent_id
     order by id for update) locked;
-  update public.distributed_messages set visible_at = clock_timestamp() + v_visibility
+  update public.distributed_messages set visible_at = (select agent_runtime_private.clock()) + v_visibility
   where id = any (v_ids) and state = 'inflight' and claimed_by = p_agent_id;
   get diagnostics v_n = row_count;
   return v_n;
@@ -715,15 +715,15 @@ begin
   end if;
   -- An agent token replays only what it could consume: its inbox, queues it subscribes to, and
   -- its own broadcast dead letters. Trusted callers (operators, the CLI) replay anything.
-  update public.distributed_messages m set state = 'ready', attempts = 0, visible_at = now(), claimed_by = null,
-                                    expires_at = case when expires_at <= now() then null else expires_at end
+  update public.distributed_messages m set state = 'ready', attempts = 0, visible_at = (select agent_runtime_private.clock()), claimed_by = null,
+                                    expires_at = case when expires_at <= (select agent_runtime_private.clock()) then null else expires_at end
   where m.id = any (p_message_ids) and m.state = 'dead'
     and (agent_runtime_private.is_trusted() or exists (
       select 1 from public.communication_channels c where c.id = m.channel_id and (c.owner_id = p_agent_id
         or exists (select 1 from public.channel_subscriptions s
                    where s.channel_id = c.id and s.agent_id = p_agent_id))));
   get diagnostics v_n = row_count;
-  update public.message_dead_letters set state = 'replaying', replayed_at = now()
+  update public.message_dead_letters set state = 'replaying', replayed_at = (select agent_runtime_private.clock())
   where message_id = any (p_message_ids) and state = 'dead'
     and (agent_runtime_private.is_trusted() or agent_id = p_agent_id);
   get diagnostics v_m = row_count;

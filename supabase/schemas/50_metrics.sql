@@ -30,7 +30,7 @@ begin
   begin
     insert into public.communication_metrics as cm (agent_id, channel, metric, bucket, count, sum, min, max)
     select p_agent_id, coalesce(e ->> 'channel', ''), e ->> 'metric',
-           date_bin(interval '1 minute', now(), timestamptz '2000-01-01'),
+           date_bin(interval '1 minute', (select agent_runtime_private.clock()), timestamptz '2000-01-01'),
            sum(coalesce((e ->> 'count')::bigint, 1)), sum(coalesce((e ->> 'sum')::double precision, 0)),
            min((e ->> 'min')::double precision), max((e ->> 'max')::double precision)
     from jsonb_array_elements(p_metrics) e
@@ -70,7 +70,7 @@ language sql stable security definer set search_path = '' as $$
       -- What RLS lets the caller read: an agent token reads its own figures only.
       and ((select agent_runtime_private.is_trusted()) or agent_id = (select agent_runtime_private.jwt_agent_id()))
       and bucket >= date_bin(interval '1 minute',
-                             now() - coalesce(p_since_ms, 3600000) * interval '1 millisecond',
+                             (select agent_runtime_private.clock()) - coalesce(p_since_ms, 3600000) * interval '1 millisecond',
                              timestamptz '2000-01-01')
     group by agent_id, channel, metric
   ) s

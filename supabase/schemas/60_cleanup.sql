@@ -15,9 +15,9 @@ begin
   perform agent_runtime_private.assert_trusted('cleanup_expired_messages');
   delete from public.distributed_messages where id in (
     select m.id from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
-    where (m.expires_at <= now() and m.state <> 'dead')
-       or m.created_at < now() - c.retention
-       or (m.state = 'acked' and m.acked_at < now() - least(c.retention, interval '1 hour'))
+    where (m.expires_at <= (select agent_runtime_private.clock()) and m.state <> 'dead')
+       or m.created_at < (select agent_runtime_private.clock()) - c.retention
+       or (m.state = 'acked' and m.acked_at < (select agent_runtime_private.clock()) - least(c.retention, interval '1 hour'))
     limit p_limit
     for update of m skip locked);
   get diagnostics v_n = row_count;
@@ -35,7 +35,7 @@ declare
   v_n integer;
 begin
   perform agent_runtime_private.assert_trusted('cleanup_expired_locks');
-  delete from public.distributed_locks where expires_at <= now();
+  delete from public.distributed_locks where expires_at <= (select agent_runtime_private.clock());
   get diagnostics v_n = row_count;
   return v_n;
 end
@@ -53,8 +53,8 @@ declare
   v_n integer;
 begin
   perform agent_runtime_private.assert_trusted('cleanup_stale_presence');
-  update public.agent_presence set status = 'offline', changed_at = now()
-  where status <> 'offline' and expires_at <= now();
+  update public.agent_presence set status = 'offline', changed_at = (select agent_runtime_private.clock())
+  where status <> 'offline' and expires_at <= (select agent_runtime_private.clock());
   get diagnostics v_n = row_count;
   update public.distributed_agents a set status = 'offline'
   from public.agent_presence p where p.agent_id = a.id and p.status = 'offline' and a.status <> 'offline';
@@ -74,7 +74,7 @@ declare
 begin
   perform agent_runtime_private.assert_trusted('cleanup_old_metrics');
   delete from public.communication_metrics
-  where bucket < now() - agent_runtime_private.ms(p_older_than_ms, 'metrics retention', 60000, 315360000000);
+  where bucket < (select agent_runtime_private.clock()) - agent_runtime_private.ms(p_older_than_ms, 'metrics retention', 60000, 315360000000);
   get diagnostics v_n = row_count;
   return v_n;
 end

@@ -38,12 +38,12 @@ declare
   v_subscriptions agent_runtime_private.topology_subscription[];
   v_flows agent_runtime_private.topology_flow[];
   -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
-  v_since timestamptz := now() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
+  v_since timestamptz := (select agent_runtime_private.clock()) - coalesce(p_window_ms, 300000) * interval '1 millisecond';
 begin
   select array_agg(d.doc order by d.id collate "C")
   into v_agents
   from agent_runtime_private.agent_documents d
-  where p_include_offline or (d.presence_status <> 'offline' and d.presence_expires_at > now());
+  where p_include_offline or (d.presence_status <> 'offline' and d.presence_expires_at > (select agent_runtime_private.clock()));
 
   select array_agg(row(c.name, c.kind, c.owner_id, c.last_seq)::agent_runtime_private.topology_channel
                    order by c.name collate "C")
@@ -51,7 +51,7 @@ begin
   from public.communication_channels c
   where c.kind <> 'direct' or p_include_offline or exists (
     select 1 from public.agent_presence p
-    where p.agent_id = c.owner_id and p.status <> 'offline' and p.expires_at > now());
+    where p.agent_id = c.owner_id and p.status <> 'offline' and p.expires_at > (select agent_runtime_private.clock()));
 
   select array_agg(row(s.agent_id, c.name, s.cursor_seq,
                        case when c.kind = 'broadcast' then c.last_seq - s.cursor_seq end
@@ -62,7 +62,7 @@ begin
   join (select c.id, c.name, c.kind, c.last_seq, row_number() over (order by c.name collate "C") as name_rank
         from public.communication_channels c where c.kind <> 'direct') c on c.id = s.channel_id
   join public.agent_presence p on p.agent_id = s.agent_id
-  where p_include_offline or (p.status <> 'offline' and p.expires_at > now());
+  where p_include_offline or (p.status <> 'offline' and p.expires_at > (select agent_runtime_private.clock()));
 
   select array_agg(row(f.sender_id, c.name, c.owner_id, f.n, f.bytes, f.last_at)::agent_runtime_private.topology_flow
                    order by f.n desc, c.name collate "C", f.sender_id collate "C")
@@ -74,7 +74,7 @@ begin
   join public.communication_channels c on c.id = f.channel_id;
 
   return json_build_object(
-    'generated_at', now(),
+    'generated_at', (select agent_runtime_private.clock()),
     'window_ms', p_window_ms,
     'agents', coalesce(v_agents, '{}'),
     'channels', coalesce(v_channels, '{}'),

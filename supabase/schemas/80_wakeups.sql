@@ -146,7 +146,7 @@ begin
   select w.notify, w.realtime into v_notify, v_realtime from agent_runtime_private.wakeup_routes w;
   for r in
     select c.id, c.name, c.kind, min(n.seq) as first_seq, max(n.seq) as seq, count(*) as n,
-           bool_and(n.visible_at <= clock_timestamp()) as visible, sum(n.size_bytes) as payload_bytes,
+           bool_and(n.visible_at <= (select agent_runtime_private.clock())) as visible, sum(n.size_bytes) as payload_bytes,
            bool_and(n.reply_to is null and n.correlation_id is not null) as replies
     from new_rows n join public.communication_channels c on c.id = n.channel_id
     group by c.id, c.name, c.kind

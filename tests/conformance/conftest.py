@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from _backend import Backend
 
 from agent_runtime import AgentRuntime
+from tests.conformance._backend import Backend
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

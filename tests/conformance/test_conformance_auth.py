@@ -9,12 +9,12 @@ from typing import Any
 
 import anyio
 import pytest
-from _backend import Backend
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 from agent_runtime import AgentRuntime
 from agent_runtime.errors import ConfigurationError, PermissionDenied
 from agent_runtime.transports.supabase import SupabaseTransport
+from tests.conformance._backend import Backend
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -5,14 +5,17 @@ a message that arrives promptly was woken by the transport's wake-ups (LISTEN or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from agent_runtime import AgentRuntime
 from agent_runtime.errors import LockTimeout, RemoteError, RequestTimeout
+from agent_runtime.testing import AdvanceClock
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -50,74 +53,94 @@ async def test_direct_message_wakes_the_inbox(make_runtime: RuntimeFactory) -> N
 
 
 async def test_queue_nack_redelivers_then_dead_letters_then_replays(make_runtime: RuntimeFactory) -> None:
-    """A queue message that fails is redelivered with more attempts, dead after max_attempts, replayable."""
-    async with make_runtime("worker", retry_base_delay=0.1) as rt:
+    """A raising handler's message is retried with backoff and more attempts, dead after
+    max_attempts (and not delivered again by itself), and delivered again on replay."""
+    async with make_runtime("worker", retry_base_delay=0.2) as rt:
         await rt.channel("jobs", "queue", max_attempts=3)
-        attempts: list[int] = []
+        attempts: list[tuple[int, float]] = []
         fail = True
         replayed = anyio.Event()
 
         @rt.on("jobs", kind="queue")
         async def handle(msg: Any) -> None:
-            attempts.append(msg.attempts)
+            attempts.append((msg.attempts, anyio.current_time()))
             if fail:
                 raise RuntimeError("boom")
             replayed.set()
 
         sent = await rt.publish("jobs", {"n": 1})
-        with anyio.fail_after(8):
+        with anyio.fail_after(10):
             while not await rt.dead_letters("jobs"):  # noqa: ASYNC110 (polling the database)
                 await anyio.sleep(0.05)
-        assert attempts == [1, 2, 3]
+        assert [a for a, _ in attempts] == [1, 2, 3]
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(attempts)]
+        # retry_delay(1) ~ 0.2s, retry_delay(2) ~ 0.4s (+-20% jitter): redelivery waits its backoff
+        assert gaps[0] >= 0.15 and gaps[1] >= 0.3, gaps
+        assert gaps[1] > gaps[0]
         [dead] = await rt.dead_letters("jobs")
         assert dead.id == sent.id and dead.attempts == 3
         assert dead.reason is not None and "boom" in dead.reason
+        await anyio.sleep(0.3)
+        assert len(attempts) == 3  # a dead message is not delivered again by itself
         fail = False
         assert await rt.replay_dead_letters([sent.id]) == 1
         with anyio.fail_after(5):
             await replayed.wait()
-        assert attempts[-1] == 1
+        assert attempts[-1][0] == 1  # fresh attempts after a replay
         assert await rt.dead_letters("jobs") == []
 
 
 @pytest.mark.slow
-async def test_queue_visibility_timeout_redelivers_to_another_consumer(make_runtime: RuntimeFactory) -> None:
-    """A claimed message neither acked nor nacked comes back after its visibility timeout."""
+async def test_queue_visibility_timeout_redelivers_to_another_consumer(
+        make_runtime: RuntimeFactory, advance_clock: AdvanceClock) -> None:
+    """A claimed message neither acked nor nacked comes back after its visibility timeout (of the
+    database clock: a minute's timeout, the clock moved past it)."""
     async with make_runtime("slow") as slow, make_runtime("other") as other:
         await slow.channel("vq", "queue")
-        async with slow.subscribe("vq", visibility_timeout=0.3) as s1:
+        async with slow.subscribe("vq", visibility_timeout=60) as s1:
             await slow.publish("vq", {"n": 1})
             with anyio.fail_after(5):
                 first = await s1.__anext__()
             assert first.attempts == 1
+            await advance_clock(61)
             async with other.subscribe("vq") as s2:
                 with anyio.fail_after(5):
-                    again = await s2.__anext__()  # found by other's poll after the timeout
+                    again = await s2.__anext__()  # found by other's first claim, the timeout past
                 assert again.id == first.id and again.attempts == 2
                 await again.ack()
 
 
-async def test_competing_consumers_share_a_queue_exactly_once(make_runtime: RuntimeFactory) -> None:
-    """Two consumers on one queue handle each of 60 messages exactly once."""
-    handled: list[int] = []
+async def test_competing_consumers_share_a_queue_exactly_once(make_runtime: RuntimeFactory,
+                                                              conn: asyncpg.Connection) -> None:
+    """Three consumers on one queue handle each of 120 messages exactly once, none lost; the work
+    is shared and every message ends acked."""
+    handled: dict[str, list[int]] = {"c1": [], "c2": [], "c3": []}
     done = anyio.Event()
 
-    async def handle(msg: Any) -> None:
-        handled.append(msg.payload["n"])
-        if len(handled) >= 60:
-            done.set()
+    def handler(name: str) -> Callable[[Any], Awaitable[None]]:
+        async def handle(msg: Any) -> None:
+            await anyio.sleep(0.002)
+            handled[name].append(msg.payload["n"])
+            if sum(map(len, handled.values())) >= 120:
+                done.set()
+        return handle
 
-    async with make_runtime("producer") as producer, make_runtime("c1") as c1, make_runtime("c2") as c2:
+    async with make_runtime("producer") as producer, make_runtime("c1") as c1, make_runtime("c2") as c2, \
+            make_runtime("c3") as c3:
         await producer.channel("work", "queue")
-        c1.handle("work", handle, kind="queue")
-        c2.handle("work", handle, kind="queue")
+        for name, rt in (("c1", c1), ("c2", c2), ("c3", c3)):
+            rt.handle("work", handler(name), kind="queue")
         await anyio.sleep(0.3)
-        for start in range(0, 60, 20):
+        for start in range(0, 120, 20):
             await producer.publish_many("work", [{"n": n} for n in range(start, start + 20)])
-        with anyio.fail_after(10):
+        with anyio.fail_after(15):
             await done.wait()
-        await anyio.sleep(0.2)
-    assert sorted(handled) == list(range(60))
+        await anyio.sleep(0.2)  # a duplicate would show up here
+    assert sorted(n for v in handled.values() for n in v) == list(range(120))  # none lost, none twice
+    assert sum(1 for v in handled.values() if v) >= 2, {k: len(v) for k, v in handled.items()}
+    states = await conn.fetch("select state, count(*) from distributed_messages m join communication_channels c "
+                              "on c.id = m.channel_id where c.name = 'work' group by state")
+    assert {r["state"]: r["count"] for r in states} == {"acked": 120}
 
 
 async def test_request_reply_error_and_timeout(make_runtime: RuntimeFactory) -> None:
@@ -149,9 +172,11 @@ async def test_locks_fencing_timeout_and_prompt_handover(make_runtime: RuntimeFa
         async with a.lock("k", ttl=5) as first:
             async with b.try_lock("k") as none:
                 assert none is None
+            started = anyio.current_time()
             with pytest.raises(LockTimeout):
-                async with b.lock("k", wait=0.3):
+                async with b.lock("k", wait=0.5):
                     pass
+            assert 0.4 < anyio.current_time() - started < 2
             assert await first.is_live()
         async with b.lock("k", ttl=5, wait=3) as second:
             assert second.token > first.token
@@ -172,7 +197,8 @@ async def test_locks_fencing_timeout_and_prompt_handover(make_runtime: RuntimeFa
                     holding.set()
                     await anyio.sleep(1.0)  # the waiter's backoff grows meanwhile
                 released_at = anyio.current_time()
-        # The release event (LISTEN or the `locks` Realtime topic) wakes the waiter.
+        # The release event (LISTEN or the `locks` Realtime topic) wakes the waiter: backoff alone
+        # would leave it asleep for up to a second.
         assert acquired_at - released_at < 0.5, acquired_at - released_at
 
 

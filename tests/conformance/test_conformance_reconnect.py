@@ -8,9 +8,9 @@ from typing import Any
 
 import anyio
 import asyncpg
-from _backend import Backend
 
 from agent_runtime import AgentRuntime
+from tests.conformance._backend import Backend
 
 RuntimeFactory = Callable[..., AgentRuntime]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent_processes import Child
+from tests.agent_processes import Child
 
 SCRIPT = Path(__file__).with_name("_failure_proc.py")
 Spawn = Callable[..., Awaitable[Child]]

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from _failure_support import SCRIPT, Spawn
-from agent_processes import children
+
+from tests.agent_processes import children
+from tests.failure._failure_support import SCRIPT, Spawn
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from db_state import snapshot
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+from tests.db_state import snapshot
 
 FUNCTIONS = (
     "register_agent", "update_agent_last_seen", "set_agent_status", "deregister_agent", "list_agents",

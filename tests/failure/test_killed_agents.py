@@ -10,9 +10,10 @@ from collections.abc import Callable
 import anyio
 import asyncpg
 import pytest
-from _failure_support import Spawn, expect
 
 from agent_runtime import AgentRuntime
+from agent_runtime.testing import AdvanceClock
+from tests.failure._failure_support import Spawn, expect
 
 TOTAL = 80
 RuntimeFactory = Callable[..., AgentRuntime]
@@ -137,7 +138,8 @@ async def _fenced_rows(conn: asyncpg.Connection) -> list[tuple[int, str]]:
 
 
 async def test_killed_holders_token_is_refused_inside_the_writing_transaction(
-        spawn: Spawn, make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str) -> None:
+        spawn: Spawn, make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str,
+        advance_clock: AdvanceClock) -> None:
     """After SIGKILL of a holder doing fenced writes, a write checked with its token in the same transaction is
     refused (AR422) and rolled back, once its lease ran out and after a successor took over; the successor's lands."""
     ttl = 1.0
@@ -159,7 +161,9 @@ async def test_killed_holders_token_is_refused_inside_the_writing_transaction(
             assert info.value.sqlstate == "AR422"
         assert await _fenced_rows(conn) == before  # the write was rolled back with the failed check
 
-    await anyio.sleep(ttl + 0.3)  # renewed at most ttl/3 before the kill: expired now, nobody took it
+    # Renewed at most ttl/3 before the kill: expired once the database clock is past the TTL (the
+    # holder is dead, so no clock of its own is involved); nobody took it.
+    await advance_clock(ttl + 0.3)
     await refused(dead)
     async with make_runtime("successor") as rt, rt.lock("fence-k", ttl=5, wait=5) as lease:
         assert lease.token > dead

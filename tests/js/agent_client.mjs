@@ -54,7 +54,7 @@ async function handle(command) {
       return {}
     case 'exit':
       await supabase.removeAllChannels()
-      emit({ reply: 'exit' })
+      emit({ reply: 'exit', id: command.id ?? null })  // (with its id, or close() waits out its timeout)
       process.exit(0)
     default:
       throw new Error(`unknown command ${command.cmd}`)

@@ -12,11 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import pytest
-from supabase_js import JsAgent, js_agent
 
 from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
+from tests.js.supabase_js import JsAgent, js_agent
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -25,6 +26,9 @@ pytestmark = [
 ]
 
 AGENT = "js-agent"
+# The channels' first token: room for the joins, a wake-up and a refusal before the refresh on a
+# loaded machine (its exp is whole seconds, so it lives SHORT_LIVED - 1 s at least).
+SHORT_LIVED = 4.0
 INBOX = f"agent:{AGENT}"
 
 
@@ -52,14 +56,19 @@ async def _wake_up(agent: JsAgent, sender: AgentRuntime, payload: dict[str, Any]
 async def test_supabase_js_agent_on_its_own_token(standin: SupabaseStandIn, vsn: str | None) -> None:
     """RPC, private inbox join, wake-ups from Python, refusal of another agent's topic and a
     token refresh, all through supabase-js on the given protocol version."""
-    short_lived = 12.0  # room for node's start, RPC and joins on a loaded machine before the refresh
-    token = standin.agent_token(AGENT, expires_in=short_lived)
-    expires_at = time.time() + short_lived
-    async with js_agent(standin.url, standin.anon_key, token, vsn=vsn) as agent, _sender(standin) as sender:
+    # Node starts and registers on a long-lived token; the channels then join on a short-lived one
+    # (made current by setAuth() before the first subscribe), so the wait past its expiry is
+    # seconds, not node's start-up plus seconds.
+    async with js_agent(standin.url, standin.anon_key, standin.agent_token(AGENT), vsn=vsn) as agent, \
+            _sender(standin) as sender:
         registered = await agent.command("rpc", fn="register_agent", args={"p_agent_id": AGENT, "p_name": AGENT})
         assert registered["error"] is None, registered
         assert registered["data"]["id"] == AGENT
 
+        short_lived = standin.agent_token(AGENT, expires_in=SHORT_LIVED)
+        expires_at = float(jwt.decode(short_lived, options={"verify_signature": False})["exp"])
+        await agent.command("token", token=short_lived)
+        await agent.command("refresh")
         await agent.command("subscribe", topic=INBOX, private=True)
         joined = await agent.until(lambda e: e.get("topic") == INBOX and "status" in e)
         assert joined["status"] == "SUBSCRIBED", joined

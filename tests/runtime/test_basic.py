@@ -10,34 +10,6 @@ from agent_runtime import AgentRuntime
 RuntimeFactory = Callable[..., AgentRuntime]
 
 
-async def test_broadcast_publish_subscribe(make_runtime: RuntimeFactory) -> None:
-    """A broadcast message reaches every subscriber, in order."""
-    async with make_runtime("pub") as pub, make_runtime("a") as a, make_runtime("b") as b:
-        await pub.channel("news")
-        async with a.subscribe("news") as sa, b.subscribe("news") as sb:
-            await pub.publish_many("news", [{"n": i} for i in range(5)])
-            got: dict[str, list[int]] = {"a": [], "b": []}
-            with anyio.fail_after(5):
-                for name, sub in (("a", sa), ("b", sb)):
-                    async for msg in sub:
-                        got[name].append(msg.payload["n"])
-                        await msg.ack()
-                        if len(got[name]) == 5:
-                            break
-            assert got == {"a": [0, 1, 2, 3, 4], "b": [0, 1, 2, 3, 4]}
-
-
-async def test_request_reply(make_runtime: RuntimeFactory) -> None:
-    """The responder's return value is the reply."""
-    async with make_runtime("server") as server, make_runtime("client") as client:
-        @server.on_request
-        async def double(msg):  # type: ignore[no-untyped-def]
-            return {"y": msg.payload["x"] * 2}
-
-        with anyio.fail_after(5):
-            assert await client.request(server.agent_id, {"x": 21}, timeout=5) == {"y": 42}
-
-
 async def test_replies_come_from_their_wakeups_and_are_acked(make_runtime: RuntimeFactory,
                                                              conn: asyncpg.Connection) -> None:
     """A reply rides along its (signed) inbox wake-up: the requester is answered without claiming
@@ -59,16 +31,6 @@ async def test_replies_come_from_their_wakeups_and_are_acked(make_runtime: Runti
                     break
                 await anyio.sleep(0.05)
             assert await conn.fetchval(unacked, f"agent:{client.agent_id}") == 0
-
-
-async def test_lock_fencing(make_runtime: RuntimeFactory) -> None:
-    """A second holder gets a strictly higher fencing token."""
-    async with make_runtime("a") as a, make_runtime("b") as b:
-        async with a.lock("k", ttl=2) as first:
-            async with b.try_lock("k") as none:
-                assert none is None
-        async with b.lock("k", ttl=2, wait=3) as second:
-            assert second.token > first.token
 
 
 async def test_outer_cancellation_still_leaves_in_order(make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:

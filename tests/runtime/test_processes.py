@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from agent_processes import children
 
 from agent_runtime import AgentRuntime
 from agent_runtime.errors import StaleFencingToken
+from tests.agent_processes import children
 
 pytestmark = pytest.mark.slow  # real OS processes
 

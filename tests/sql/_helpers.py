@@ -221,3 +221,4 @@ async def realtime_payloads(db_url: str, conn: asyncpg.Connection, action: Any, 
     finally:
         await listen.close()
     return [json.loads(g) for g in got if g != "end"]
+

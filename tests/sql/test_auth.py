@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 import asyncpg
-from _helpers import TABLES, Json, acting_as, call, expect_error, register, send
+
+from tests.sql._helpers import TABLES, Json, acting_as, call, expect_error, register, send
 
 FUNCTIONS = (
     "register_agent", "update_agent_last_seen", "set_agent_status", "deregister_agent", "list_agents",

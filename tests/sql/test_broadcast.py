@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection, **channel: object) -> None:
@@ -102,7 +104,7 @@ async def test_late_committer_after_ack(db_url: str, conn: asyncpg.Connection) -
     assert [m["payload"]["n"] for m in got] == [2, 3]
 
 
-async def test_nack_is_head_of_line_with_delay(conn: asyncpg.Connection) -> None:
+async def test_nack_is_head_of_line_with_delay(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A nacked message holds back everything after it until its retry time, then comes first again."""
     await _setup(conn)
     ids = [(await send(conn, "p1", "news", {"n": i}))["id"] for i in range(3)]
@@ -111,7 +113,7 @@ async def test_nack_is_head_of_line_with_delay(conn: asyncpg.Connection) -> None
     assert result["state"] == "retry" and result["attempts"] == 1
     assert await _fetch(conn, "s1") == []
     assert await _fetch(conn, "s2") == [(1, 1), (2, 1), (3, 1)]  # other subscribers are unaffected
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     assert await _fetch(conn, "s1") == [(2, 2), (3, 1)]
     await call(conn, "ack_messages", agent_id="s1", message_ids=[ids[1]])
     row = await conn.fetchrow("select retry_seq, retry_attempts, retry_at from channel_subscriptions"

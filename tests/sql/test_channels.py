@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
+
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def test_ensure_channel_creates_with_settings(conn: asyncpg.Connection) -> None:

@@ -9,7 +9,8 @@ visible_at with the clock it reads while running. Here the claim's transaction b
 from __future__ import annotations
 
 import asyncpg
-from _helpers import call, connections, register, send
+
+from tests.sql._helpers import call, connections, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

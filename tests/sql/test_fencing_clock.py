@@ -13,7 +13,12 @@ import time
 import uuid
 
 import asyncpg
-from _helpers import call, connections, register
+import pytest
+
+from tests.sql._helpers import call, connections, register
+
+# Bounds in wall time: in the same xdist group as tests/failure/test_fencing_*.py (see there).
+pytestmark = pytest.mark.xdist_group("lock-timing")
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from _helpers import acting_as, call, expect_error, listening, register, send
+
+from tests.sql._helpers import acting_as, call, expect_error, listening, register, send
 
 INTRUDER = "ar_intruder"  # a database login with no rights on the runtime's schema
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from _helpers import acting_as, call, expect_error, register, send, session_as, snapshot
+
+from tests.sql._helpers import acting_as, call, expect_error, register, send, session_as, snapshot
 
 
 async def _world(conn: asyncpg.Connection) -> dict[str, int]:

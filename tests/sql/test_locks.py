@@ -7,7 +7,9 @@ import uuid
 from typing import Any
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register
 
 
 async def _acquire(conn: asyncpg.Connection, agent: str, key: str = "k", ttl_ms: int = 60000,
@@ -78,24 +80,26 @@ async def test_concurrent_acquire_exactly_one_wins(db_url: str, conn: asyncpg.Co
     assert await conn.fetchval("select owner_id from distributed_locks") == winners[0]["owner_id"]
 
 
-async def test_concurrent_takeover_of_expired_lock_exactly_one_wins(db_url: str, conn: asyncpg.Connection) -> None:
+async def test_concurrent_takeover_of_expired_lock_exactly_one_wins(db_url: str, conn: asyncpg.Connection,
+                                                                    advance_clock: AdvanceClock) -> None:
     """Agents racing for an expired lease: exactly one takes it over."""
     agents = [f"r{i}" for i in range(6)]
     for agent in [*agents, "dead"]:
         await register(conn, agent)
     await _acquire(conn, "dead", ttl_ms=100)
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     async with connections(db_url, len(agents)) as conns:
         results = await asyncio.gather(*(_acquire(c, a) for c, a in zip(conns, agents, strict=True)))
     assert sum(r["acquired"] for r in results) == 1
 
 
-async def test_expired_lock_goes_to_next_owner_with_higher_token(conn: asyncpg.Connection) -> None:
+async def test_expired_lock_goes_to_next_owner_with_higher_token(conn: asyncpg.Connection,
+                                                                 advance_clock: AdvanceClock) -> None:
     """A dead owner's lock is free after its TTL; the next owner's fencing token is strictly higher."""
     await _setup(conn)
     old = await _acquire(conn, "a1", ttl_ms=400)
     assert (await _acquire(conn, "b1"))["acquired"] is False
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     assert await call(conn, "list_locks") == []
     new = await _acquire(conn, "b1")
     assert new["acquired"] is True and new["token"] > old["token"]
@@ -103,7 +107,8 @@ async def test_expired_lock_goes_to_next_owner_with_higher_token(conn: asyncpg.C
     await expect_error("AR422", call(conn, "check_fencing_token", key="k", token=old["token"]))
 
 
-async def test_tokens_increase_across_release_and_cleanup(conn: asyncpg.Connection) -> None:
+async def test_tokens_increase_across_release_and_cleanup(conn: asyncpg.Connection,
+                                                          advance_clock: AdvanceClock) -> None:
     """Tokens keep increasing for a key even after the lock row was released or cleaned up."""
     await _setup(conn)
     tokens = []
@@ -114,36 +119,37 @@ async def test_tokens_increase_across_release_and_cleanup(conn: asyncpg.Connecti
         assert await call(conn, "release_lock", agent_id=agent, key="k", lease_id=lease) is True
     got = await _acquire(conn, "b1", ttl_ms=100)
     tokens.append(got["token"])
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     assert await call(conn, "cleanup_expired_locks") == 1
     tokens.append((await _acquire(conn, "a1"))["token"])
     assert tokens == sorted(set(tokens))
 
 
-async def test_fencing_token_check(conn: asyncpg.Connection) -> None:
+async def test_fencing_token_check(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """check_fencing_token passes only for the live holder's token; unknown keys and expired leases fail AR422."""
     await _setup(conn)
     held = await _acquire(conn, "a1", ttl_ms=400)
     assert await call(conn, "check_fencing_token", key="k", token=held["token"]) is True
     await expect_error("AR422", call(conn, "check_fencing_token", key="k", token=held["token"] + 1))
     await expect_error("AR422", call(conn, "check_fencing_token", key="other", token=held["token"]))
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     await expect_error("AR422", call(conn, "check_fencing_token", key="k", token=held["token"]))
 
 
-async def test_renew_extends_own_lease(conn: asyncpg.Connection) -> None:
+async def test_renew_extends_own_lease(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """The owner renews its lease past the original TTL and keeps the token."""
     await _setup(conn)
     lease = uuid.uuid4()
     held = await _acquire(conn, "a1", lease=lease, ttl_ms=400)
     renewed = await call(conn, "renew_lock", agent_id="a1", key="k", lease_id=lease, ttl_ms=5000)
     assert renewed["acquired"] is True and renewed["token"] == held["token"] and renewed["ttl_ms"] > 4000
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     assert (await _acquire(conn, "b1"))["acquired"] is False
     assert await call(conn, "check_fencing_token", key="k", token=held["token"]) is True
 
 
-async def test_renew_by_non_owner_or_after_expiry_is_refused(conn: asyncpg.Connection) -> None:
+async def test_renew_by_non_owner_or_after_expiry_is_refused(conn: asyncpg.Connection,
+                                                             advance_clock: AdvanceClock) -> None:
     """Renewing with another agent or lease is AR409 and changes nothing; so is renewing an expired lease."""
     await _setup(conn)
     lease = uuid.uuid4()
@@ -151,16 +157,16 @@ async def test_renew_by_non_owner_or_after_expiry_is_refused(conn: asyncpg.Conne
     await refused_unchanged(conn, "AR409", "renew_lock", agent_id="b1", key="k", lease_id=lease, ttl_ms=5000)
     await refused_unchanged(conn, "AR409", "renew_lock", agent_id="a1", key="k", lease_id=uuid.uuid4(), ttl_ms=5000)
     await refused_unchanged(conn, "AR409", "renew_lock", agent_id="a1", key="nope", lease_id=lease, ttl_ms=5000)
-    await asyncio.sleep(0.35)
+    await advance_clock(0.35)
     await refused_unchanged(conn, "AR409", "renew_lock", agent_id="a1", key="k", lease_id=lease, ttl_ms=5000)
 
 
-async def test_renew_after_takeover_is_refused(conn: asyncpg.Connection) -> None:
+async def test_renew_after_takeover_is_refused(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Once another agent took over an expired lease, the old holder's renew is AR409."""
     await _setup(conn)
     lease = uuid.uuid4()
     await _acquire(conn, "a1", lease=lease, ttl_ms=150)
-    await asyncio.sleep(0.2)
+    await advance_clock(0.2)
     assert (await _acquire(conn, "b1"))["acquired"] is True
     await expect_error("AR409", call(conn, "renew_lock", agent_id="a1", key="k", lease_id=lease, ttl_ms=5000))
     assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease) is False
@@ -181,12 +187,12 @@ async def test_release(conn: asyncpg.Connection) -> None:
     assert (await _acquire(conn, "b1"))["acquired"] is True
 
 
-async def test_release_after_expiry_is_false(conn: asyncpg.Connection) -> None:
+async def test_release_after_expiry_is_false(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Releasing a lease that already expired reports false (the holder had lost it)."""
     await _setup(conn)
     lease = uuid.uuid4()
     await _acquire(conn, "a1", lease=lease, ttl_ms=100)
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease) is False
 
 

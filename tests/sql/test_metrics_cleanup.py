@@ -4,11 +4,12 @@ cleanup_old_metrics, run_cleanup)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
-from _helpers import Json, call, count, listening, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import Json, call, count, listening, refused_unchanged, register, send
 
 
 async def test_metrics_batches_aggregate_into_one_bucket(conn: asyncpg.Connection) -> None:
@@ -94,7 +95,7 @@ async def test_cleanup_old_metrics(conn: asyncpg.Connection) -> None:
     await refused_unchanged(conn, "AR400", "cleanup_old_metrics", older_than_ms=1000)
 
 
-async def test_cleanup_expired_messages(conn: asyncpg.Connection) -> None:
+async def test_cleanup_expired_messages(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Cleanup deletes expired, past-retention and long-acked messages, keeps live and dead ones, honours the limit."""
     await register(conn, "a1")
     await call(conn, "ensure_channel", agent_id="a1", name="jobs", kind="queue")
@@ -110,7 +111,7 @@ async def test_cleanup_expired_messages(conn: asyncpg.Connection) -> None:
     await send(conn, "a1", "short", "old")
     await conn.execute("update distributed_messages set created_at = now() - interval '2 seconds'"
                        " where channel_id = (select id from communication_channels where name = 'short')")
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     assert await call(conn, "cleanup_expired_messages", limit=2) == 2
     assert await call(conn, "cleanup_expired_messages") == 3
     assert await call(conn, "cleanup_expired_messages") == 0
@@ -118,12 +119,12 @@ async def test_cleanup_expired_messages(conn: asyncpg.Connection) -> None:
     assert left == {live["id"], dead["id"]}
 
 
-async def test_cleanup_expired_locks(db_url: str, conn: asyncpg.Connection) -> None:
+async def test_cleanup_expired_locks(db_url: str, conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Expired locks are deleted (each announced as released); live ones stay."""
     await register(conn, "a1")
     await call(conn, "acquire_lock", agent_id="a1", key="gone", lease_id=uuid.uuid4(), ttl_ms=100)
     await call(conn, "acquire_lock", agent_id="a1", key="live", lease_id=uuid.uuid4(), ttl_ms=60000)
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     async with listening(db_url, "locks") as listener:
         assert await call(conn, "cleanup_expired_locks") == 1
         events = await listener.settle(conn)
@@ -151,7 +152,7 @@ async def test_cleanup_stale_presence_emits_leave(db_url: str, conn: asyncpg.Con
     assert rejoined == [{"a": "stale", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
 
 
-async def test_run_cleanup_reports_each_part(conn: asyncpg.Connection) -> None:
+async def test_run_cleanup_reports_each_part(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """run_cleanup runs every cleanup and reports how much each removed."""
     await register(conn, "a1")
     await call(conn, "ensure_channel", agent_id="a1", name="jobs", kind="queue")
@@ -160,7 +161,7 @@ async def test_run_cleanup_reports_each_part(conn: asyncpg.Connection) -> None:
     await call(conn, "record_communication_metrics", agent_id="a1", metrics=[{"metric": "m"}])
     await conn.execute("update communication_metrics set bucket = bucket - interval '30 days'")
     await conn.execute("update agent_presence set expires_at = now() - interval '1 second'")
-    await asyncio.sleep(0.15)
+    await advance_clock(0.15)
     report = await call(conn, "run_cleanup")
     assert report == {"stale_presence": 1, "expired_locks": 1, "expired_messages": 1, "old_metrics": 1}
     for table in ("distributed_messages", "distributed_locks", "communication_metrics"):

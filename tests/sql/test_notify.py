@@ -8,9 +8,9 @@ import uuid
 
 import asyncpg
 import pytest
-from _helpers import acting_as, call, expect_error, listening, realtime_payloads, register, send
 
 from agent_runtime.transports import wire
+from tests.sql._helpers import acting_as, call, expect_error, listening, realtime_payloads, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-from _helpers import acting_as, call, expect_error, register, send
+
+from tests.sql._helpers import acting_as, call, expect_error, register, send
 
 
 async def test_peek_reads_by_seq_and_consumes_nothing(conn: asyncpg.Connection) -> None:

@@ -7,7 +7,9 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from _helpers import call, connections, count, expect_error, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection, **channel: Any) -> None:
@@ -44,19 +46,20 @@ async def test_claimed_message_is_invisible_to_others(conn: asyncpg.Connection) 
     assert await call(conn, "claim_messages", agent_id="c2", channel="jobs") == []
 
 
-async def test_visibility_timeout_makes_message_claimable_again(conn: asyncpg.Connection) -> None:
+async def test_visibility_timeout_makes_message_claimable_again(conn: asyncpg.Connection,
+                                                                advance_clock: AdvanceClock) -> None:
     """When a claim's visibility timeout passes (database clock) another consumer can claim it, attempts+1."""
     await _setup(conn)
     sent = await send(conn, "p1", "jobs", {"n": 1})
     await call(conn, "claim_messages", agent_id="c1", channel="jobs", visibility_ms=400)
     assert await call(conn, "claim_messages", agent_id="c2", channel="jobs") == []
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     [again] = await call(conn, "claim_messages", agent_id="c2", channel="jobs")
     assert again["id"] == sent["id"] and again["attempts"] == 2
     assert (await _state(conn, sent["id"]))["claimed_by"] == "c2"
 
 
-async def test_channel_visibility_timeout_is_the_default(conn: asyncpg.Connection) -> None:
+async def test_channel_visibility_timeout_is_the_default(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Without p_visibility_ms a claim lasts the channel's visibility timeout."""
     await _setup(conn, visibility_timeout_ms=200)
     await send(conn, "p1", "jobs", 1)
@@ -66,16 +69,16 @@ async def test_channel_visibility_timeout_is_the_default(conn: asyncpg.Connectio
     visible_at = await conn.fetchval("select visible_at from distributed_messages")
     # (the visibility runs from the clock at the claim, clock_timestamp(), not the transaction's start)
     assert before.timestamp() + 0.2 <= visible_at.timestamp() <= after.timestamp() + 0.2
-    await asyncio.sleep(0.3)
+    await advance_clock(0.3)
     assert len(await call(conn, "claim_messages", agent_id="c2", channel="jobs")) == 1
 
 
-async def test_stale_ack_after_redelivery_is_ignored(conn: asyncpg.Connection) -> None:
+async def test_stale_ack_after_redelivery_is_ignored(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """An ack from a consumer whose claim timed out and was handed to another counts for nothing."""
     await _setup(conn)
     sent = await send(conn, "p1", "jobs", {"n": 1})
     await call(conn, "claim_messages", agent_id="c1", channel="jobs", visibility_ms=150)
-    await asyncio.sleep(0.25)
+    await advance_clock(0.25)
     await call(conn, "claim_messages", agent_id="c2", channel="jobs")
     assert await call(conn, "ack_messages", agent_id="c1", message_ids=[sent["id"]]) == 0
     assert (await _state(conn, sent["id"]))["state"] == "inflight"
@@ -83,20 +86,20 @@ async def test_stale_ack_after_redelivery_is_ignored(conn: asyncpg.Connection) -
     assert (await _state(conn, sent["id"]))["state"] == "acked"
 
 
-async def test_extend_visibility(conn: asyncpg.Connection) -> None:
+async def test_extend_visibility(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """extend_visibility keeps a claim past its original timeout; only the holder may extend it."""
     await _setup(conn)
     sent = await send(conn, "p1", "jobs", {"n": 1})
     await call(conn, "claim_messages", agent_id="c1", channel="jobs", visibility_ms=400)
     assert await call(conn, "extend_visibility", agent_id="c2", message_ids=[sent["id"]], visibility_ms=5000) == 0
     assert await call(conn, "extend_visibility", agent_id="c1", message_ids=[sent["id"]], visibility_ms=5000) == 1
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     assert await call(conn, "claim_messages", agent_id="c2", channel="jobs") == []
     await expect_error("AR400", call(conn, "extend_visibility", agent_id="c1", message_ids=[sent["id"]],
                                      visibility_ms=50))
 
 
-async def test_nack_redelivers_after_delay(conn: asyncpg.Connection) -> None:
+async def test_nack_redelivers_after_delay(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A nacked message is claimable again only after its retry delay, with the reason kept."""
     await _setup(conn)
     sent = await send(conn, "p1", "jobs", {"n": 1})
@@ -105,7 +108,7 @@ async def test_nack_redelivers_after_delay(conn: asyncpg.Connection) -> None:
     assert result["state"] == "retry" and result["attempts"] == 1
     assert await conn.fetchval("select $1::text::timestamptz > now()", result["retry_at"])
     assert await call(conn, "claim_messages", agent_id="c2", channel="jobs") == []
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     [again] = await call(conn, "claim_messages", agent_id="c2", channel="jobs")
     assert again["id"] == sent["id"] and again["attempts"] == 2
     assert (await _state(conn, sent["id"]))["last_error"] == "boom"
@@ -146,13 +149,13 @@ async def test_max_attempts_dead_list_and_replay(conn: asyncpg.Connection) -> No
     assert await call(conn, "replay_dead_letters", agent_id="c2", message_ids=[sent["id"]]) == 0
 
 
-async def test_replay_revives_an_expired_dead_message(conn: asyncpg.Connection) -> None:
+async def test_replay_revives_an_expired_dead_message(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """Replaying a dead message whose TTL has passed makes it claimable (its expiry is lifted)."""
     await _setup(conn)
     sent = await send(conn, "p1", "jobs", {"n": 1}, ttl_ms=400)
     assert len(await call(conn, "claim_messages", agent_id="c1", channel="jobs")) == 1
     await call(conn, "nack_message", agent_id="c1", message_id=sent["id"], dead=True)
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     assert await call(conn, "cleanup_expired_messages") == 0  # dead letters are kept for a user to see
     assert await call(conn, "replay_dead_letters", agent_id="c1", message_ids=[sent["id"]]) == 1
     [again] = await call(conn, "claim_messages", agent_id="c1", channel="jobs")
@@ -186,24 +189,25 @@ async def test_nack_dead_immediately(conn: asyncpg.Connection) -> None:
     assert (await _state(conn, sent["id"]))["state"] == "dead"
 
 
-async def test_timed_out_claim_at_max_attempts_dies(conn: asyncpg.Connection) -> None:
+async def test_timed_out_claim_at_max_attempts_dies(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A claim that times out after the last attempt is dead at the next claim, not redelivered."""
     await _setup(conn, max_attempts=1)
     sent = await send(conn, "p1", "jobs", {"n": 1})
     await call(conn, "claim_messages", agent_id="c1", channel="jobs", visibility_ms=150)
-    await asyncio.sleep(0.25)
+    await advance_clock(0.25)
     assert await call(conn, "claim_messages", agent_id="c2", channel="jobs") == []
     state = await _state(conn, sent["id"])
     assert state["state"] == "dead" and state["last_error"] == "visibility timeout" and state["claimed_by"] is None
 
 
-async def test_a_claim_fills_its_batch_past_the_spent_claims_it_meets(conn: asyncpg.Connection) -> None:
+async def test_a_claim_fills_its_batch_past_the_spent_claims_it_meets(conn: asyncpg.Connection,
+                                                                      advance_clock: AdvanceClock) -> None:
     """Spent timed-out claims at the head of the queue die where the claim meets them, and the claim
     goes on past them: a full batch of the messages after them, in seq order (no sweep of the queue)."""
     await _setup(conn, max_attempts=1)
     ids = [(await send(conn, "p1", "jobs", {"n": i}))["id"] for i in range(6)]
     await call(conn, "claim_messages", agent_id="c1", channel="jobs", limit=2, visibility_ms=150)
-    await asyncio.sleep(0.25)
+    await advance_clock(0.25)
     got = await call(conn, "claim_messages", agent_id="c2", channel="jobs", limit=3)
     assert [m["id"] for m in got] == ids[2:5] and all(m["attempts"] == 1 for m in got)
     assert [(await _state(conn, i))["state"] for i in ids] == ["dead", "dead", "inflight", "inflight", "inflight",

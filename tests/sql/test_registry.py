@@ -3,12 +3,13 @@ deregister_agent, list_agents."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 
 import asyncpg
-from _helpers import call, count, expect_error, refused_unchanged, register
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import call, count, expect_error, refused_unchanged, register
 
 
 async def test_register_creates_agent_presence_and_inbox(conn: asyncpg.Connection) -> None:
@@ -46,11 +47,12 @@ async def test_reregister_resumes_same_id(conn: asyncpg.Connection) -> None:
     assert await count(conn, "communication_channels", "name = 'agent:a1'") == 1
 
 
-async def test_heartbeat_extends_expiry_by_database_clock(conn: asyncpg.Connection) -> None:
+async def test_heartbeat_extends_expiry_by_database_clock(conn: asyncpg.Connection,
+                                                          advance_clock: AdvanceClock) -> None:
     """A heartbeat moves expires_at to the database's now() + the agent's TTL and updates status/load/info."""
     await register(conn, "a1", heartbeat_ttl_ms=2000)
     first = await conn.fetchval("select expires_at from agent_presence where agent_id = 'a1'")
-    await asyncio.sleep(0.05)
+    await advance_clock(0.05)
     beat = await call(conn, "update_agent_last_seen", agent_id="a1", status="busy", load=0.5, info={"q": 3})
     assert beat["status"] == "busy" and beat["load"] == 0.5
     row = await conn.fetchrow(
@@ -71,13 +73,13 @@ async def test_set_agent_status(conn: asyncpg.Connection) -> None:
     assert await conn.fetchval("select status from distributed_agents where id = 'a1'") == "away"
 
 
-async def test_presence_lapses_without_cleanup(conn: asyncpg.Connection) -> None:
+async def test_presence_lapses_without_cleanup(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """An agent whose heartbeat is older than its TTL is offline by the database clock, cleaned up or not."""
     await register(conn, "a1", heartbeat_ttl_ms=1000)
     await register(conn, "b1", heartbeat_ttl_ms=60000)
     online = await call(conn, "list_agents")
     assert [a["id"] for a in online] == ["a1", "b1"]
-    await asyncio.sleep(1.1)
+    await advance_clock(1.1)
     online = await call(conn, "list_agents")
     assert [a["id"] for a in online] == ["b1"]
     everyone = {a["id"]: a for a in await call(conn, "list_agents", online_only=False)}

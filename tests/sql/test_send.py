@@ -6,7 +6,9 @@ import asyncio
 import uuid
 
 import asyncpg
-from _helpers import Json, call, connections, count, expect_error, refused_unchanged, register, send
+
+from agent_runtime.testing import AdvanceClock
+from tests.sql._helpers import Json, call, connections, count, expect_error, refused_unchanged, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
@@ -163,13 +165,13 @@ async def test_send_refusals(conn: asyncpg.Connection) -> None:
     await refused_unchanged(conn, "AR404", "send_message", agent_id="ghost", channel="news", payload=Json(1))
 
 
-async def test_message_ttl_hides_and_cleanup_deletes(conn: asyncpg.Connection) -> None:
+async def test_message_ttl_hides_and_cleanup_deletes(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A message past its TTL (database clock) is neither fetched nor claimed, and cleanup deletes it."""
     await _setup(conn)
     await send(conn, "a1", "news", {"n": 1}, ttl_ms=200)
     await send(conn, "a1", "jobs", {"n": 1}, ttl_ms=200)
     await send(conn, "a1", "news", {"n": 2})
-    await asyncio.sleep(0.3)
+    await advance_clock(0.3)
     got = await call(conn, "fetch_messages", agent_id="b1", channel="news")
     assert [m["payload"]["n"] for m in got] == [2]
     assert await call(conn, "claim_messages", agent_id="b1", channel="jobs") == []
@@ -189,12 +191,12 @@ async def test_channel_message_ttl_is_the_default(conn: asyncpg.Connection) -> N
     assert [r["ttl"] for r in ttls] == [5, 60]
 
 
-async def test_delayed_message_becomes_visible_later(conn: asyncpg.Connection) -> None:
+async def test_delayed_message_becomes_visible_later(conn: asyncpg.Connection, advance_clock: AdvanceClock) -> None:
     """A message sent with delay_ms cannot be claimed before the delay has passed."""
     await _setup(conn)
     await send(conn, "a1", "jobs", {"n": 1}, delay_ms=400)
     assert await call(conn, "claim_messages", agent_id="b1", channel="jobs") == []
-    await asyncio.sleep(0.5)
+    await advance_clock(0.5)
     got = await call(conn, "claim_messages", agent_id="b1", channel="jobs")
     assert [m["payload"] for m in got] == [{"n": 1}]
 

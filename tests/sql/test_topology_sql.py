@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-from _helpers import call, expect_error, register, send
+
+from tests.sql._helpers import call, expect_error, register, send
 
 
 async def _network(conn: asyncpg.Connection) -> None:

@@ -9,9 +9,9 @@ import json
 
 import asyncpg
 import pytest
-from _helpers import call, listening, realtime_payloads, register
 
 from agent_runtime.transports import wire
+from tests.sql._helpers import call, listening, realtime_payloads, register
 
 BARE_KEYS = {"c", "s", "t", "e"}
 

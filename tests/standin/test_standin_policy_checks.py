@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 import pytest
 from realtime import RealtimeSubscribeStates
-from standin_support import Events, register
 from supabase import AsyncClient
 
 from agent_runtime.testing import SupabaseStandIn
 from agent_runtime.testing.supabase_standin import REALTIME_LOGIN
+from tests.standin.standin_support import Events, register
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from standin_support import RawSocket, raw_socket, register
 from supabase import AsyncClient
 
 from agent_runtime.testing import SupabaseStandIn
@@ -22,6 +21,7 @@ from agent_runtime.testing._phoenix import (
     decode_user_broadcast,
     encode_user_broadcast_push,
 )
+from tests.standin.standin_support import RawSocket, raw_socket, register
 
 pytestmark = pytest.mark.timeout(20)
 

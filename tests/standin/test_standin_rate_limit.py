@@ -14,11 +14,11 @@ import aiohttp
 import anyio
 import asyncpg
 import pytest
-from standin_support import RawSocket, raw_socket
 
 from agent_runtime import AgentRuntime
 from agent_runtime.testing import SupabaseStandIn
 from agent_runtime.testing._rate import RateCounter
+from tests.standin.standin_support import RawSocket, raw_socket
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-from standin_support import Events, register
 from supabase import AsyncClient
 
 from agent_runtime.testing import SupabaseStandIn
+from tests.standin.standin_support import Events, register
 
 pytestmark = pytest.mark.timeout(20)
 

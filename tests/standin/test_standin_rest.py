@@ -9,10 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 from postgrest import APIError
-from standin_support import register
 from supabase import AsyncClient
 
 from agent_runtime.testing import SupabaseStandIn
+from tests.standin.standin_support import register
 
 pytestmark = pytest.mark.timeout(20)
 
