@@ -34,18 +34,22 @@ create table public.distributed_messages (
   claimed_by      text,
   acked_at        timestamptz,
   last_error      text,
-  unique (channel_id, seq)
-);
+  unique (channel_id, seq),
+  -- What the partial indexes below select on: null while the message is open (ready or in flight),
+  -- then 'acked' or 'dead'. No index names state itself, so a claim (ready -> inflight), a nack and
+  -- a visibility extension change no indexed column: HOT updates, no index entries written.
+  outcome         text generated always as (case when state in ('acked', 'dead') then state end) stored
+) with (fillfactor = 70);  -- (room on each page for a claim's new row version: HOT)
 -- Claim scans ready or timed-out messages of one channel in seq order.
 create index distributed_messages_claim_idx on public.distributed_messages (channel_id, seq)
-  where state in ('ready', 'inflight');
+  where outcome is null;
 create unique index distributed_messages_idempotency_idx
   on public.distributed_messages (sender_id, idempotency_key) where idempotency_key is not null;
 create index distributed_messages_expiry_idx on public.distributed_messages (expires_at)
   where expires_at is not null;
 create index distributed_messages_created_idx on public.distributed_messages (created_at);
 create index distributed_messages_dead_idx on public.distributed_messages (channel_id, id)
-  where state = 'dead';
+  where outcome = 'dead';
 
 -- Dead letters of broadcast subscribers (a queue message's dead state is on the message itself,
 -- a broadcast message is shared so its dead state is per subscriber).
@@ -110,10 +114,10 @@ language sql stable security definer set search_path = '' as $$
                            join public.agent_presence p on p.agent_id = s.agent_id
                            where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > now()),
            'ready', (select count(*) from public.distributed_messages m
-                     where m.channel_id = c.id and m.state in ('ready', 'inflight')
+                     where m.channel_id = c.id and m.outcome is null
                        and c.kind <> 'broadcast'),
            'dead', (select count(*) from public.distributed_messages m
-                    where m.channel_id = c.id and m.state = 'dead'))
+                    where m.channel_id = c.id and m.outcome = 'dead'))
          order by c.name), '[]'::jsonb)
   from public.communication_channels c
   -- What RLS lets the caller read: an agent token sees no other agent's inbox.
@@ -391,7 +395,7 @@ create function public.claim_messages(p_agent_id text, p_channel text, p_limit i
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
                                       p_classes text[] default null)
 returns json
-language plpgsql security definer set search_path = '' set enable_seqscan = off set enable_bitmapscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
@@ -428,7 +432,7 @@ begin
     with picked as (
       select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
       from public.distributed_messages m
-      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= clock_timestamp()
+      where m.channel_id = v_channel.id and m.outcome is null and m.visible_at <= clock_timestamp()
         and (m.expires_at is null or m.expires_at > clock_timestamp())
         and (p_classes is null
              or (m.reply_to is not null and 'request' = any (p_classes))
@@ -470,8 +474,8 @@ grant execute on function public.claim_messages(text, text, integer, bigint, big
 -- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
 -- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
 -- resolves replayed dead letters. Returns the number of messages acknowledged.
--- (As before; the queue update, and its statement trigger, run only when one of the messages is
--- in flight for this agent, which a broadcast message never is.)
+-- With p_channel (the runtime always names it) only the part for that channel's kind runs: a queue
+-- ack is one UPDATE of its rows, and a broadcast ack never looks for claims.
 -- Raises: AR400 invalid input; AR403 not allowed.
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
 returns integer
@@ -479,6 +483,7 @@ language plpgsql security definer set search_path = '' set plan_cache_mode = for
 declare
   v_acked integer := 0;
   v_n integer;
+  v_channel public.communication_channels;
   v_channel_id bigint;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
@@ -486,21 +491,25 @@ begin
     raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
   if p_channel is not null then
-    v_channel_id := (agent_runtime_private.channel(p_channel)).id;
+    v_channel := agent_runtime_private.channel(p_channel);
+    v_channel_id := v_channel.id;
   end if;
 
   -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
   -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
   -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
-  if exists (select 1 from public.distributed_messages m
-             where m.id = any (p_message_ids) and (v_channel_id is null or m.channel_id = v_channel_id)
-               and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
-                    or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
-                        and m.correlation_id is not null))) then
+  if v_channel_id is not null and v_channel.kind <> 'broadcast' then
+    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    where m.id = any (p_message_ids) and m.channel_id = v_channel_id
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and v_channel.kind = 'direct' and v_channel.owner_id = p_agent_id));
+    get diagnostics v_acked = row_count;
+    return v_acked;  -- (no broadcast message and no broadcast dead letter is of this channel)
+  elsif v_channel_id is null then
     update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
     from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
-      and (v_channel_id is null or m.channel_id = v_channel_id)
       and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
            or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
                and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
@@ -678,7 +687,7 @@ begin
              || jsonb_build_object('dead_letter_id', null, 'subscriber_id', null,
                                    'reason', m.last_error) as j
       from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
-      where m.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+      where m.outcome = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
         -- What RLS lets an agent token read: its inbox and the channels it subscribes to.
         and (v_trusted or c.owner_id = v_me
              or exists (select 1 from public.channel_subscriptions s where s.channel_id = c.id and s.agent_id = v_me))

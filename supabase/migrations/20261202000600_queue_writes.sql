@@ -1,0 +1,270 @@
+-- Queue writes (issue 13): claims and acks write as little as a queue must.
+-- * distributed_messages gets a stored generated column, outcome (null while a message is open,
+--   then 'acked' or 'dead'), and the claim and dead-letter indexes select on it instead of on
+--   state: a claim (ready -> inflight), a nack or hand-back and a visibility extension change no
+--   indexed column any more, so they are HOT updates that write no index entries (the claim index
+--   named state, so every claim wrote a new entry in every index of the table).
+-- * fillfactor 70 leaves room on each page for the claim's new row version (a HOT update must stay
+--   on its page); it applies to pages written from now on.
+-- * claim_messages keeps a generic plan (no planning per call, as ack_messages and fetch_messages).
+-- * ack_messages with a channel runs only what that channel's kind needs: a queue ack is one UPDATE
+--   (no look-up of the same rows first, no broadcast cursor or dead-letter work), a broadcast ack
+--   no claim update.
+-- * list_channels and list_dead_letters select on outcome, so they keep using those indexes.
+-- Adding the stored column rewrites distributed_messages once (under an exclusive lock).
+
+alter table public.distributed_messages
+  add column outcome text generated always as (case when state in ('acked', 'dead') then state end) stored;
+alter table public.distributed_messages set (fillfactor = 70);
+drop index public.distributed_messages_claim_idx;
+create index distributed_messages_claim_idx on public.distributed_messages (channel_id, seq)
+  where outcome is null;
+drop index public.distributed_messages_dead_idx;
+create index distributed_messages_dead_idx on public.distributed_messages (channel_id, id)
+  where outcome = 'dead';
+
+-- list_channels() -> jsonb: every channel the caller may read (an agent token: not other agents'
+-- inboxes) with its settings, online subscribers, ready/in-flight and dead message counts.
+-- Raises: nothing of its own.
+create or replace function public.list_channels() returns jsonb
+language sql stable security definer set search_path = '' as $$
+  select coalesce(jsonb_agg(agent_runtime_private.channel_json(c) || jsonb_build_object(
+           'subscribers', (select count(*) from public.channel_subscriptions s
+                           join public.agent_presence p on p.agent_id = s.agent_id
+                           where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > now()),
+           'ready', (select count(*) from public.distributed_messages m
+                     where m.channel_id = c.id and m.outcome is null
+                       and c.kind <> 'broadcast'),
+           'dead', (select count(*) from public.distributed_messages m
+                    where m.channel_id = c.id and m.outcome = 'dead'))
+         order by c.name), '[]'::jsonb)
+  from public.communication_channels c
+  -- What RLS lets the caller read: an agent token sees no other agent's inbox.
+  -- (Scalar subqueries: evaluated once per call, not per row.)
+  where c.kind <> 'direct' or (select agent_runtime_private.is_trusted())
+     or c.owner_id = (select agent_runtime_private.jwt_agent_id())
+$$;
+revoke all on function public.list_channels() from public, anon, authenticated;
+grant execute on function public.list_channels() to authenticated, service_role;
+
+-- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
+-- they run (clock_timestamp()), not with now().
+--
+-- now() is the claiming transaction's start time, and it may be earlier than the start of a sender
+-- whose commit the claim's snapshot already sees: a claim made right after a wake-up then skipped
+-- the message it was woken for (visible_at, the sender's now(), looked a few milliseconds in the
+-- future), and since that wake-up was the only one, the message waited for the next safety poll.
+-- Seen in tests/failure/test_bad_input_api.py: a claim whose now() was 9 ms before the sender's
+-- visible_at, with statement_timestamp() and clock_timestamp() after it and the sender's xid
+-- committed in its snapshot. The same holds for a nack with no delay (visible_at is the nacker's
+-- now()). clock_timestamp() in the statement is read after its snapshot was taken, so after every
+-- commit it sees, and so after the start of every sender it sees.
+--
+-- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
+-- A claimed message whose visibility timed out is claimable again; one that has used up its
+-- attempts goes to the dead letters instead, when a claim's own scan meets it (it would have been
+-- claimed next): no claim scans the channel for them, so a claim costs the same at any depth.
+-- SKIP LOCKED: concurrent consumers never get the same message and never wait on each other.
+-- p_ack_ids (optional): acknowledge these first, in the same transaction, as fetch_messages does.
+-- Raises: AR400 invalid input; AR403 not allowed; AR404 unknown agent; AR405 unknown channel or not subscribed; AR412 channel kind mismatch.
+create or replace function public.claim_messages(p_agent_id text, p_channel text, p_limit integer default 10,
+                                      p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
+                                      p_classes text[] default null)
+returns json
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
+declare
+  v_channel public.communication_channels;
+  v_visibility interval;
+  v_result json;
+  v_batch json;
+  v_claimed integer;
+  v_total integer := 0;
+  v_dead integer;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
+  end if;
+  if p_classes is not null and (cardinality(p_classes) = 0 or array_position(p_classes, null) is not null
+                                or not p_classes <@ array['request', 'reply', 'plain']) then
+    raise exception 'classes must be some of request, reply, plain' using errcode = 'AR400';
+  end if;
+  v_channel := agent_runtime_private.channel(p_channel);
+  if p_ack_ids is not null then
+    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  end if;
+  if v_channel.kind = 'broadcast' then
+    raise exception 'channel % is a broadcast channel: fetch its messages', p_channel using errcode = 'AR412';
+  end if;
+  if v_channel.kind = 'direct' and v_channel.owner_id <> p_agent_id then
+    raise exception 'only agent % may consume its inbox', v_channel.owner_id using errcode = 'AR403';
+  end if;
+  v_visibility := coalesce(agent_runtime_private.ms(p_visibility_ms, 'visibility timeout', 100, 43200000),
+                           v_channel.visibility_timeout);
+
+  -- One scan of the claim index in seq order (ready and in-flight rows only). A timed-out claim
+  -- that used up its attempts dies where the scan meets it, and the claim goes on past it.
+  loop
+    with picked as (
+      select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
+      from public.distributed_messages m
+      where m.channel_id = v_channel.id and m.outcome is null and m.visible_at <= clock_timestamp()
+        and (m.expires_at is null or m.expires_at > clock_timestamp())
+        and (p_classes is null
+             or (m.reply_to is not null and 'request' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is not null and 'reply' = any (p_classes))
+             or (m.reply_to is null and m.correlation_id is null and 'plain' = any (p_classes)))
+      order by m.seq
+      limit p_limit - v_total
+      for update skip locked
+    ), died as (
+      update public.distributed_messages m set state = 'dead',
+                                               last_error = coalesce(m.last_error, 'visibility timeout'),
+                                               claimed_by = null
+      from picked where m.id = picked.id and picked.spent
+      returning m.id
+    ), claimed as (
+      update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
+                                               claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
+      from picked where m.id = picked.id and not picked.spent
+      returning m as msg, m.seq as seq, m.attempts as attempts
+    )
+    select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
+                                               array_agg(c.attempts order by c.seq)),
+           count(*), (select count(*) from died)
+    into v_batch, v_claimed, v_dead from claimed c;
+    v_result := case when v_result is null then v_batch
+                     when v_batch is null then v_result
+                     else (v_result::jsonb || v_batch::jsonb)::json end;
+    v_total := v_total + v_claimed;
+    -- (a batch that lost rows to the dead letters looks further: a short batch means no more)
+    exit when v_dead = 0 or v_total >= p_limit;
+  end loop;
+  return coalesce(v_result, '[]'::json);
+end
+$$;
+revoke all on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) from public, anon, authenticated;
+grant execute on function public.claim_messages(text, text, integer, bigint, bigint[], text[]) to authenticated, service_role;
+
+-- Acknowledges messages this agent received. Queue/inbox: only the current claimant's ack counts
+-- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
+-- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
+-- resolves replayed dead letters. Returns the number of messages acknowledged.
+-- With p_channel (the runtime always names it) only the part for that channel's kind runs: a queue
+-- ack is one UPDATE of its rows, and a broadcast ack never looks for claims.
+-- Raises: AR400 invalid input; AR403 not allowed.
+create or replace function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
+returns integer
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
+declare
+  v_acked integer := 0;
+  v_n integer;
+  v_channel public.communication_channels;
+  v_channel_id bigint;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_message_ids is null or cardinality(p_message_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
+  end if;
+  if p_channel is not null then
+    v_channel := agent_runtime_private.channel(p_channel);
+    v_channel_id := v_channel.id;
+  end if;
+
+  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
+  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
+  if v_channel_id is not null and v_channel.kind <> 'broadcast' then
+    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    where m.id = any (p_message_ids) and m.channel_id = v_channel_id
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and v_channel.kind = 'direct' and v_channel.owner_id = p_agent_id));
+    get diagnostics v_acked = row_count;
+    return v_acked;  -- (no broadcast message and no broadcast dead letter is of this channel)
+  elsif v_channel_id is null then
+    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+    from public.communication_channels c
+    where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
+      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+               and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
+    get diagnostics v_acked = row_count;
+  end if;
+
+  with acked as (
+    select m.channel_id, max(m.seq) as seq, count(*) as n
+    from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
+    where m.id = any (p_message_ids) and c.kind = 'broadcast'
+      and (v_channel_id is null or m.channel_id = v_channel_id)
+    group by m.channel_id
+  ), moved as (
+    update public.channel_subscriptions s set
+      cursor_seq = greatest(s.cursor_seq, a.seq),
+      retry_seq = case when s.retry_seq <= a.seq then null else s.retry_seq end,
+      retry_attempts = case when s.retry_seq <= a.seq then 0 else s.retry_attempts end,
+      retry_at = case when s.retry_seq <= a.seq then null else s.retry_at end,
+      updated_at = clock_timestamp()
+    from acked a
+    where s.channel_id = a.channel_id and s.agent_id = p_agent_id
+    returning a.n
+  )
+  select coalesce(sum(n), 0) into v_n from moved;
+  v_acked := v_acked + v_n;
+
+  update public.message_dead_letters d set state = 'resolved'
+  where d.agent_id = p_agent_id and d.message_id = any (p_message_ids) and d.state = 'replaying'
+    and (v_channel_id is null
+         or exists (select 1 from public.distributed_messages m where m.id = d.message_id and m.channel_id = v_channel_id));
+  return v_acked;
+end
+$$;
+revoke all on function public.ack_messages(text, bigint[], text) from public, anon, authenticated;
+grant execute on function public.ack_messages(text, bigint[], text) to authenticated, service_role;
+
+-- Dead letters of queues/inboxes (state on the message) and of broadcast subscribers (one row per
+-- subscriber), newest first.
+-- Raises: AR400 invalid input; AR404 unknown agent; AR405 unknown channel or not subscribed.
+create or replace function public.list_dead_letters(p_channel text default null, p_limit integer default 100)
+returns jsonb
+language plpgsql stable security definer set search_path = '' as $$
+declare
+  v_channel_id bigint;
+  v_result jsonb;
+  v_trusted boolean := agent_runtime_private.is_trusted();
+  v_me text := agent_runtime_private.jwt_agent_id();
+begin
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    raise exception 'limit must be between 1 and 10000' using errcode = 'AR400';
+  end if;
+  if p_channel is not null then
+    v_channel_id := (agent_runtime_private.channel(p_channel)).id;
+  end if;
+  select coalesce(jsonb_agg(x.j order by x.dead_at desc, x.id desc), '[]'::jsonb) into v_result from (
+    select d.* from (
+      select m.id, m.created_at as dead_at,
+             agent_runtime_private.message_json(m, c.name, m.attempts)
+             || jsonb_build_object('dead_letter_id', null, 'subscriber_id', null,
+                                   'reason', m.last_error) as j
+      from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
+      where m.outcome = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+        -- What RLS lets an agent token read: its inbox and the channels it subscribes to.
+        and (v_trusted or c.owner_id = v_me
+             or exists (select 1 from public.channel_subscriptions s where s.channel_id = c.id and s.agent_id = v_me))
+      union all
+      select m.id, dl.dead_at,
+             agent_runtime_private.message_json(m, c.name, dl.attempts)
+             || jsonb_build_object('dead_letter_id', dl.id, 'subscriber_id', dl.agent_id,
+                                   'reason', dl.reason)
+      from public.message_dead_letters dl
+      join public.distributed_messages m on m.id = dl.message_id
+      join public.communication_channels c on c.id = m.channel_id
+      where dl.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+        and (v_trusted or dl.agent_id = v_me)  -- an agent token: its own dead letters only
+    ) d order by d.dead_at desc, d.id desc limit p_limit
+  ) x;
+  return v_result;
+end
+$$;
+revoke all on function public.list_dead_letters(text, integer) from public, anon, authenticated;
+grant execute on function public.list_dead_letters(text, integer) to authenticated, service_role;
