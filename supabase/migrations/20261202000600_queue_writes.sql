@@ -4,24 +4,48 @@
 --   state: a claim (ready -> inflight), a nack or hand-back and a visibility extension change no
 --   indexed column any more, so they are HOT updates that write no index entries (the claim index
 --   named state, so every claim wrote a new entry in every index of the table).
--- * fillfactor 70 leaves room on each page for the claim's new row version (a HOT update must stay
---   on its page); it applies to pages written from now on.
+-- * fillfactor 50 leaves room on each page for the claim's new row versions (a HOT update must stay
+--   on its page, and a batch claims the rows of whole pages at once); it applies to pages written
+--   from now on. Broadcast rows, never updated, take up to twice the pages they did.
 -- * claim_messages keeps a generic plan (no planning per call, as ack_messages and fetch_messages).
 -- * ack_messages with a channel runs only what that channel's kind needs: a queue ack is one UPDATE
 --   (no look-up of the same rows first, no broadcast cursor or dead-letter work), a broadcast ack
---   no claim update.
+--   no claim update; claim_messages writes the acks riding on it through the same private
+--   ack_claims, without calling ack_messages (a second check of the caller and look-up of the channel).
+-- * messages_json is PL/pgSQL: as a SQL function that is not inlined it planned its query again
+--   on every call (a sixth of the server time of a claim of one message).
 -- * list_channels and list_dead_letters select on outcome, so they keep using those indexes.
 -- Adding the stored column rewrites distributed_messages once (under an exclusive lock).
 
 alter table public.distributed_messages
   add column outcome text generated always as (case when state in ('acked', 'dead') then state end) stored;
-alter table public.distributed_messages set (fillfactor = 70);
+alter table public.distributed_messages set (fillfactor = 50);
 drop index public.distributed_messages_claim_idx;
 create index distributed_messages_claim_idx on public.distributed_messages (channel_id, seq)
   where outcome is null;
 drop index public.distributed_messages_dead_idx;
 create index distributed_messages_dead_idx on public.distributed_messages (channel_id, id)
   where outcome = 'dead';
+
+-- messages_json(p_messages, p_channel, p_attempts) -> json: messages as delivered (fetch, claim,
+-- wake-ups, dead letters), in the arrays' order, p_attempts[i] the delivery attempt of
+-- p_messages[i]; null for no messages. The one definition of a message's document (message_wire's
+-- fields). It takes a batch, not one message, because a function with a pinned search_path is not
+-- inlined: called once per message it cost the fetch path microseconds per message. PL/pgSQL, not
+-- SQL: a SQL function that is not inlined plans its query again on every call (a claim of one
+-- message spent a sixth of its server time there); PL/pgSQL keeps the plan for the session.
+-- Raises: nothing of its own.
+create or replace function agent_runtime_private.messages_json(p_messages public.distributed_messages[], p_channel text,
+                                                    p_attempts integer[])
+returns json language plpgsql stable set search_path = '' as $$
+begin
+  return (select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+                              m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+                              p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
+          from unnest(p_messages) with ordinality as m);
+end
+$$;
+revoke all on function agent_runtime_private.messages_json(public.distributed_messages[], text, integer[]) from public, anon, authenticated, service_role;
 
 -- list_channels() -> jsonb: every channel the caller may read (an agent token: not other agents'
 -- inboxes) with its settings, online subscribers, ready/in-flight and dead message counts.
@@ -46,6 +70,32 @@ language sql stable security definer set search_path = '' as $$
 $$;
 revoke all on function public.list_channels() from public, anon, authenticated;
 grant execute on function public.list_channels() to authenticated, service_role;
+
+-- ack_claims(p_agent_id, p_message_ids, p_channel) -> integer: the queue/inbox half of
+-- ack_messages, for a channel already looked up (claim_messages writes the acks riding on a claim
+-- with it, without a second call, check and look-up). Acks this agent's claims of that channel,
+-- and the replies in its own inbox it took from their (signed) wake-ups without claiming them
+-- (never claimed, so no one else holds them). Its callers set the planner settings it relies on.
+-- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+-- looking the ids up.)
+-- Raises: nothing of its own.
+create or replace function agent_runtime_private.ack_claims(p_agent_id text, p_message_ids bigint[],
+                                                 p_channel public.communication_channels)
+returns integer
+language plpgsql set search_path = '' as $$
+declare
+  v_acked integer;
+begin
+  update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+  where m.id = any (p_message_ids) and m.channel_id = p_channel.id
+    and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+         or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+             and m.correlation_id is not null and p_channel.kind = 'direct' and p_channel.owner_id = p_agent_id));
+  get diagnostics v_acked = row_count;
+  return v_acked;
+end
+$$;
+revoke all on function agent_runtime_private.ack_claims(text, bigint[], public.communication_channels) from public, anon, authenticated, service_role;
 
 -- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
 -- they run (clock_timestamp()), not with now().
@@ -90,11 +140,14 @@ begin
     raise exception 'classes must be some of request, reply, plain' using errcode = 'AR400';
   end if;
   v_channel := agent_runtime_private.channel(p_channel);
-  if p_ack_ids is not null then
-    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  if p_ack_ids is not null and cardinality(p_ack_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
   if v_channel.kind = 'broadcast' then
     raise exception 'channel % is a broadcast channel: fetch its messages', p_channel using errcode = 'AR412';
+  end if;
+  if p_ack_ids is not null then  -- (as ack_messages would, in this transaction)
+    perform agent_runtime_private.ack_claims(p_agent_id, p_ack_ids, v_channel);
   end if;
   if v_channel.kind = 'direct' and v_channel.owner_id <> p_agent_id then
     raise exception 'only agent % may consume its inbox', v_channel.owner_id using errcode = 'AR403';
@@ -171,17 +224,10 @@ begin
     v_channel_id := v_channel.id;
   end if;
 
-  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
-  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
-  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
+  -- Queues and inboxes (see ack_claims); without a channel, of any channel (the same, joined).
   if v_channel_id is not null and v_channel.kind <> 'broadcast' then
-    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
-    where m.id = any (p_message_ids) and m.channel_id = v_channel_id
-      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
-           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
-               and m.correlation_id is not null and v_channel.kind = 'direct' and v_channel.owner_id = p_agent_id));
-    get diagnostics v_acked = row_count;
-    return v_acked;  -- (no broadcast message and no broadcast dead letter is of this channel)
+    -- (no broadcast message and no broadcast dead letter is of this channel)
+    return agent_runtime_private.ack_claims(p_agent_id, p_message_ids, v_channel);
   elsif v_channel_id is null then
     update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
     from public.communication_channels c

@@ -39,7 +39,7 @@ create table public.distributed_messages (
   -- then 'acked' or 'dead'. No index names state itself, so a claim (ready -> inflight), a nack and
   -- a visibility extension change no indexed column: HOT updates, no index entries written.
   outcome         text generated always as (case when state in ('acked', 'dead') then state end) stored
-) with (fillfactor = 70);  -- (room on each page for a claim's new row version: HOT)
+) with (fillfactor = 50);  -- (room on each page for a claim's new row version: HOT)
 -- Claim scans ready or timed-out messages of one channel in seq order.
 create index distributed_messages_claim_idx on public.distributed_messages (channel_id, seq)
   where outcome is null;
@@ -82,15 +82,19 @@ create type agent_runtime_private.outgoing_message as (
 -- wake-ups, dead letters), in the arrays' order, p_attempts[i] the delivery attempt of
 -- p_messages[i]; null for no messages. The one definition of a message's document (message_wire's
 -- fields). It takes a batch, not one message, because a function with a pinned search_path is not
--- inlined: called once per message it cost the fetch path microseconds per message.
+-- inlined: called once per message it cost the fetch path microseconds per message. PL/pgSQL, not
+-- SQL: a SQL function that is not inlined plans its query again on every call (a claim of one
+-- message spent a sixth of its server time there); PL/pgSQL keeps the plan for the session.
 -- Raises: nothing of its own.
 create function agent_runtime_private.messages_json(p_messages public.distributed_messages[], p_channel text,
                                                     p_attempts integer[])
-returns json language sql stable set search_path = '' as $$
-  select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
-                      m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
-                      p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
-  from unnest(p_messages) with ordinality as m
+returns json language plpgsql stable set search_path = '' as $$
+begin
+  return (select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+                              m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+                              p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
+          from unnest(p_messages) with ordinality as m);
+end
 $$;
 revoke all on function agent_runtime_private.messages_json(public.distributed_messages[], text, integer[]) from public, anon, authenticated, service_role;
 
@@ -371,6 +375,32 @@ $$;
 revoke all on function public.fetch_messages(text, text, integer, bigint[]) from public, anon, authenticated;
 grant execute on function public.fetch_messages(text, text, integer, bigint[]) to authenticated, service_role;
 
+-- ack_claims(p_agent_id, p_message_ids, p_channel) -> integer: the queue/inbox half of
+-- ack_messages, for a channel already looked up (claim_messages writes the acks riding on a claim
+-- with it, without a second call, check and look-up). Acks this agent's claims of that channel,
+-- and the replies in its own inbox it took from their (signed) wake-ups without claiming them
+-- (never claimed, so no one else holds them). Its callers set the planner settings it relies on.
+-- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+-- looking the ids up.)
+-- Raises: nothing of its own.
+create function agent_runtime_private.ack_claims(p_agent_id text, p_message_ids bigint[],
+                                                 p_channel public.communication_channels)
+returns integer
+language plpgsql set search_path = '' as $$
+declare
+  v_acked integer;
+begin
+  update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
+  where m.id = any (p_message_ids) and m.channel_id = p_channel.id
+    and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+         or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+             and m.correlation_id is not null and p_channel.kind = 'direct' and p_channel.owner_id = p_agent_id));
+  get diagnostics v_acked = row_count;
+  return v_acked;
+end
+$$;
+revoke all on function agent_runtime_private.ack_claims(text, bigint[], public.communication_channels) from public, anon, authenticated, service_role;
+
 -- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
 -- they run (clock_timestamp()), not with now().
 --
@@ -414,11 +444,14 @@ begin
     raise exception 'classes must be some of request, reply, plain' using errcode = 'AR400';
   end if;
   v_channel := agent_runtime_private.channel(p_channel);
-  if p_ack_ids is not null then
-    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  if p_ack_ids is not null and cardinality(p_ack_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
   if v_channel.kind = 'broadcast' then
     raise exception 'channel % is a broadcast channel: fetch its messages', p_channel using errcode = 'AR412';
+  end if;
+  if p_ack_ids is not null then  -- (as ack_messages would, in this transaction)
+    perform agent_runtime_private.ack_claims(p_agent_id, p_ack_ids, v_channel);
   end if;
   if v_channel.kind = 'direct' and v_channel.owner_id <> p_agent_id then
     raise exception 'only agent % may consume its inbox', v_channel.owner_id using errcode = 'AR403';
@@ -495,17 +528,10 @@ begin
     v_channel_id := v_channel.id;
   end if;
 
-  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
-  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
-  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
+  -- Queues and inboxes (see ack_claims); without a channel, of any channel (the same, joined).
   if v_channel_id is not null and v_channel.kind <> 'broadcast' then
-    update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
-    where m.id = any (p_message_ids) and m.channel_id = v_channel_id
-      and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
-           or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
-               and m.correlation_id is not null and v_channel.kind = 'direct' and v_channel.owner_id = p_agent_id));
-    get diagnostics v_acked = row_count;
-    return v_acked;  -- (no broadcast message and no broadcast dead letter is of this channel)
+    -- (no broadcast message and no broadcast dead letter is of this channel)
+    return agent_runtime_private.ack_claims(p_agent_id, p_message_ids, v_channel);
   elsif v_channel_id is null then
     update public.distributed_messages m set state = 'acked', acked_at = clock_timestamp(), claimed_by = p_agent_id
     from public.communication_channels c
