@@ -433,7 +433,7 @@ declare
   v_batch json;
   v_claimed integer;
   v_total integer := 0;
-  v_dead integer;
+  v_spent bigint[];
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
@@ -474,12 +474,6 @@ begin
       order by m.seq
       limit p_limit - v_total
       for update skip locked
-    ), died as (
-      update public.distributed_messages m set state = 'dead',
-                                               last_error = coalesce(m.last_error, 'visibility timeout'),
-                                               claimed_by = null
-      from picked where m.id = picked.id and picked.spent
-      returning m.id
     ), claimed as (
       update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
                                                claimed_by = p_agent_id, visible_at = clock_timestamp() + v_visibility
@@ -488,14 +482,20 @@ begin
     )
     select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
                                                array_agg(c.attempts order by c.seq)),
-           count(*), (select count(*) from died)
-    into v_batch, v_claimed, v_dead from claimed c;
+           count(*), (select array_agg(p.id) from picked p where p.spent)
+    into v_batch, v_claimed, v_spent from claimed c;
+    if v_spent is not null then  -- (rare: a second statement, so a claim does not prepare it)
+      -- Spent timed-out claims that this scan met, and locked: to the dead letters.
+      update public.distributed_messages m set state = 'dead', last_error = coalesce(m.last_error, 'visibility timeout'),
+                                               claimed_by = null
+      where m.id = any (v_spent);
+    end if;
     v_result := case when v_result is null then v_batch
                      when v_batch is null then v_result
                      else (v_result::jsonb || v_batch::jsonb)::json end;
     v_total := v_total + v_claimed;
     -- (a batch that lost rows to the dead letters looks further: a short batch means no more)
-    exit when v_dead = 0 or v_total >= p_limit;
+    exit when v_spent is null or v_total >= p_limit;
   end loop;
   return coalesce(v_result, '[]'::json);
 end
