@@ -154,11 +154,23 @@ async def request_reply(bench: Bench) -> list[Figure]:
 
 # ---------------------------------------------------------------------------------------------- queue by depth
 
-async def _prefill(url: str, channel: str, depth: int) -> None:
+async def _prefill(url: str, channel: str, depth: int, *, settle: bool = True) -> None:
+    """``depth`` messages queued on ``channel``, then (``settle``) settled as the raw floor's table
+    is (_raw_drain): vacuumed, analysed and checkpointed, so that neither drain meets an autovacuum
+    of its prefill, sets the hint bits of every row it reads first, or runs inside a checkpoint
+    that the other's prefill started (every page it touches first would then be logged whole)."""
     async with runtime(url, "bench-queue-producer") as rt:
         await rt.channel(channel, "queue")
         for start in range(0, depth, 1000):
             await rt.publish_many(channel, [{"n": n, "text": TEXT} for n in range(start, min(start + 1000, depth))])
+    if not settle:
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("vacuum analyze public.distributed_messages")
+        await conn.execute("checkpoint")
+    finally:
+        await conn.close()
 
 
 async def _runtime_drain(url: str, channel: str, consumers: int, batch: int, take: int,
@@ -209,6 +221,7 @@ async def _raw_drain(url: str, depth: int, consumers: int, batch: int, take: int
                                    [_encode({"n": n, "text": TEXT}).decode()
                                     for n in range(start, min(start + 10_000, depth))])
         await conns[0].execute("vacuum analyze bench_depth")
+        await conns[0].execute("checkpoint")  # (as _prefill)
         handled = 0
 
         async def consume(conn: asyncpg.Connection) -> None:
@@ -239,17 +252,23 @@ async def _raw_drain(url: str, depth: int, consumers: int, batch: int, take: int
 
 async def queue_depth(bench: Bench) -> list[Figure]:
     figures = []
+    meter = _meter(bench)
     for depth in bench.settings.queue_depths:
         take = min(depth, bench.settings.queue_take)
         async with bench.fresh_db() as url:
-            raw, _ = await _raw_drain(url, depth, 8, 100, take)
+            raw, raw_use = await _raw_drain(url, depth, 8, 100, take, meter)
             channel = f"bench.depth.{depth}"
             await _prefill(url, channel, depth)
-            ours, _ = await _runtime_drain(url, channel, 8, 100, take)
+            ours, ours_use = await _runtime_drain(url, channel, 8, 100, take, meter)
+        assert raw_use is not None and ours_use is not None
+        # (CPU per 10k: where the time goes, this process's runtimes or the server)
+        cpu = {"cpu_s_per_10k_client": ours_use.per(take).client, "cpu_s_per_10k_server": ours_use.per(take).server,
+               "baseline_cpu_s_per_10k_client": raw_use.per(take).client,
+               "baseline_cpu_s_per_10k_server": raw_use.per(take).server}
         figures.append(Figure(
             "queue by depth", f"claim+ack msg/s, 8 consumers, batches of 100, {depth:,} queued", round(ours),
             "msg/s", round(raw), "SKIP LOCKED claim (100) + ack UPDATE, 8 connections, same depth", "higher",
-            target=0.9, extra={"depth": depth, "taken": take}))
+            target=0.9, extra={"depth": depth, "taken": take, **cpu}))
     return figures
 
 
@@ -278,7 +297,7 @@ async def queue_one_at_a_time(bench: Bench) -> list[Figure]:
 async def _runtime_jobs(url: str, jobs: int, starts: int) -> tuple[float, list[float]]:
     """(jobs/s through a queue channel with handler concurrency 8, start latencies when idle)."""
     channel = "bench.jobs"
-    await _prefill(url, channel, jobs)
+    await _prefill(url, channel, jobs, settle=False)  # (as procrastinate's jobs: not vacuumed)
     done = anyio.Event()
     handled = 0
     latencies: list[float] = []

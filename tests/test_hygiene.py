@@ -68,7 +68,8 @@ RULES: dict[str, str] = {
     "function reading the clock but through agent_runtime_private.clock()": f"""
         select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
         where n.nspname in {OURS} and p.oid <> 'agent_runtime_private.clock()'::regprocedure
-          and regexp_replace(p.prosrc, '--[^' || chr(10) || ']*', '', 'g') ~* '(clock_timestamp|statement_timestamp|transaction_timestamp|\\mnow)\\s*\\('""",
+          and regexp_replace(p.prosrc, '--[^' || chr(10) || ']*', '', 'g')
+              ~* '(clock_timestamp|statement_timestamp|transaction_timestamp|\\mnow)\\s*\\('""",
 }
 
 

@@ -34,18 +34,22 @@ create table public.distributed_messages (
   claimed_by      text,
   acked_at        timestamptz,
   last_error      text,
-  unique (channel_id, seq)
-);
+  unique (channel_id, seq),
+  -- What the partial indexes below select on: null while the message is open (ready or in flight),
+  -- then 'acked' or 'dead'. No index names state itself, so a claim (ready -> inflight), a nack and
+  -- a visibility extension change no indexed column: HOT updates, no index entries written.
+  outcome         text generated always as (case when state in ('acked', 'dead') then state end) stored
+) with (fillfactor = 50);  -- (room on each page for a claim's new row version: HOT)
 -- Claim scans ready or timed-out messages of one channel in seq order.
 create index distributed_messages_claim_idx on public.distributed_messages (channel_id, seq)
-  where state in ('ready', 'inflight');
+  where outcome is null;
 create unique index distributed_messages_idempotency_idx
   on public.distributed_messages (sender_id, idempotency_key) where idempotency_key is not null;
 create index distributed_messages_expiry_idx on public.distributed_messages (expires_at)
   where expires_at is not null;
 create index distributed_messages_created_idx on public.distributed_messages (created_at);
 create index distributed_messages_dead_idx on public.distributed_messages (channel_id, id)
-  where state = 'dead';
+  where outcome = 'dead';
 
 -- Dead letters of broadcast subscribers (a queue message's dead state is on the message itself,
 -- a broadcast message is shared so its dead state is per subscriber).
@@ -78,15 +82,19 @@ create type agent_runtime_private.outgoing_message as (
 -- wake-ups, dead letters), in the arrays' order, p_attempts[i] the delivery attempt of
 -- p_messages[i]; null for no messages. The one definition of a message's document (message_wire's
 -- fields). It takes a batch, not one message, because a function with a pinned search_path is not
--- inlined: called once per message it cost the fetch path microseconds per message.
+-- inlined: called once per message it cost the fetch path microseconds per message. PL/pgSQL, not
+-- SQL: a SQL function that is not inlined plans its query again on every call (a claim of one
+-- message spent a sixth of its server time there); PL/pgSQL keeps the plan for the session.
 -- Raises: nothing of its own.
 create function agent_runtime_private.messages_json(p_messages public.distributed_messages[], p_channel text,
                                                     p_attempts integer[])
-returns json language sql stable set search_path = '' as $$
-  select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
-                      m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
-                      p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
-  from unnest(p_messages) with ordinality as m
+returns json language plpgsql stable set search_path = '' as $$
+begin
+  return (select json_agg(row(m.id, p_channel, m.seq, m.sender_id, m.payload, m.headers, m.size_bytes, m.correlation_id,
+                              m.reply_to, m.idempotency_key, m.created_at, m.expires_at,
+                              p_attempts[m.ordinality])::agent_runtime_private.message_wire order by m.ordinality)
+          from unnest(p_messages) with ordinality as m);
+end
 $$;
 revoke all on function agent_runtime_private.messages_json(public.distributed_messages[], text, integer[]) from public, anon, authenticated, service_role;
 
@@ -110,10 +118,10 @@ language sql stable security definer set search_path = '' as $$
                            join public.agent_presence p on p.agent_id = s.agent_id
                            where s.channel_id = c.id and p.status <> 'offline' and p.expires_at > (select agent_runtime_private.clock())),
            'ready', (select count(*) from public.distributed_messages m
-                     where m.channel_id = c.id and m.state in ('ready', 'inflight')
+                     where m.channel_id = c.id and m.outcome is null
                        and c.kind <> 'broadcast'),
            'dead', (select count(*) from public.distributed_messages m
-                    where m.channel_id = c.id and m.state = 'dead'))
+                    where m.channel_id = c.id and m.outcome = 'dead'))
          order by c.name), '[]'::jsonb)
   from public.communication_channels c
   -- What RLS lets the caller read: an agent token sees no other agent's inbox.
@@ -367,17 +375,43 @@ $$;
 revoke all on function public.fetch_messages(text, text, integer, bigint[]) from public, anon, authenticated;
 grant execute on function public.fetch_messages(text, text, integer, bigint[]) to authenticated, service_role;
 
+-- ack_claims(p_agent_id, p_message_ids, p_channel) -> integer: the queue/inbox half of
+-- ack_messages, for a channel already looked up (claim_messages writes the acks riding on a claim
+-- with it, without a second call, check and look-up). Acks this agent's claims of that channel,
+-- and the replies in its own inbox it took from their (signed) wake-ups without claiming them
+-- (never claimed, so no one else holds them). Its callers set the planner settings it relies on.
+-- (coalesce: a plan cached when the table was small must not scan the claim index instead of
+-- looking the ids up.)
+-- Raises: nothing of its own.
+create function agent_runtime_private.ack_claims(p_agent_id text, p_message_ids bigint[],
+                                                 p_channel public.communication_channels)
+returns integer
+language plpgsql set search_path = '' as $$
+declare
+  v_acked integer;
+begin
+  update public.distributed_messages m set state = 'acked', acked_at = (select agent_runtime_private.clock()), claimed_by = p_agent_id
+  where m.id = any (p_message_ids) and m.channel_id = p_channel.id
+    and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
+         or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
+             and m.correlation_id is not null and p_channel.kind = 'direct' and p_channel.owner_id = p_agent_id));
+  get diagnostics v_acked = row_count;
+  return v_acked;
+end
+$$;
+revoke all on function agent_runtime_private.ack_claims(text, bigint[], public.communication_channels) from public, anon, authenticated, service_role;
+
 -- claim_messages (and fetch_messages, for a retry) compare visible_at with the clock read while
--- they run (clock_timestamp()), not with now().
+-- they run (agent_runtime_private.clock()), not with now().
 --
 -- now() is the claiming transaction's start time, and it may be earlier than the start of a sender
 -- whose commit the claim's snapshot already sees: a claim made right after a wake-up then skipped
 -- the message it was woken for (visible_at, the sender's now(), looked a few milliseconds in the
 -- future), and since that wake-up was the only one, the message waited for the next safety poll.
 -- Seen in tests/failure/test_bad_input_api.py: a claim whose now() was 9 ms before the sender's
--- visible_at, with statement_timestamp() and clock_timestamp() after it and the sender's xid
+-- visible_at, with statement_timestamp() and (select agent_runtime_private.clock()) after it and the sender's xid
 -- committed in its snapshot. The same holds for a nack with no delay (visible_at is the nacker's
--- now()). clock_timestamp() in the statement is read after its snapshot was taken, so after every
+-- now()). (select agent_runtime_private.clock()) in the statement is read after its snapshot was taken, so after every
 -- commit it sees, and so after the start of every sender it sees.
 --
 -- Queue and inbox: claims up to p_limit visible messages in seq order for p_visibility_ms.
@@ -391,7 +425,7 @@ create function public.claim_messages(p_agent_id text, p_channel text, p_limit i
                                       p_visibility_ms bigint default null, p_ack_ids bigint[] default null,
                                       p_classes text[] default null)
 returns json
-language plpgsql security definer set search_path = '' set enable_seqscan = off set enable_bitmapscan = off as $$
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
 declare
   v_channel public.communication_channels;
   v_visibility interval;
@@ -399,7 +433,7 @@ declare
   v_batch json;
   v_claimed integer;
   v_total integer := 0;
-  v_dead integer;
+  v_spent bigint[];
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
@@ -410,11 +444,14 @@ begin
     raise exception 'classes must be some of request, reply, plain' using errcode = 'AR400';
   end if;
   v_channel := agent_runtime_private.channel(p_channel);
-  if p_ack_ids is not null then
-    perform public.ack_messages(p_agent_id, p_ack_ids, p_channel);
+  if p_ack_ids is not null and cardinality(p_ack_ids) > 10000 then
+    raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
   if v_channel.kind = 'broadcast' then
     raise exception 'channel % is a broadcast channel: fetch its messages', p_channel using errcode = 'AR412';
+  end if;
+  if p_ack_ids is not null then  -- (as ack_messages would, in this transaction)
+    perform agent_runtime_private.ack_claims(p_agent_id, p_ack_ids, v_channel);
   end if;
   if v_channel.kind = 'direct' and v_channel.owner_id <> p_agent_id then
     raise exception 'only agent % may consume its inbox', v_channel.owner_id using errcode = 'AR403';
@@ -428,7 +465,7 @@ begin
     with picked as (
       select m.id, (m.state = 'inflight' and m.attempts >= v_channel.max_attempts) as spent
       from public.distributed_messages m
-      where m.channel_id = v_channel.id and m.state in ('ready', 'inflight') and m.visible_at <= (select agent_runtime_private.clock())
+      where m.channel_id = v_channel.id and m.outcome is null and m.visible_at <= (select agent_runtime_private.clock())
         and (m.expires_at is null or m.expires_at > (select agent_runtime_private.clock()))
         and (p_classes is null
              or (m.reply_to is not null and 'request' = any (p_classes))
@@ -437,12 +474,6 @@ begin
       order by m.seq
       limit p_limit - v_total
       for update skip locked
-    ), died as (
-      update public.distributed_messages m set state = 'dead',
-                                               last_error = coalesce(m.last_error, 'visibility timeout'),
-                                               claimed_by = null
-      from picked where m.id = picked.id and picked.spent
-      returning m.id
     ), claimed as (
       update public.distributed_messages m set state = 'inflight', attempts = m.attempts + 1,
                                                claimed_by = p_agent_id, visible_at = (select agent_runtime_private.clock()) + v_visibility
@@ -451,14 +482,20 @@ begin
     )
     select agent_runtime_private.messages_json(array_agg(c.msg order by c.seq), v_channel.name,
                                                array_agg(c.attempts order by c.seq)),
-           count(*), (select count(*) from died)
-    into v_batch, v_claimed, v_dead from claimed c;
+           count(*), (select array_agg(p.id) from picked p where p.spent)
+    into v_batch, v_claimed, v_spent from claimed c;
+    if v_spent is not null then  -- (rare: a second statement, so a claim does not prepare it)
+      -- Spent timed-out claims that this scan met, and locked: to the dead letters.
+      update public.distributed_messages m set state = 'dead', last_error = coalesce(m.last_error, 'visibility timeout'),
+                                               claimed_by = null
+      where m.id = any (v_spent);
+    end if;
     v_result := case when v_result is null then v_batch
                      when v_batch is null then v_result
                      else (v_result::jsonb || v_batch::jsonb)::json end;
     v_total := v_total + v_claimed;
     -- (a batch that lost rows to the dead letters looks further: a short batch means no more)
-    exit when v_dead = 0 or v_total >= p_limit;
+    exit when v_spent is null or v_total >= p_limit;
   end loop;
   return coalesce(v_result, '[]'::json);
 end
@@ -470,8 +507,8 @@ grant execute on function public.claim_messages(text, text, integer, bigint, big
 -- (a stale ack after the message was handed to someone else is ignored). Broadcast: the ack is
 -- cumulative, it moves the subscriber's cursor to the highest acked seq of that channel, and it
 -- resolves replayed dead letters. Returns the number of messages acknowledged.
--- (As before; the queue update, and its statement trigger, run only when one of the messages is
--- in flight for this agent, which a broadcast message never is.)
+-- With p_channel (the runtime always names it) only the part for that channel's kind runs: a queue
+-- ack is one UPDATE of its rows, and a broadcast ack never looks for claims.
 -- Raises: AR400 invalid input; AR403 not allowed.
 create function public.ack_messages(p_agent_id text, p_message_ids bigint[], p_channel text default null)
 returns integer
@@ -479,6 +516,7 @@ language plpgsql security definer set search_path = '' set plan_cache_mode = for
 declare
   v_acked integer := 0;
   v_n integer;
+  v_channel public.communication_channels;
   v_channel_id bigint;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
@@ -486,21 +524,18 @@ begin
     raise exception 'message ids must be an array of at most 10000' using errcode = 'AR400';
   end if;
   if p_channel is not null then
-    v_channel_id := (agent_runtime_private.channel(p_channel)).id;
+    v_channel := agent_runtime_private.channel(p_channel);
+    v_channel_id := v_channel.id;
   end if;
 
-  -- (coalesce: a plan cached when the table was small must not scan the claim index instead of
-  -- looking the ids up.) Besides its claims, an agent acks the replies in its own inbox that it
-  -- took from their (signed) wake-ups without claiming them: never claimed, so no one else holds them.
-  if exists (select 1 from public.distributed_messages m
-             where m.id = any (p_message_ids) and (v_channel_id is null or m.channel_id = v_channel_id)
-               and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
-                    or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
-                        and m.correlation_id is not null))) then
+  -- Queues and inboxes (see ack_claims); without a channel, of any channel (the same, joined).
+  if v_channel_id is not null and v_channel.kind <> 'broadcast' then
+    -- (no broadcast message and no broadcast dead letter is of this channel)
+    return agent_runtime_private.ack_claims(p_agent_id, p_message_ids, v_channel);
+  elsif v_channel_id is null then
     update public.distributed_messages m set state = 'acked', acked_at = (select agent_runtime_private.clock()), claimed_by = p_agent_id
     from public.communication_channels c
     where m.id = any (p_message_ids) and c.id = m.channel_id and c.kind <> 'broadcast'
-      and (v_channel_id is null or m.channel_id = v_channel_id)
       and ((coalesce(m.state, '') = 'inflight' and m.claimed_by = p_agent_id)
            or (coalesce(m.state, '') = 'ready' and m.attempts = 0 and m.reply_to is null
                and m.correlation_id is not null and c.kind = 'direct' and c.owner_id = p_agent_id));
@@ -678,7 +713,7 @@ begin
              || jsonb_build_object('dead_letter_id', null, 'subscriber_id', null,
                                    'reason', m.last_error) as j
       from public.distributed_messages m join public.communication_channels c on c.id = m.channel_id
-      where m.state = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
+      where m.outcome = 'dead' and (v_channel_id is null or m.channel_id = v_channel_id)
         -- What RLS lets an agent token read: its inbox and the channels it subscribes to.
         and (v_trusted or c.owner_id = v_me
              or exists (select 1 from public.channel_subscriptions s where s.channel_id = c.id and s.agent_id = v_me))
