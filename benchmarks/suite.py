@@ -31,6 +31,7 @@ Section = Callable[[Bench], Awaitable[list[Figure]]]
 SECTIONS: dict[str, Section] = {
     "latency1": lambda b: messaging.latency(b, 1),
     "latency10": lambda b: messaging.latency(b, 10),
+    "fanout": messaging.fanout,
     "throughput": messaging.throughput,
     "queue": messaging.queue,
     "locks": locks.locks,

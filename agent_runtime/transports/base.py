@@ -41,7 +41,8 @@ class Transport(Protocol):
         """Listen to ``topic`` (:mod:`.wire`'s names) as well; counted (each ``watch`` is matched
         by one ``unwatch``). Before :meth:`listen`, it only records the topic; after, it returns
         once events on it flow, or after a bounded wait (a later start is followed by
-        ``RECONNECTED``). A transport that hears every topic at once (LISTEN) may ignore it."""
+        ``RECONNECTED``). Postgres: a LISTEN on the topic's notification channel; Supabase: a
+        Realtime channel join. No other topic's wake-ups reach the sink."""
         ...
 
     def unwatch(self, topic: str) -> None:
