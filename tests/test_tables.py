@@ -76,8 +76,7 @@ async def _long_names(conn: asyncpg.Connection) -> None:
     long_id = "coordinator-e012523a-with-a-rather-long-generated-suffix"
     await q("select register_agent(p_agent_id => $1, p_name => 'coordinator with a long descriptive name', "
             "p_capabilities => '{coordinate,plan,review,summarise,translate}', "
-            # online for the whole test, however slowly the CLI's processes start under load
-            "p_heartbeat_ttl_ms => 3600000)", long_id)
+            "p_heartbeat_ttl_ms => 3600000)", long_id)  # (online all along: see build_network)
     await q("select ensure_channel(p_agent_id => $1, p_name => 'demo.jobs.a-very-long-channel-name/with/parts', "
             "p_kind => 'queue', p_max_attempts => 1)", long_id)
     await q("select send_message(p_agent_id => $1, p_channel => 'demo.jobs.a-very-long-channel-name/with/parts', "

@@ -38,7 +38,8 @@ async def build_network(conn: asyncpg.Connection) -> None:
     """Two online agents and one that left, a broadcast and a queue channel, subscriptions,
     messages (including one to an inbox and one from the agent that left), two locks, metrics."""
     q = conn.fetchval
-    # Online for an hour: the CLI tests read this network with several slow subprocesses.
+    # Nothing heartbeats for these agents: an hour's TTL keeps the online ones online however long
+    # a test's CLI subprocesses take on a loaded machine (the default 15 s did not, under -n 6).
     await q("select register_agent(p_agent_id => 'planner-1', p_name => 'Planner: main/1', "
             "p_capabilities => '{plan}', p_heartbeat_ttl_ms => 3600000)")
     await q("select register_agent(p_agent_id => 'coder.2', p_name => 'coder 2', p_capabilities => '{code,review}', "

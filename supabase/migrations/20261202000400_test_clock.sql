@@ -6,12 +6,15 @@
 -- TTLs; no session setting or claim can move it (see supabase/schemas/00_private_and_trust.sql).
 --
 -- The substitution is mechanical, in code (never in comments), and the same in supabase/schemas/:
---   clock_timestamp()           -> (select agent_runtime_private.clock())
---   now()  (not a column default) -> (select agent_runtime_private.clock())
+--   clock_timestamp(), and now() that is not a column default:
+--     in a SQL statement                  -> (select agent_runtime_private.clock())
+--     in a PL/pgSQL expression (x := ..., IF, ELSIF, EXIT WHEN, WHILE) -> agent_runtime_private.clock()
 -- A scalar subquery is read once per statement, when the statement runs (after its snapshot), and
--- an index can still compare against it as it could against now(). Column defaults (created_at,
+-- an index can still compare against it as it could against now(); a PL/pgSQL expression calls it
+-- directly (a subquery there would be a query of its own, ~10 us). Column defaults (created_at,
 -- started_at...) record when a row was written and stay now(). Where one statement needs readings
--- that agree (a heartbeat and its expiry), the function reads the clock once into v_now.
+-- that agree (a heartbeat and its expiry, a new lease's times), the function reads the clock once
+-- into v_now.
 -- Functions are replaced in place (create or replace keeps their privileges; revoke-before-grant
 -- restated as in the schema files).
 
@@ -60,7 +63,7 @@ begin
     raise exception 'metadata must be a JSON object' using errcode = 'AR400';
   end if;
   select exists (select 1 from public.distributed_agents where id = p_agent_id) into v_resumed;
-  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
+  v_now := agent_runtime_private.clock();  -- (one reading: the heartbeat and its expiry agree)
   insert into public.distributed_agents as a (id, name, kind, capabilities, version, host, pid, metadata,
                                        status, heartbeat_ttl)
   values (p_agent_id, p_name, coalesce(p_kind, 'agent'), coalesce(p_capabilities, '{}'),
@@ -112,7 +115,7 @@ begin
   if p_info is not null and jsonb_typeof(p_info) <> 'object' then
     raise exception 'info must be a JSON object' using errcode = 'AR400';
   end if;
-  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
+  v_now := agent_runtime_private.clock();  -- (one reading: the heartbeat and its expiry agree)
   update public.distributed_agents set last_seen = v_now,
     status = coalesce(p_status, case when status = 'offline' then 'online' else status end)
   where id = p_agent_id returning * into v_agent;
@@ -144,7 +147,7 @@ declare
   v_now timestamptz;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   update public.distributed_agents set status = 'offline', last_seen = v_now
   where id = p_agent_id returning * into v_agent;
   if not found then
@@ -417,7 +420,7 @@ begin
     where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
   end if;
 
-  if v_sub.retry_at is null or v_sub.retry_at <= (select agent_runtime_private.clock()) then  -- (see claim_messages)
+  if v_sub.retry_at is null or v_sub.retry_at <= agent_runtime_private.clock() then  -- (see claim_messages)
     select agent_runtime_private.messages_json(
              array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
              array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
@@ -606,7 +609,7 @@ begin
   if not found then
     raise exception 'unknown message %', p_message_id using errcode = 'AR406';
   end if;
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   select * into v_channel from public.communication_channels where id = v_msg.channel_id;
 
   if v_channel.kind <> 'broadcast' then
@@ -645,7 +648,7 @@ begin
   if not found or v_msg.seq <= v_sub.cursor_seq then
     return jsonb_build_object('state', 'ignored', 'attempts', 0);
   end if;
-  v_now := (select agent_runtime_private.clock());  -- (after the subscription row lock)
+  v_now := agent_runtime_private.clock();  -- (after the subscription row lock)
   v_attempts := case when v_sub.retry_seq = v_msg.seq then v_sub.retry_attempts + 1 else 1 end;
   if p_dead or v_attempts >= v_channel.max_attempts then
     insert into public.message_dead_letters (message_id, agent_id, attempts, reason)
@@ -761,7 +764,7 @@ begin
   -- Held by another live lease: answer without writing, so a refused try takes no row lock and
   -- costs no commit flush (waiters retry often when many want one key).
   select * into v_lock from public.distributed_locks where key = p_key;
-  if found and v_lock.expires_at > (select agent_runtime_private.clock())
+  if found and v_lock.expires_at > agent_runtime_private.clock()
      and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
     if coalesce(p_wait_ms, 0) <= 0 then
       return agent_runtime_private.lock_json(v_lock, false);
@@ -770,7 +773,7 @@ begin
   if coalesce(p_wait_ms, 0) > 0 then
     -- (a waiting caller queues even for a free lease: one that just released it cannot take it
     -- again ahead of those waiting)
-    v_until := (select agent_runtime_private.clock()) + v_wait;
+    v_until := agent_runtime_private.clock() + v_wait;
     begin  -- (a subtransaction: a queue wait that times out ends here; the lock, once got, is kept)
       perform pg_catalog.set_config('lock_timeout', p_wait_ms::text || 'ms', true);
       perform pg_catalog.pg_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key));  -- ('ARLK', the key)
@@ -781,14 +784,14 @@ begin
     end;
     loop  -- first in the queue: watch the lease until it is released or expires
       select * into v_lock from public.distributed_locks where key = p_key;
-      exit when not found or v_lock.expires_at <= (select agent_runtime_private.clock())
+      exit when not found or v_lock.expires_at <= agent_runtime_private.clock()
                 or (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id);
-      if (select agent_runtime_private.clock()) >= v_until then
+      if agent_runtime_private.clock() >= v_until then
         return agent_runtime_private.lock_json(v_lock, false);
       end if;
       perform pg_catalog.pg_sleep(least(0.002, extract(epoch from v_until - (select agent_runtime_private.clock()))));
     end loop;
-    v_wait_ms := greatest((extract(epoch from v_until - (select agent_runtime_private.clock())) * 1000)::bigint, 0);
+    v_wait_ms := greatest((extract(epoch from v_until - agent_runtime_private.clock()) * 1000)::bigint, 0);
   end if;
 
   begin  -- (a subtransaction: a lock wait that times out ends here, and its lock_timeout with it)
@@ -799,17 +802,18 @@ begin
     loop
       select * into v_lock from public.distributed_locks where key = p_key for update;
       if not found then
+        v_now := agent_runtime_private.clock();  -- (one reading: acquired, renewed and expiry agree)
         insert into public.distributed_locks as l (key, owner_id, lease_id, token, acquired_at, renewed_at,
                                                    expires_at, metadata)
-        values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), (select agent_runtime_private.clock()),
-                (select agent_runtime_private.clock()), (select agent_runtime_private.clock()) + v_ttl, coalesce(p_metadata, '{}'::jsonb))
+        values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), v_now,
+                v_now, v_now + v_ttl, coalesce(p_metadata, '{}'::jsonb))
         on conflict (key) do nothing
         returning * into v_lock;
         v_acquired := found;
         exit when v_acquired;
         continue;  -- inserted concurrently: lock that row and decide again
       end if;
-      v_now := (select agent_runtime_private.clock());  -- after the wait for the row
+      v_now := agent_runtime_private.clock();  -- after the wait for the row
       v_same := v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id;
       exit when v_lock.expires_at > v_now and not v_same;  -- another lease took it meanwhile
       update public.distributed_locks set
@@ -850,7 +854,7 @@ begin
   select * into v_lock from public.distributed_locks
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id
   for no key update;  -- (compatible with a fencing check's key share: renewals go on meanwhile)
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   if not found or v_lock.expires_at <= v_now then
     raise exception 'lock % is not held by this lease (expired, released or taken over)', p_key
       using errcode = 'AR409';
@@ -887,7 +891,7 @@ declare
   v_current_ms bigint;
 begin
   select * into v_lock from public.distributed_locks where key = p_key and token = p_token for key share;
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   if not found or v_lock.expires_at <= v_now then
     raise exception 'fencing token % is not the current holder''s token for %', p_token, p_key
       using errcode = 'AR422';
@@ -1058,7 +1062,7 @@ declare
   v_subscriptions agent_runtime_private.topology_subscription[];
   v_flows agent_runtime_private.topology_flow[];
   -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
-  v_since timestamptz := (select agent_runtime_private.clock()) - coalesce(p_window_ms, 300000) * interval '1 millisecond';
+  v_since timestamptz := agent_runtime_private.clock() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
 begin
   select array_agg(d.doc order by d.id collate "C")
   into v_agents

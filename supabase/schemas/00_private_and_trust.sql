@@ -38,11 +38,12 @@ revoke all on schema agent_runtime_private from public, anon, authenticated, ser
 
 -- clock() -> timestamptz: the database clock every decision reads (message visibility and TTL,
 -- claims and retries, presence expiry, lock leases, retention, metrics windows): one function, so
--- that tests can move it. Here it is pg_catalog.clock_timestamp(). Callers read it as
+-- that tests can move it. Here it is pg_catalog.clock_timestamp(). SQL statements read it as
 -- `(select agent_runtime_private.clock())`, in the statement that decides: an InitPlan, evaluated
 -- once when that statement runs (after its snapshot is taken, so after every commit it can see;
 -- never at the transaction's start as now() is), and called once per statement rather than once
--- per row (a function with a pinned search_path is not inlined: ~1.5 us a call).
+-- per row (a function with a pinned search_path is not inlined: ~1.5 us a call). PL/pgSQL
+-- expressions (v_now := ..., IF, EXIT WHEN) call agent_runtime_private.clock() directly.
 -- Only agent_runtime.testing.TestDatabases redefines it, in the template of its test databases, to
 -- add an offset kept in a table only the table's owner may write (agent_runtime/testing/
 -- test_clock.sql). Trust comes from real roles there too: no setting or JWT claim a session can

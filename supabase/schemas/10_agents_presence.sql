@@ -106,7 +106,7 @@ begin
     raise exception 'metadata must be a JSON object' using errcode = 'AR400';
   end if;
   select exists (select 1 from public.distributed_agents where id = p_agent_id) into v_resumed;
-  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
+  v_now := agent_runtime_private.clock();  -- (one reading: the heartbeat and its expiry agree)
   insert into public.distributed_agents as a (id, name, kind, capabilities, version, host, pid, metadata,
                                        status, heartbeat_ttl)
   values (p_agent_id, p_name, coalesce(p_kind, 'agent'), coalesce(p_capabilities, '{}'),
@@ -160,7 +160,7 @@ begin
   if p_info is not null and jsonb_typeof(p_info) <> 'object' then
     raise exception 'info must be a JSON object' using errcode = 'AR400';
   end if;
-  v_now := (select agent_runtime_private.clock());  -- (one reading: the heartbeat and its expiry agree)
+  v_now := agent_runtime_private.clock();  -- (one reading: the heartbeat and its expiry agree)
   update public.distributed_agents set last_seen = v_now,
     status = coalesce(p_status, case when status = 'offline' then 'online' else status end)
   where id = p_agent_id returning * into v_agent;
@@ -203,7 +203,7 @@ declare
   v_now timestamptz;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   update public.distributed_agents set status = 'offline', last_seen = v_now
   where id = p_agent_id returning * into v_agent;
   if not found then

@@ -354,7 +354,7 @@ begin
     where d.agent_id = p_agent_id and d.state = 'replaying' and m.channel_id = v_channel.id;
   end if;
 
-  if v_sub.retry_at is null or v_sub.retry_at <= (select agent_runtime_private.clock()) then  -- (see claim_messages)
+  if v_sub.retry_at is null or v_sub.retry_at <= agent_runtime_private.clock() then  -- (see claim_messages)
     select agent_runtime_private.messages_json(
              array_agg(m::public.distributed_messages order by m.seq), v_channel.name,
              array_agg(case when m.seq = v_sub.retry_seq then v_sub.retry_attempts + 1 else 1 end order by m.seq))
@@ -601,7 +601,7 @@ begin
   if not found then
     raise exception 'unknown message %', p_message_id using errcode = 'AR406';
   end if;
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   select * into v_channel from public.communication_channels where id = v_msg.channel_id;
 
   if v_channel.kind <> 'broadcast' then
@@ -640,7 +640,7 @@ begin
   if not found or v_msg.seq <= v_sub.cursor_seq then
     return jsonb_build_object('state', 'ignored', 'attempts', 0);
   end if;
-  v_now := (select agent_runtime_private.clock());  -- (after the subscription row lock)
+  v_now := agent_runtime_private.clock();  -- (after the subscription row lock)
   v_attempts := case when v_sub.retry_seq = v_msg.seq then v_sub.retry_attempts + 1 else 1 end;
   if p_dead or v_attempts >= v_channel.max_attempts then
     insert into public.message_dead_letters (message_id, agent_id, attempts, reason)

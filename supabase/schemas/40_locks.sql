@@ -73,7 +73,7 @@ begin
   -- Held by another live lease: answer without writing, so a refused try takes no row lock and
   -- costs no commit flush (waiters retry often when many want one key).
   select * into v_lock from public.distributed_locks where key = p_key;
-  if found and v_lock.expires_at > (select agent_runtime_private.clock())
+  if found and v_lock.expires_at > agent_runtime_private.clock()
      and not (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id) then
     if coalesce(p_wait_ms, 0) <= 0 then
       return agent_runtime_private.lock_json(v_lock, false);
@@ -82,7 +82,7 @@ begin
   if coalesce(p_wait_ms, 0) > 0 then
     -- (a waiting caller queues even for a free lease: one that just released it cannot take it
     -- again ahead of those waiting)
-    v_until := (select agent_runtime_private.clock()) + v_wait;
+    v_until := agent_runtime_private.clock() + v_wait;
     begin  -- (a subtransaction: a queue wait that times out ends here; the lock, once got, is kept)
       perform pg_catalog.set_config('lock_timeout', p_wait_ms::text || 'ms', true);
       perform pg_catalog.pg_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key));  -- ('ARLK', the key)
@@ -94,15 +94,15 @@ begin
     v_first := (select agent_runtime_private.clock());
     loop  -- first in the queue: watch the lease until it is released or expires
       select * into v_lock from public.distributed_locks where key = p_key;
-      exit when not found or v_lock.expires_at <= (select agent_runtime_private.clock())
+      exit when not found or v_lock.expires_at <= agent_runtime_private.clock()
                 or (v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id);
-      if (select agent_runtime_private.clock()) >= v_until then
+      if agent_runtime_private.clock() >= v_until then
         return agent_runtime_private.lock_json(v_lock, false);
       end if;
       perform pg_catalog.pg_sleep(least(0.002, greatest(0.0002, extract(epoch from (select agent_runtime_private.clock()) - v_first) / 8),
                                         extract(epoch from v_until - (select agent_runtime_private.clock()))));
     end loop;
-    v_wait_ms := greatest((extract(epoch from v_until - (select agent_runtime_private.clock())) * 1000)::bigint, 0);
+    v_wait_ms := greatest((extract(epoch from v_until - agent_runtime_private.clock()) * 1000)::bigint, 0);
   end if;
 
   begin  -- (a subtransaction: a lock wait that times out ends here, and its lock_timeout with it)
@@ -113,17 +113,18 @@ begin
     loop
       select * into v_lock from public.distributed_locks where key = p_key for update;
       if not found then
+        v_now := agent_runtime_private.clock();  -- (one reading: acquired, renewed and expiry agree)
         insert into public.distributed_locks as l (key, owner_id, lease_id, token, acquired_at, renewed_at,
                                                    expires_at, metadata)
-        values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), (select agent_runtime_private.clock()),
-                (select agent_runtime_private.clock()), (select agent_runtime_private.clock()) + v_ttl, coalesce(p_metadata, '{}'::jsonb))
+        values (p_key, p_agent_id, p_lease_id, nextval('public.distributed_locks_token_seq'), v_now,
+                v_now, v_now + v_ttl, coalesce(p_metadata, '{}'::jsonb))
         on conflict (key) do nothing
         returning * into v_lock;
         v_acquired := found;
         exit when v_acquired;
         continue;  -- inserted concurrently: lock that row and decide again
       end if;
-      v_now := (select agent_runtime_private.clock());  -- after the wait for the row
+      v_now := agent_runtime_private.clock();  -- after the wait for the row
       v_same := v_lock.lease_id = p_lease_id and v_lock.owner_id = p_agent_id;
       exit when v_lock.expires_at > v_now and not v_same;  -- another lease took it meanwhile
       update public.distributed_locks set
@@ -166,7 +167,7 @@ begin
   select * into v_lock from public.distributed_locks
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id
   for no key update;  -- (compatible with a fencing check's key share: renewals go on meanwhile)
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   if not found or v_lock.expires_at <= v_now then
     raise exception 'lock % is not held by this lease (expired, released or taken over)', p_key
       using errcode = 'AR409';
@@ -208,7 +209,7 @@ declare
   v_current_ms bigint;
 begin
   select * into v_lock from public.distributed_locks where key = p_key and token = p_token for key share;
-  v_now := (select agent_runtime_private.clock());
+  v_now := agent_runtime_private.clock();
   if not found or v_lock.expires_at <= v_now then
     raise exception 'fencing token % is not the current holder''s token for %', p_token, p_key
       using errcode = 'AR422';

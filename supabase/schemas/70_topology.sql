@@ -38,7 +38,7 @@ declare
   v_subscriptions agent_runtime_private.topology_subscription[];
   v_flows agent_runtime_private.topology_flow[];
   -- Computed once: in a filter, now() - interval is a stable expression evaluated for every row.
-  v_since timestamptz := (select agent_runtime_private.clock()) - coalesce(p_window_ms, 300000) * interval '1 millisecond';
+  v_since timestamptz := agent_runtime_private.clock() - coalesce(p_window_ms, 300000) * interval '1 millisecond';
 begin
   select array_agg(d.doc order by d.id collate "C")
   into v_agents
