@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
+import tenacity
 
-from ..errors import AgentRuntimeError, ConnectionLost, InvalidPayload
+from ..errors import AgentRuntimeError, InvalidPayload
 from ..models import ChannelKind, NackResult, RawMessage
 from ._context import RuntimeContext
 from ._db import MessageClass
@@ -318,29 +318,10 @@ class Subscription(Generic[T]):
                 if self._pending_acks:  # (then the fetch that writes them)
                     timeout = min(self._acks_since + ACK_FLUSH_DELAY - anyio.current_time(), timeout)
             else:
-                self._news = False
-                batch: list[RawMessage] | None = None
-                self._in_fetch = True
-                try:
-                    # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
-                    # be handled or handed back by close(), not vanish with a call cancelled by shutdown
-                    # and sit in flight until its visibility timeout. Likewise acks being written.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
-                        batch = await self._with_acks(self._fetch)
-                except ConnectionLost as exc:
-                    log.warning("fetching from %s: %s; retrying", self.channel, exc)
-                    self._news = True
-                    self._after_fetch(None)
-                    await self._context.sleep_unless_stopping(random.uniform(0.2, 1.0))
-                    return
-                except BaseException:
-                    self._news = True
-                    self._after_fetch(None)
-                    raise
-                self._after_fetch(batch)
+                batch = await self._fetch_retrying()
                 if batch is None:
                     self._news = True
-                    return  # the database did not answer in time: try again
+                    return  # the database did not answer in time (or this is closing): try again
                 if self._buffer:
                     wake.set()  # consumers waiting for news: here it is
                     return
@@ -356,6 +337,51 @@ class Subscription(Generic[T]):
             if self._retry_at is not None and self._retry_at <= anyio.current_time():
                 self._retry_at = None
                 self._news = True
+
+    async def _fetch_retrying(self) -> list[RawMessage] | None:
+        """One fetch (or claim), with what the database may fail retryably (a lost connection, a
+        deadlock or serialization failure: ``Conflict``) retried here with backoff, counted
+        (``errors.subscription``) and logged, so that it never reaches the consumer's loop; what
+        it refuses (no such channel, not allowed...) raises. None: no answer in time, or the
+        subscription closed (or the runtime began to stop) while retrying."""
+        context = self._context
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
+            wait=tenacity.wait_random_exponential(multiplier=context.retry.base_delay, max=context.retry.max_delay),
+            stop=lambda _: self._closed or context.stopping.is_set(),
+            sleep=context.sleep_unless_stopping, before_sleep=self._retrying, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._fetch_once()
+        except AgentRuntimeError as exc:
+            if exc.retryable and (self._closed or context.stopping.is_set()):
+                return None
+            raise
+        raise AssertionError("unreachable: tenacity returns the answer or re-raises the last failure")
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        self._context.metrics.increment("errors.subscription", channel=self.channel)
+        log.warning("fetching from %s: %s; retrying", self.channel,
+                    state.outcome.exception() if state.outcome else None)
+
+    async def _fetch_once(self) -> list[RawMessage] | None:
+        """Fetch (or claim) with the pending acks, and take the answer (None: none in time)."""
+        self._news = False
+        batch: list[RawMessage] | None = None
+        self._in_fetch = True
+        try:
+            # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
+            # be handled or handed back by close(), not vanish with a call cancelled by shutdown
+            # and sit in flight until its visibility timeout. Likewise acks being written.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
+                batch = await self._with_acks(self._fetch)
+        except BaseException:
+            self._news = True
+            self._after_fetch(None)
+            raise
+        self._after_fetch(batch)
+        return batch
 
     def _after_fetch(self, batch: list[RawMessage] | None) -> None:
         """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
