@@ -124,6 +124,8 @@ class Subscription(Generic[T]):
         self.kind = kind
         # Queues and inboxes: claim only these classes of message (None: all); may change while open.
         self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
+        # Queues and inboxes: claim at most this many at a time (None: batch_size); may change while open.
+        self.claim_limit: int | None = None
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
@@ -397,7 +399,7 @@ class Subscription(Generic[T]):
         self._unsettled = 0
         if batch:
             self._buffer.extend(batch)
-            if len(batch) >= self._batch_size:
+            if len(batch) >= self._claim_size():
                 self._news = True  # there may be more
             if self.kind == "broadcast":
                 # The highest seq, not the last message's: replayed dead letters come first, and
@@ -410,8 +412,13 @@ class Subscription(Generic[T]):
         db = self._context.db
         if self.kind == "broadcast":
             return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._context.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
+        return await db.claim(self._context.agent_id, self.channel, self._claim_size(), self._visibility_ms, ack_ids,
                               self.classes)
+
+    def _claim_size(self) -> int:
+        if self.kind == "broadcast" or self.claim_limit is None:
+            return self._batch_size
+        return max(1, min(self.claim_limit, self._batch_size))
 
     async def _flush_acks(self) -> None:
         if self._pending_acks:
