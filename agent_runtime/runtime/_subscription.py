@@ -298,7 +298,11 @@ class Subscription(Generic[T]):
                     error = InvalidPayload(
                         f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")
                     log.warning("%s", error)
-                    await self._nack(raw, delay=0, reason=str(error), dead=True)
+                    try:
+                        await self._nack(raw, delay=0, reason=str(error), dead=True)
+                    except AgentRuntimeError as exc:  # (not the consumer's failure: it comes again)
+                        self._context.metrics.increment("errors.nack", channel=self.channel)
+                        log.warning("dead-lettering message %s failed (%s): it will be redelivered", raw.id, exc)
                     continue
             self._unsettled += 1  # until acked or nacked
             return Message(self, raw, payload)

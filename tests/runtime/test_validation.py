@@ -110,6 +110,8 @@ async def test_bad_metrics_are_refused_at_the_call_and_never_block_the_others(
             rt.metrics.increment("Bad Metric!")
         with pytest.raises(InvalidInput):
             rt.metrics.observe("good.metric", NAN)
+        with pytest.raises(InvalidInput):  # (the database would refuse the whole batch it was in)
+            rt.metrics.increment("good.metric", channel="bad\x00channel")
         rt.metrics.increment("good.metric", 3)
         await rt.flush_metrics()
         assert await conn.fetchval("select sum(sum) from communication_metrics where agent_id = $1 "
