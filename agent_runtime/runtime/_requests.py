@@ -32,8 +32,7 @@ from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms
 from ._handlers import Handler, nack_quietly
-from ._payload import to_json_value
-from ._publish import checked_payload, inbox_channel, send
+from ._publish import checked_headers, checked_payload, inbox_channel, send
 from ._subscription import Message, Subscription
 
 __all__ = ["Inbox", "Requests"]
@@ -232,7 +231,7 @@ class Requests:
         timeout_ms = required_ms(timeout, "timeout")
         target = inbox_channel(agent_id)
         message = {"payload": checked_payload(payload),
-                   "headers": {**(to_json_value(headers) if headers else {}), "ar": "request"},
+                   "headers": {**(checked_headers(headers) or {}), "ar": "request"},
                    "correlation_id": str(uuid.uuid4()), "reply_to": inbox_channel(context.agent_id),
                    "ttl_ms": max(timeout_ms, 1)}
         done = anyio.Event()  # a reply arrived, or the agent is found offline

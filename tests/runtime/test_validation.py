@@ -102,6 +102,20 @@ async def test_payload_too_large_is_refused_before_it_is_sent(make_runtime: Runt
             await rt.request("someone", "x" * 2_000_000)
 
 
+async def test_headers_too_large_or_not_a_mapping_are_refused_before_they_are_sent(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Headers have no limit in the table: the runtime bounds them as it bounds payloads, before sending."""
+    async with make_runtime("h") as rt, make_runtime("other") as other:
+        await rt.channel("big")
+        with pytest.raises(PayloadTooLarge, match="headers are"):
+            await rt.publish("big", 1, headers={"h": "x" * 2_000_000})
+        with pytest.raises(PayloadTooLarge, match="headers are"):
+            await rt.request(other.agent_id, 1, headers={"h": "x" * 2_000_000})
+        with pytest.raises(InvalidInput, match="headers must be a mapping"):
+            await rt.publish("big", 1, headers=[("h", 1)])  # type: ignore[arg-type]
+        assert await conn.fetchval("select count(*) from distributed_messages") == 0
+
+
 async def test_bad_metrics_are_refused_at_the_call_and_never_block_the_others(
         make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
     """metrics.increment("Bad Metric!") raises; good figures still reach the database."""
