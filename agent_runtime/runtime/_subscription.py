@@ -139,6 +139,7 @@ class Subscription(Generic[T]):
         self._waiting: set[anyio.CancelScope] = set()  # consumers' waits for news (their deadlines)
         self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
+        self._pausing: anyio.CancelScope | None = None  # a backoff between retried fetches
         # Broadcast bookkeeping for messages taken straight from wake-ups (see the module doc).
         self._news = True  # a fetch is owed: the database may have what no wake-up brought
         self._frontier: int | None = None  # seq of the last message taken in order; None: unknown
@@ -263,6 +264,9 @@ class Subscription(Generic[T]):
             return
         self._closed = True
         self._context.subscriptions.discard(self)
+        self._wake.set()  # consumers waiting for news (in other tasks) see it closed now
+        if self._pausing is not None:
+            self._pausing.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
             try:
                 await self._flush_acks()
@@ -355,7 +359,7 @@ class Subscription(Generic[T]):
             retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
             wait=tenacity.wait_random_exponential(multiplier=context.retry.base_delay, max=context.retry.max_delay),
             stop=lambda _: self._closed or context.stopping.is_set(),
-            sleep=context.sleep_unless_stopping, before_sleep=self._retrying, reraise=True)
+            sleep=self._pause, before_sleep=self._retrying, reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -365,6 +369,12 @@ class Subscription(Generic[T]):
                 return None
             raise
         raise AssertionError("unreachable: tenacity returns the answer or re-raises the last failure")
+
+    async def _pause(self, seconds: float) -> None:
+        """The backoff before a retried fetch, cut short by close() or the runtime stopping."""
+        with anyio.move_on_after(seconds) as self._pausing:
+            await self._context.stopping.wait()
+        self._pausing = None
 
     def _retrying(self, state: tenacity.RetryCallState) -> None:
         self._context.metrics.increment("errors.subscription", channel=self.channel)
