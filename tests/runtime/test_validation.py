@@ -130,3 +130,13 @@ async def test_bad_metrics_are_refused_at_the_call_and_never_block_the_others(
         await rt.flush_metrics()
         assert await conn.fetchval("select sum(sum) from communication_metrics where agent_id = $1 "
                                    "and metric = 'good.metric'", rt.agent_id) == 3
+
+
+async def test_a_request_timeout_out_of_range_is_refused_before_sending(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """timeout=-1 is a typed InvalidInput at the call, not a request sent to expire at once."""
+    async with make_runtime("asker") as rt, make_runtime("answerer") as other:
+        for timeout in (-1, NAN, 1e12):
+            with pytest.raises(InvalidInput, match="timeout"):
+                await rt.request(other.agent_id, 1, timeout=timeout)
+        assert await conn.fetchval("select count(*) from distributed_messages") == 0
