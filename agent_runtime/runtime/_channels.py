@@ -4,7 +4,6 @@ known, then the subscription opened."""
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from ..errors import InvalidInput, InvalidName
 from ..models import ChannelInfo, ChannelKind
 from ._context import RuntimeContext
 from ._durations import bounded, to_ms, whole
+from ._identity import CHANNEL_NAME
 from ._payload import to_json_value
 from ._publish import MAX_PAYLOAD_BYTES
 from ._subscription import Subscription
@@ -23,12 +23,10 @@ __all__ = ["Subscribing", "check_name", "check_payload_type", "check_subscriptio
 
 T = TypeVar("T")
 
-_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
-
 
 def check_name(name: str, *, inbox: bool) -> None:
     """The SQL's rule for channel names, checked before anything is sent."""
-    if not isinstance(name, str) or not _CHANNEL_NAME.fullmatch(name):
+    if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
         raise InvalidName(f"invalid channel name {name!r}",
                           hint="1-128 characters: letters, digits, _ . : / - (not starting with a symbol)")
     if not inbox and name.startswith("agent:"):

@@ -12,13 +12,15 @@ from typing import Any
 from ..errors import InvalidInput, InvalidName
 from ._payload import to_json_value
 
-__all__ = ["check_agent_id", "check_agent_name", "check_kind", "check_version", "checked_capabilities",
+__all__ = ["CHANNEL_NAME", "check_agent_id", "check_agent_name", "check_kind", "check_version", "checked_capabilities",
            "checked_metadata", "default_agent_id"]
 
 # The registry's rules (distributed_agents' checks and register_agent's).
 _AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,127}")
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# The SQL's rule for channel names (channels, and the channel a metric is recorded for).
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}")
 _MAX_CAPABILITIES = 64
 _MAX_VERSION = 64
 

@@ -119,21 +119,20 @@ async def _shielded_end(connection: asyncpg.Connection, end: Callable[[], Awaita
     the cancellation interrupted may still be cancelling on the connection: retry briefly. If it
     cannot be done in time the connection is closed, which ends the transaction in the database
     (releasing its locks): a lost lease never leaves a transaction open. False in that case."""
+    # A cancelled query still being cancelled: "another operation is in progress"; anything else ends it.
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, asyncpg.InterfaceError)
+                                          and not connection.is_closed() and "in progress" in str(exc)),
+        wait=tenacity.wait_fixed(0.01), sleep=anyio.sleep, reraise=True)
     with anyio.CancelScope(shield=True):
         with anyio.move_on_after(grace):
-            while True:
-                try:
-                    await end()
-                    return True
-                except asyncpg.InterfaceError as exc:
-                    if connection.is_closed() or "in progress" not in str(exc):
-                        log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
-                        break
-                    # A cancelled query still being cancelled: "another operation is in progress".
-                    await anyio.sleep(0.01)
-                except (asyncpg.PostgresError, OSError) as exc:
-                    log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
-                    break
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await end()
+                return True
+            except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError) as exc:
+                log.warning("ending a fenced transaction failed: %s; closing its connection", exc)
     connection.terminate()
     return False
 
@@ -276,21 +275,27 @@ async def _keep_renewed(context: RuntimeContext, lease: Lease, body: anyio.Cance
     start of that renewal (the block is cancelled when it passes, renewal or not). If the lease is
     gone, mark it lost and cancel the protected block: the holder never silently runs on."""
     db = context.db
+    # A failed renewal is tried again soon while the lease may still be ours (the body's deadline
+    # ends the block otherwise); a lease that is gone is not.
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError)
+                                          and not isinstance(exc, LockNotHeld)),
+        wait=tenacity.wait_fixed(min(lease.ttl / 10, 0.5)), sleep=anyio.sleep, reraise=True,
+        before_sleep=lambda state: log.warning("renewing %s: %s; retrying", lease.key,
+                                               state.outcome.exception() if state.outcome else None))
     # Renewed when two thirds of the TTL are left (at once after an acquire that waited long).
     interval = max(lease.remaining() - lease.ttl * 2 / 3, 0.0)
-    while True:
-        await anyio.sleep(interval)
-        started = anyio.current_time()
-        try:
-            grant = await db.renew_lock(context.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
+    try:
+        while True:
+            await anyio.sleep(interval)
+            async for attempt in retrying:
+                with attempt:
+                    started = anyio.current_time()
+                    grant = await db.renew_lock(context.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
             body.deadline = lease._renewed(started, grant.expires_at)
             interval = lease.ttl / 3
-        except LockNotHeld:
-            break
-        except AgentRuntimeError as exc:
-            # Keep trying while the lease may still be ours (the deadline ends the block otherwise).
-            log.warning("renewing %s: %s; retrying", lease.key, exc)
-            interval = min(lease.ttl / 10, 0.5)
+    except LockNotHeld:
+        pass
     lease.lost = True
     log.error("lost lock %s (token %s)", lease.key, lease.token)
     body.cancel()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from ..errors import AgentRuntimeError, InvalidInput
 from ._db import Database
+from ._identity import CHANNEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ class Metrics:
             if not isinstance(metric, str) or not _METRIC_NAME.fullmatch(metric):
                 raise InvalidInput(f"invalid metric name {metric!r}",
                                    hint="1-128 characters: lowercase letters, digits, _ and . (starting with a letter)")
-            if not isinstance(channel, str):
-                raise InvalidInput(f"invalid metric channel {channel!r}")
+            if not isinstance(channel, str) or not (channel == "" or CHANNEL_NAME.fullmatch(channel)):
+                # (checked now: one the database refuses would cost the whole batch it is flushed in)
+                raise InvalidInput(f"invalid metric channel {channel!r}",
+                                   hint="a channel name (letters, digits, _ . : / -, 1-128 characters) or ''")
             figure = self._figure(metric, channel)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidInput(f"metric value must be a finite number (got {value!r})")

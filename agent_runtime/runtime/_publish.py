@@ -15,7 +15,7 @@ from ._context import RuntimeContext
 from ._durations import to_ms
 from ._payload import to_json_value
 
-__all__ = ["MAX_PAYLOAD_BYTES", "checked_payload", "inbox_channel", "publish_many", "reply", "send"]
+__all__ = ["MAX_PAYLOAD_BYTES", "checked_headers", "checked_payload", "inbox_channel", "publish_many", "reply", "send"]
 
 # The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
 # is refused here, before it is sent.
@@ -30,6 +30,20 @@ def checked_payload(payload: Any) -> Any:
         size = len(_encoder.encode(value))
         if size > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(f"payload is {size} bytes; no channel accepts more than {MAX_PAYLOAD_BYTES}")
+    return value
+
+
+def checked_headers(headers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Headers as JSON-ready builtins (None for none), refused here if they are not an object or
+    are larger than any payload may be (the table has no limit of its own for them)."""
+    if not headers:
+        return None
+    value = to_json_value(headers, "headers")
+    if not isinstance(value, dict):
+        raise InvalidInput(f"headers must be a mapping (got {type(headers).__name__})")
+    size = len(_encoder.encode(value))
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"headers are {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted")
     return value
 
 
@@ -55,7 +69,7 @@ async def publish_many(context: RuntimeContext, channel: str, payloads: Sequence
         raise InvalidInput("idempotency_keys must match payloads one to one")
     messages = []
     ttl_ms, delay_ms = to_ms(ttl, "ttl"), to_ms(delay, "delay")
-    headers = to_json_value(headers) if headers else None
+    headers = checked_headers(headers)
     for i, payload in enumerate(payloads):
         entry: dict[str, Any] = {"payload": checked_payload(payload)}
         if headers:

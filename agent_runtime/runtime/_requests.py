@@ -1,10 +1,11 @@
 """This agent's inbox: requests and replies, routed before any buffer the application reads.
 
 The control subscription claims requests and replies only (never plain messages): a reply
-completes its pending ``request()`` at once; a request queues for one of ``concurrency`` workers,
-and while as many are pending as there are workers the inbox claims replies only (requests wait
-in the table). Plain direct messages are claimed only while ``rt.inbox()`` is read, so unread
-ones wait durably and never hold up a reply. Nothing here waits on the application."""
+completes its pending ``request()`` at once; a request queues for one of ``concurrency`` workers.
+A claim takes no more messages than there are free workers, and while none is free, replies
+only: requests beyond the capacity wait in the table, not in memory. Plain direct messages are
+claimed only while ``rt.inbox()`` is read, so unread ones wait durably and never hold up a reply.
+Nothing here waits on the application."""
 
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms
 from ._handlers import Handler, nack_quietly
-from ._payload import to_json_value
-from ._publish import checked_payload, inbox_channel, send
+from ._publish import checked_headers, checked_payload, inbox_channel, send
 from ._subscription import Message, Subscription
 
 __all__ = ["Inbox", "Requests"]
@@ -91,13 +91,23 @@ class Requests:
 
     async def _open_control(self) -> Subscription[Any]:
         context = self._context
-        busy = self._requests_pending >= self._concurrency  # (requests wait in the table meanwhile)
         sub = Subscription[Any](context, inbox_channel(context.agent_id), "direct", payload_type=None,
-                                batch_size=max(16, self._concurrency), visibility=None, start="earliest",
-                                classes=_REPLIES_ONLY if busy else _CONTROL)
+                                batch_size=max(16, self._concurrency), visibility=None, start="earliest")
+        self._limit_intake(sub)
         await sub.__aenter__()
         self.control = sub
         return sub
+
+    def _limit_intake(self, sub: Subscription[Any]) -> bool:
+        """Claim no more requests than there are free workers (the rest wait in the table): while
+        some are free, a claim takes at most that many messages (a full claim is followed by
+        another at once, so replies are not held back); while none is, replies only. True if
+        requests may be claimed again after a time they could not."""
+        free = self._concurrency - self._requests_pending
+        was_busy = sub.classes == _REPLIES_ONLY
+        sub.classes = _CONTROL if free > 0 else _REPLIES_ONLY
+        sub.claim_limit = free if free > 0 else None
+        return was_busy and free > 0
 
     def _reopening(self, state: tenacity.RetryCallState) -> None:
         self._context.metrics.increment("errors.inbox")
@@ -111,8 +121,7 @@ class Requests:
             if msg.raw.reply_to is not None:
                 context.in_flight.begin()
                 self._requests_pending += 1
-                if self._requests_pending >= self._concurrency:
-                    sub.classes = _REPLIES_ONLY  # busy: requests wait in the table
+                self._limit_intake(sub)
                 self._requests_send.send_nowait(msg)
             else:
                 waiter = self._pending_replies.get(msg.correlation_id or "")
@@ -130,8 +139,7 @@ class Requests:
                 self._context.in_flight.end()
                 self._requests_pending -= 1
                 sub = self.control
-                if sub is not None and sub.classes == _REPLIES_ONLY and self._requests_pending < self._concurrency:
-                    sub.classes = _CONTROL
+                if sub is not None and self._limit_intake(sub):
                     sub.wake()
 
     async def hand_back(self) -> None:
@@ -223,7 +231,7 @@ class Requests:
         timeout_ms = required_ms(timeout, "timeout")
         target = inbox_channel(agent_id)
         message = {"payload": checked_payload(payload),
-                   "headers": {**(to_json_value(headers) if headers else {}), "ar": "request"},
+                   "headers": {**(checked_headers(headers) or {}), "ar": "request"},
                    "correlation_id": str(uuid.uuid4()), "reply_to": inbox_channel(context.agent_id),
                    "ttl_ms": max(timeout_ms, 1)}
         done = anyio.Event()  # a reply arrived, or the agent is found offline

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
+import tenacity
 
-from ..errors import AgentRuntimeError, ConnectionLost, InvalidPayload
+from ..errors import AgentRuntimeError, InvalidPayload
 from ..models import ChannelKind, NackResult, RawMessage
 from ._context import RuntimeContext
 from ._db import MessageClass
@@ -124,6 +124,8 @@ class Subscription(Generic[T]):
         self.kind = kind
         # Queues and inboxes: claim only these classes of message (None: all); may change while open.
         self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
+        # Queues and inboxes: claim at most this many at a time (None: batch_size); may change while open.
+        self.claim_limit: int | None = None
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
@@ -137,6 +139,7 @@ class Subscription(Generic[T]):
         self._waiting: set[anyio.CancelScope] = set()  # consumers' waits for news (their deadlines)
         self._fetching = anyio.Lock()  # several handler tasks may consume one subscription
         self._closed = False
+        self._pausing: anyio.CancelScope | None = None  # a backoff between retried fetches
         # Broadcast bookkeeping for messages taken straight from wake-ups (see the module doc).
         self._news = True  # a fetch is owed: the database may have what no wake-up brought
         self._frontier: int | None = None  # seq of the last message taken in order; None: unknown
@@ -261,6 +264,9 @@ class Subscription(Generic[T]):
             return
         self._closed = True
         self._context.subscriptions.discard(self)
+        self._wake.set()  # consumers waiting for news (in other tasks) see it closed now
+        if self._pausing is not None:
+            self._pausing.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
             try:
                 await self._flush_acks()
@@ -296,7 +302,11 @@ class Subscription(Generic[T]):
                     error = InvalidPayload(
                         f"payload of message {raw.id} on {self.channel} is not a {self._type!r}: {exc}")
                     log.warning("%s", error)
-                    await self._nack(raw, delay=0, reason=str(error), dead=True)
+                    try:
+                        await self._nack(raw, delay=0, reason=str(error), dead=True)
+                    except AgentRuntimeError as exc:  # (not the consumer's failure: it comes again)
+                        self._context.metrics.increment("errors.nack", channel=self.channel)
+                        log.warning("dead-lettering message %s failed (%s): it will be redelivered", raw.id, exc)
                     continue
             self._unsettled += 1  # until acked or nacked
             return Message(self, raw, payload)
@@ -318,29 +328,10 @@ class Subscription(Generic[T]):
                 if self._pending_acks:  # (then the fetch that writes them)
                     timeout = min(self._acks_since + ACK_FLUSH_DELAY - anyio.current_time(), timeout)
             else:
-                self._news = False
-                batch: list[RawMessage] | None = None
-                self._in_fetch = True
-                try:
-                    # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
-                    # be handled or handed back by close(), not vanish with a call cancelled by shutdown
-                    # and sit in flight until its visibility timeout. Likewise acks being written.
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
-                        batch = await self._with_acks(self._fetch)
-                except ConnectionLost as exc:
-                    log.warning("fetching from %s: %s; retrying", self.channel, exc)
-                    self._news = True
-                    self._after_fetch(None)
-                    await self._context.sleep_unless_stopping(random.uniform(0.2, 1.0))
-                    return
-                except BaseException:
-                    self._news = True
-                    self._after_fetch(None)
-                    raise
-                self._after_fetch(batch)
+                batch = await self._fetch_retrying()
                 if batch is None:
                     self._news = True
-                    return  # the database did not answer in time: try again
+                    return  # the database did not answer in time (or this is closing): try again
                 if self._buffer:
                     wake.set()  # consumers waiting for news: here it is
                     return
@@ -357,6 +348,57 @@ class Subscription(Generic[T]):
                 self._retry_at = None
                 self._news = True
 
+    async def _fetch_retrying(self) -> list[RawMessage] | None:
+        """One fetch (or claim), with what the database may fail retryably (a lost connection, a
+        deadlock or serialization failure: ``Conflict``) retried here with backoff, counted
+        (``errors.subscription``) and logged, so that it never reaches the consumer's loop; what
+        it refuses (no such channel, not allowed...) raises. None: no answer in time, or the
+        subscription closed (or the runtime began to stop) while retrying."""
+        context = self._context
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, AgentRuntimeError) and exc.retryable),
+            wait=tenacity.wait_random_exponential(multiplier=context.retry.base_delay, max=context.retry.max_delay),
+            stop=lambda _: self._closed or context.stopping.is_set(),
+            sleep=self._pause, before_sleep=self._retrying, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._fetch_once()
+        except AgentRuntimeError as exc:
+            if exc.retryable and (self._closed or context.stopping.is_set()):
+                return None
+            raise
+        raise AssertionError("unreachable: tenacity returns the answer or re-raises the last failure")
+
+    async def _pause(self, seconds: float) -> None:
+        """The backoff before a retried fetch, cut short by close() or the runtime stopping."""
+        with anyio.move_on_after(seconds) as self._pausing:
+            await self._context.stopping.wait()
+        self._pausing = None
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        self._context.metrics.increment("errors.subscription", channel=self.channel)
+        log.warning("fetching from %s: %s; retrying", self.channel,
+                    state.outcome.exception() if state.outcome else None)
+
+    async def _fetch_once(self) -> list[RawMessage] | None:
+        """Fetch (or claim) with the pending acks, and take the answer (None: none in time)."""
+        self._news = False
+        batch: list[RawMessage] | None = None
+        self._in_fetch = True
+        try:
+            # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
+            # be handled or handed back by close(), not vanish with a call cancelled by shutdown
+            # and sit in flight until its visibility timeout. Likewise acks being written.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
+                batch = await self._with_acks(self._fetch)
+        except BaseException:
+            self._news = True
+            self._after_fetch(None)
+            raise
+        self._after_fetch(batch)
+        return batch
+
     def _after_fetch(self, batch: list[RawMessage] | None) -> None:
         """A fetch (or claim) answered, or failed: take its batch, then the wake-ups that came meanwhile."""
         self._in_fetch = False
@@ -371,7 +413,7 @@ class Subscription(Generic[T]):
         self._unsettled = 0
         if batch:
             self._buffer.extend(batch)
-            if len(batch) >= self._batch_size:
+            if len(batch) >= self._claim_size():
                 self._news = True  # there may be more
             if self.kind == "broadcast":
                 # The highest seq, not the last message's: replayed dead letters come first, and
@@ -384,8 +426,13 @@ class Subscription(Generic[T]):
         db = self._context.db
         if self.kind == "broadcast":
             return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._context.agent_id, self.channel, self._batch_size, self._visibility_ms, ack_ids,
+        return await db.claim(self._context.agent_id, self.channel, self._claim_size(), self._visibility_ms, ack_ids,
                               self.classes)
+
+    def _claim_size(self) -> int:
+        if self.kind == "broadcast" or self.claim_limit is None:
+            return self._batch_size
+        return max(1, min(self.claim_limit, self._batch_size))
 
     async def _flush_acks(self) -> None:
         if self._pending_acks:

@@ -46,6 +46,9 @@ __all__ = ["MAX_PAYLOAD_BYTES", "AgentRuntime", "Handler"]
 
 log = logging.getLogger(__name__)
 
+# A request's timeout is also its message's TTL: at most what send_messages takes (ten years).
+_MAX_REQUEST_TIMEOUT = 315_360_000.0
+
 T = TypeVar("T")
 P = TypeVar("P")
 
@@ -373,6 +376,7 @@ class AgentRuntime(NetworkViews):
         so it is not handled after the requester gave up), :class:`RemoteError` if the responder
         could not answer (its handler raised, its reply could not be sent), :class:`UnknownAgent`
         or :class:`AgentUnavailable` (offline, or no request handler) without waiting the timeout."""
+        bounded(timeout, "timeout", minimum=0, maximum=_MAX_REQUEST_TIMEOUT)  # (a negative one: refused, not sent)
         return await self._started(self._requests).request(agent_id, payload, timeout=timeout, headers=headers)
 
     # ------------------------------------------------------------------ dead letters

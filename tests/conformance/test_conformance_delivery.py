@@ -219,3 +219,24 @@ async def test_metrics_flush_and_read_back(make_runtime: RuntimeFactory) -> None
         assert [(r.count, r.sum) for r in sent] == [(1, 3)]
         mine = await pub.read_metrics(agent_id=sub.agent_id, metric="my.metric")
         assert [(r.metric, r.sum) for r in mine] == [("my.metric", 3)]
+
+
+async def test_closing_a_subscription_ends_a_loop_waiting_on_it_in_another_task(
+        make_runtime: RuntimeFactory) -> None:
+    """A consumer waiting for news (no safety poll) stops at once when another task closes its
+    subscription, instead of waiting for a message that will never be delivered to it."""
+    async with make_runtime("sub", poll_interval=NO_POLL) as rt:
+        for kind in ("broadcast", "queue"):
+            ended = anyio.Event()
+            async with rt.subscribe(f"idle.{kind}", kind=kind) as sub:  # type: ignore[arg-type]
+                async def consume(sub: Any = sub, ended: anyio.Event = ended) -> None:
+                    async for _ in sub:
+                        pass
+                    ended.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consume)
+                    await anyio.sleep(0.3)  # (waiting for news by now)
+                    await sub.close()
+                    with anyio.fail_after(2):
+                        await ended.wait()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from agent_runtime import AgentRuntime
@@ -77,6 +80,37 @@ async def test_requests_beyond_capacity_wait_in_the_table_and_are_all_answered(m
                     tg.start_soon(ask, i)
         assert sorted(results) == list(range(12))
         assert most <= 2
+
+
+async def test_an_agent_claims_no_more_requests_than_it_has_free_workers(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """request_concurrency=1 and 5 requests sent in one go: at any moment at most one of them is
+    claimed by the agent (the others wait in the table, not in its memory), and all 5 are answered."""
+    async with make_runtime("worker", request_concurrency=1) as worker, make_runtime("client") as client:
+        @worker.on_request
+        async def slow(msg: Any) -> Any:
+            await anyio.sleep(0.2)
+            return msg.payload
+
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        await conn.execute("select public.send_messages($1, $2, $3::jsonb)", client.agent_id,
+                           f"agent:{worker.agent_id}", json.dumps(
+                               [{"payload": i, "headers": {"ar": "request"}, "correlation_id": c,
+                                 "reply_to": f"agent:{client.agent_id}"} for i, c in enumerate(ids)]))
+        most = 0
+        with anyio.fail_after(15):
+            while True:
+                claimed, answered = await conn.fetchrow(
+                    "select count(*) filter (where m.state = 'inflight' and m.claimed_by = $1 and c.name = $2 "
+                    "                        and m.reply_to is not null), "
+                    "       count(*) filter (where c.name = $3 and m.correlation_id = any ($4::uuid[])) "
+                    "from distributed_messages m join communication_channels c on c.id = m.channel_id",
+                    worker.agent_id, f"agent:{worker.agent_id}", f"agent:{client.agent_id}", ids)
+                most = max(most, claimed)
+                if answered == 5:
+                    break
+                await anyio.sleep(0.01)
+        assert most == 1
 
 
 async def test_request_to_an_agent_without_handler_or_offline_fails_fast(make_runtime: RuntimeFactory) -> None:

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from agent_runtime import AgentRuntime
-from agent_runtime.errors import Conflict
+from agent_runtime.errors import AgentRuntimeError
 from agent_runtime.local import embedded
 
 RuntimeFactory = Callable[..., AgentRuntime]
@@ -157,8 +157,9 @@ async def test_a_bug_under_one_handler_stops_that_handler_only(make_runtime: Run
 
 async def test_a_failing_inbox_claim_is_reopened_and_requests_are_still_answered(
         make_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The inbox's claim fails with an error its own retries do not cover (a deadlock, Conflict):
-    the agent reopens its inbox, counts it, and answers the request, rather than exiting."""
+    """The inbox's claim fails with an error its own retries do not cover (not a retryable one:
+    those the subscription retries itself, see test_conformance_subscription_faults.py): the
+    agent reopens its inbox, counts it, and answers the request, rather than exiting."""
     async with make_runtime("server") as server, make_runtime("client") as client:
         @server.on_request
         async def echo(msg: Any) -> Any:
@@ -172,7 +173,7 @@ async def test_a_failing_inbox_claim_is_reopened_and_requests_are_still_answered
             nonlocal failures
             if channel == f"agent:{server.agent_id}" and failures < 2:
                 failures += 1
-                raise Conflict("deadlock detected (injected)")
+                raise AgentRuntimeError("an unexpected refusal (injected)")
             return await real(agent_id, channel, *args, **kwargs)
 
         monkeypatch.setattr(db, "claim", claim)

@@ -134,6 +134,24 @@ async def test_lease_runs_out_on_the_holders_clock_without_waiting_for_renewal(
                 pass
 
 
+async def test_a_renewal_whose_connection_is_terminated_is_retried_and_the_lease_kept(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """The renewal's backend is terminated while it waits for the lock row: it is retried (soon,
+    while the lease may still be ours), the lease is kept and the block goes on."""
+    async with make_runtime("holder") as rt:
+        async with rt.lock("shaky", ttl=3) as lease:
+            async with conn.transaction():
+                await conn.execute("select 1 from distributed_locks where key = 'shaky' for update")
+                with anyio.fail_after(5):  # the renewal at ttl/3 waits for the row: its connection dies
+                    while not await conn.fetchval(  # noqa: ASYNC110
+                            "select count(pg_terminate_backend(pid)) from pg_stat_activity where "
+                            "datname = current_database() and pid <> pg_backend_pid() and wait_event_type = 'Lock'"):
+                        await anyio.sleep(0.02)
+            await anyio.sleep(2.5)  # past the first lease's end: only a retried renewal keeps it
+            assert await lease.is_live()
+        assert not lease.lost
+
+
 async def test_lock_wait_metric_is_one_figure_per_agent(make_runtime: RuntimeFactory) -> None:
     """lock.wait_ms is recorded without the key as its channel (keys are many)."""
     async with make_runtime("a") as rt:

@@ -102,6 +102,20 @@ async def test_payload_too_large_is_refused_before_it_is_sent(make_runtime: Runt
             await rt.request("someone", "x" * 2_000_000)
 
 
+async def test_headers_too_large_or_not_a_mapping_are_refused_before_they_are_sent(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Headers have no limit in the table: the runtime bounds them as it bounds payloads, before sending."""
+    async with make_runtime("h") as rt, make_runtime("other") as other:
+        await rt.channel("big")
+        with pytest.raises(PayloadTooLarge, match="headers are"):
+            await rt.publish("big", 1, headers={"h": "x" * 2_000_000})
+        with pytest.raises(PayloadTooLarge, match="headers are"):
+            await rt.request(other.agent_id, 1, headers={"h": "x" * 2_000_000})
+        with pytest.raises(InvalidInput, match="headers must be a mapping"):
+            await rt.publish("big", 1, headers=[("h", 1)])  # type: ignore[arg-type]
+        assert await conn.fetchval("select count(*) from distributed_messages") == 0
+
+
 async def test_bad_metrics_are_refused_at_the_call_and_never_block_the_others(
         make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
     """metrics.increment("Bad Metric!") raises; good figures still reach the database."""
@@ -110,7 +124,19 @@ async def test_bad_metrics_are_refused_at_the_call_and_never_block_the_others(
             rt.metrics.increment("Bad Metric!")
         with pytest.raises(InvalidInput):
             rt.metrics.observe("good.metric", NAN)
+        with pytest.raises(InvalidInput):  # (the database would refuse the whole batch it was in)
+            rt.metrics.increment("good.metric", channel="bad\x00channel")
         rt.metrics.increment("good.metric", 3)
         await rt.flush_metrics()
         assert await conn.fetchval("select sum(sum) from communication_metrics where agent_id = $1 "
                                    "and metric = 'good.metric'", rt.agent_id) == 3
+
+
+async def test_a_request_timeout_out_of_range_is_refused_before_sending(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """timeout=-1 is a typed InvalidInput at the call, not a request sent to expire at once."""
+    async with make_runtime("asker") as rt, make_runtime("answerer") as other:
+        for timeout in (-1, NAN, 1e12):
+            with pytest.raises(InvalidInput, match="timeout"):
+                await rt.request(other.agent_id, 1, timeout=timeout)
+        assert await conn.fetchval("select count(*) from distributed_messages") == 0
