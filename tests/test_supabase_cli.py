@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -24,6 +23,7 @@ from agent_runtime import AgentRuntime
 from agent_runtime.local.migrations import bootstrap_sql, load_migrations, migrate, migrate_url, split_statements
 from agent_runtime.testing import TestDatabases
 from tests.catalog import SUPABASE_DEFAULT_PRIVILEGES, catalog, differences
+from tests.npm_install import ensure_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "tests" / "supabase_cli"
@@ -38,9 +38,7 @@ def _cli_installed() -> bool:
 @pytest.fixture(scope="module")
 def supabase_cli() -> None:
     """The pinned CLI, installed from the lock file if .ci/run has not done it already."""
-    if not _cli_installed():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(CLI_DIR)], check=True,
-                       capture_output=True, timeout=600)
+    ensure_installed(CLI_DIR, CLI_DIR / "node_modules" / ".bin" / "supabase")
     assert _cli_installed()
 
 

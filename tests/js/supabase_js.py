@@ -9,12 +9,13 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.npm_install import ensure_installed
 
 HERE = Path(__file__).parent
 PROGRAM = HERE / "agent_client.mjs"
@@ -27,11 +28,7 @@ def require_node() -> str:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the supabase-js client tests need Node 20+ (CI has it)")
-    if not (HERE / "node_modules" / "@supabase" / "supabase-js" / "package.json").exists():
-        npm = shutil.which("npm")
-        assert npm is not None, "node is installed without npm: cannot install tests/js (npm ci)"
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300,
-                       stdout=subprocess.DEVNULL)
+    ensure_installed(HERE, HERE / "node_modules" / "@supabase" / "supabase-js" / "package.json")
     return node
 
 
