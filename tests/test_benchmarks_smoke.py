@@ -54,3 +54,24 @@ def test_peer_sections_report_figures(bench_run: tuple[subprocess.CompletedProce
     cpu = figures["CPU s per 10k delivered (client+server)"]
     assert cpu["extra"]["client"] > 0 and cpu["extra"]["server"] > 0, cpu
     assert cpu["value"] == pytest.approx(cpu["extra"]["client"] + cpu["extra"]["server"], abs=0.01)
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_table_is_rendered_from_a_run(
+        bench_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]], tmp_path: Path) -> None:
+    """`python -m benchmarks.markdown RUN.json RUN2.json`: one row per figure of the first run, with
+    its ratio, and the spread of that ratio over both runs (here the same run twice, and one moved)."""
+    _, document = bench_run
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(document))
+    moved = json.loads(json.dumps(document))
+    latency = next(f for f in moved["figures"] if f["name"].startswith("publish->deliver p50"))
+    latency["ratio"] = latency["ratio"] * 2
+    second.write_text(json.dumps(moved))
+    run = subprocess.run([sys.executable, "-m", "benchmarks.markdown", str(first), str(second)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(document["figures"])
+    original = next(f for f in document["figures"] if f["name"] == latency["name"])
+    row = next(r for r in rows if latency["name"] in r)
+    assert f"{original['ratio']:.2f}x to {original['ratio'] * 2:.2f}x" in row
