@@ -138,13 +138,15 @@ async def test_a_renewal_whose_connection_is_terminated_is_retried_and_the_lease
         make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
     """The renewal's backend is terminated while it waits for the lock row: it is retried (soon,
     while the lease may still be ours), the lease is kept and the block goes on."""
-    ttl = 6.0  # (room for a loaded machine: the renewal at ttl/3 is killed, its retry is due before ttl)
+    # Room for a loaded machine: the renewal at ttl/3 is found waiting and killed well before ttl,
+    # and its retry (0.5 s later) still has seconds left on the lease.
+    ttl = 10.0
     async with make_runtime("holder") as rt:
         async with rt.lock("shaky", ttl=ttl) as lease:
             acquired = anyio.current_time()
             async with conn.transaction():
                 await conn.execute("select 1 from distributed_locks where key = 'shaky' for update")
-                with anyio.fail_after(ttl / 2):  # the renewal at ttl/3 waits for the row: its connection dies
+                with anyio.fail_after(ttl * 0.6):  # the renewal at ttl/3 waits for the row: its connection dies
                     while not await conn.fetchval(  # noqa: ASYNC110
                             "select count(pg_terminate_backend(pid)) from pg_stat_activity where "
                             "datname = current_database() and pid <> pg_backend_pid() and wait_event_type = 'Lock'"):
