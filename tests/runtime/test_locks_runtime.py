@@ -135,7 +135,7 @@ async def test_lease_runs_out_on_the_holders_clock_without_waiting_for_renewal(
 
 
 async def test_a_renewal_whose_connection_is_terminated_is_retried_and_the_lease_kept(
-        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection, db_url: str) -> None:
     """The renewal's backend is terminated while it waits for the lock row: it is retried (soon,
     while the lease may still be ours), the lease is kept and the block goes on."""
     # Room for a loaded machine: the renewal at ttl/3 is found waiting and killed well before ttl,
@@ -144,13 +144,20 @@ async def test_a_renewal_whose_connection_is_terminated_is_retried_and_the_lease
     async with make_runtime("holder") as rt:
         async with rt.lock("shaky", ttl=ttl) as lease:
             acquired = anyio.current_time()
-            async with conn.transaction():
-                await conn.execute("select 1 from distributed_locks where key = 'shaky' for update")
-                with anyio.fail_after(ttl * 0.6):  # the renewal at ttl/3 waits for the row: its connection dies
-                    while not await conn.fetchval(  # noqa: ASYNC110
-                            "select count(pg_terminate_backend(pid)) from pg_stat_activity where "
-                            "datname = current_database() and pid <> pg_backend_pid() and wait_event_type = 'Lock'"):
-                        await anyio.sleep(0.02)
+            # (Watched from a second connection: inside the row-locking transaction, pg_stat_activity
+            # would be read from one snapshot taken at its first use.)
+            watcher = await asyncpg.connect(db_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute("select 1 from distributed_locks where key = 'shaky' for update")
+                    with anyio.fail_after(ttl * 0.6):  # the renewal at ttl/3 waits for the row: its connection dies
+                        while not await watcher.fetchval(  # noqa: ASYNC110
+                                "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity "
+                                "where datname = current_database() and pid not in (pg_backend_pid(), $1) "
+                                "and wait_event_type = 'Lock'", conn.get_server_pid()):
+                            await anyio.sleep(0.02)
+            finally:
+                await watcher.close()
             # past the first lease's end on the holder's clock: only a retried renewal keeps it
             await anyio.sleep(acquired + ttl + 0.5 - anyio.current_time())
             assert await lease.is_live()
