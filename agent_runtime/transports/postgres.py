@@ -172,12 +172,21 @@ class PostgresTransport:
     async def _sync_channels(self, conn: asyncpg.Connection) -> None:
         """LISTEN to the channels of the watched topics, UNLISTEN the others; under the lock. The
         watched set may change during each round trip: recomputed each time."""
-        while (missing := next((c for c in self._channels if c not in self._listened), None)) is not None:
-            await conn.add_listener(missing, self._on_notify)
-            self._listened.add(missing)
-        while (stale := next((c for c in self._listened if c not in self._channels), None)) is not None:
-            await conn.remove_listener(stale, self._on_notify)
-            self._listened.discard(stale)
+        # (One pass over each difference per round, not a scan per channel: a reconnect of a
+        # runtime with 10,000 subscriptions LISTENs 10,000 channels.)
+        while True:
+            missing = [c for c in self._channels if c not in self._listened]
+            stale = [c for c in self._listened if c not in self._channels]
+            if not missing and not stale:
+                return
+            for channel in missing:
+                if channel in self._channels:
+                    await conn.add_listener(channel, self._on_notify)
+                    self._listened.add(channel)
+            for channel in stale:
+                if channel not in self._channels:
+                    await conn.remove_listener(channel, self._on_notify)
+                    self._listened.discard(channel)
 
     async def _listen_connection(self, started: bool) -> asyncpg.Connection:
         """A connection for LISTEN, retried with exponential backoff. Before the first one only a
