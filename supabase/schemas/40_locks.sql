@@ -182,18 +182,45 @@ revoke all on function public.renew_lock(text, text, uuid, bigint) from public, 
 grant execute on function public.renew_lock(text, text, uuid, bigint) to authenticated, service_role;
 
 -- Releases a held lease; returns false if it was not held (already expired or taken over).
+-- p_durable => false (how the runtime releases): when the release is the first write of its
+-- transaction, that transaction commits without waiting for its WAL flush. A release lost that
+-- way (the server crashes before the WAL writer flushes it) leaves the lease to run out at its
+-- TTL, which is what a holder that died before releasing leaves too; the fencing tokens are
+-- untouched (a release issues none), and any acquire that saw the release commits durably, which
+-- flushes the WAL up to and past the release first (the WAL is flushed in order), so a lease once
+-- taken over never comes back to the releaser. Writes of the same transaction after the release
+-- share its commit: a caller that wants them durable keeps the default (p_durable => true).
+-- The release announces the key on 'locks' (a hint for waiters sleeping between tries) only when
+-- no acquire is queued for it in the database: a queued one (it holds the key's queue lock, see
+-- acquire_lock) watches the row and takes the lease itself within a poll, and the hint would only
+-- wake every listening connection and runtime for nothing.
 -- Raises: AR403 not allowed.
-create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid) returns boolean
+create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid, p_durable boolean default true)
+returns boolean
 language plpgsql security definer set search_path = '' as $$
+declare
+  v_released boolean;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_durable is false and pg_catalog.pg_current_xact_id_if_assigned() is null then
+    perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  end if;
+  -- (the delete trigger leaves this release's hint to the code below)
+  perform pg_catalog.set_config('agent_runtime.releasing_lock', p_key, true);
   delete from public.distributed_locks
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > (select agent_runtime_private.clock());
-  return found;
+  v_released := found;
+  perform pg_catalog.set_config('agent_runtime.releasing_lock', '', true);
+  -- A free queue lock stays taken until this commits: an acquire that comes meanwhile queues,
+  -- then finds the lease released.
+  if v_released and pg_catalog.pg_try_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key)) then
+    perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', p_key));
+  end if;
+  return v_released;
 end
 $$;
-revoke all on function public.release_lock(text, text, uuid) from public, anon, authenticated;
-grant execute on function public.release_lock(text, text, uuid) to authenticated, service_role;
+revoke all on function public.release_lock(text, text, uuid, boolean) from public, anon, authenticated;
+grant execute on function public.release_lock(text, text, uuid, boolean) to authenticated, service_role;
 
 -- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
 -- Call it in the same transaction as the write it guards. The lock row is share-locked until that
