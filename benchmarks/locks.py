@@ -1,5 +1,5 @@
 """Locks: acquire+release per second, alone and 8-way contended on one key, beside
-``pg_advisory_xact_lock`` round trips."""
+``pg_advisory_xact_lock`` round trips; and what each costs the server in commits and WAL flushes."""
 
 from __future__ import annotations
 
@@ -13,17 +13,42 @@ from ._common import Bench, Figure, ms, runtime
 
 _XACT_KEY = 4242
 
+# Commits in this database, and WAL flushes (fsyncs) of the server: read before and after a run.
+_COUNTS = ("select (select xact_commit from pg_stat_database where datname = current_database()),"
+           " (select wal_sync from pg_stat_wal)")
 
-async def _runtime_uncontended(url: str, iterations: int) -> float:
+
+async def _server_counts(url: str) -> tuple[int, int]:
+    """(commits, WAL flushes) so far. A backend reports its counts when it goes idle (at most once a
+    second) or exits: read them after the measured connections are closed."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(_COUNTS)
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
+
+
+def _per_op(before: tuple[int, int], after: tuple[int, int], ops: int) -> dict[str, float]:
+    return {"commits_per_op": round((after[0] - before[0]) / max(ops, 1), 2),
+            "wal_flushes_per_op": round((after[1] - before[1]) / max(ops, 1), 2)}
+
+
+async def _runtime_uncontended(url: str, iterations: int) -> tuple[float, dict[str, float]]:
+    """(acquire+release/s, commits and WAL flushes per acquire+release, about: the runtime's start
+    and stop count too)."""
     async with runtime(url, "bench-locker") as rt:
         for _ in range(20):
             async with rt.lock("bench:solo"):
                 pass
+        before = await _server_counts(url)
         started = time.perf_counter()
         for _ in range(iterations):
             async with rt.lock("bench:solo"):
                 pass
-        return iterations / (time.perf_counter() - started)
+        rate = iterations / (time.perf_counter() - started)
+    return rate, _per_op(before, await _server_counts(url), iterations)
 
 
 async def _raw_uncontended(url: str, iterations: int) -> float:
@@ -60,11 +85,14 @@ async def _raw_lock_row(url: str, iterations: int) -> float:
         await conn.close()
 
 
-async def _runtime_contended(url: str, contenders: int, seconds: float) -> tuple[float, float, float]:
-    """(acquisitions/s, longest wait s, median wait s) with ``contenders`` runtimes on one key."""
+async def _runtime_contended(url: str, contenders: int,
+                             seconds: float) -> tuple[float, float, float, dict[str, float]]:
+    """(acquisitions/s, longest wait s, median wait s, commits and WAL flushes per hand-over) with
+    ``contenders`` runtimes on one key."""
     waits: list[float] = []
     async with AsyncExitStack() as stack:
         rts = [await stack.enter_async_context(runtime(url, f"bench-contender-{i}")) for i in range(contenders)]
+        before = await _server_counts(url)
         deadline = time.perf_counter() + seconds
 
         async def contend(i: int) -> None:
@@ -78,8 +106,9 @@ async def _runtime_contended(url: str, contenders: int, seconds: float) -> tuple
             for i in range(contenders):
                 tg.start_soon(contend, i)
         elapsed = time.perf_counter() - started
+    counts = _per_op(before, await _server_counts(url), len(waits))
     waits.sort()
-    return len(waits) / elapsed, waits[-1], waits[len(waits) // 2]
+    return len(waits) / elapsed, waits[-1], waits[len(waits) // 2], counts
 
 
 async def _raw_contended(url: str, contenders: int, seconds: float) -> tuple[float, float, float]:
@@ -113,15 +142,15 @@ async def locks(bench: Bench) -> list[Figure]:
     async with bench.fresh_db() as url:
         raw_solo = await _raw_uncontended(url, s.lock_iterations)
         lease_row = await _raw_lock_row(url, s.lock_iterations)
-        solo = await _runtime_uncontended(url, s.lock_iterations)
+        solo, solo_counts = await _runtime_uncontended(url, s.lock_iterations)
         raw_rate, raw_longest, raw_median = await _raw_contended(url, 8, s.lock_contended_seconds)
-        rate, longest, median = await _runtime_contended(url, 8, s.lock_contended_seconds)
+        rate, longest, median, counts = await _runtime_contended(url, 8, s.lock_contended_seconds)
     base = "BEGIN; pg_advisory_xact_lock; COMMIT"
     return [
         Figure("locks", "acquire+release/s, uncontended", round(solo), "ops/s", round(raw_solo), base, "higher",
-               extra={"raw_lease_row_upsert_delete_per_s": round(lease_row)}),
+               extra={"raw_lease_row_upsert_delete_per_s": round(lease_row), **solo_counts}),
         Figure("locks", "acquire+release/s, 8-way contended (one key)", round(rate), "ops/s", round(raw_rate),
-               base + ", 8 connections", "higher"),
+               base + ", 8 connections", "higher", extra=counts),
         Figure("locks", "longest wait, 8-way contended", ms(longest), "ms", ms(raw_longest),
                base + ", 8 connections", "lower", extra={"median_wait_ms": ms(median),
                                                          "baseline_median_wait_ms": ms(raw_median)}),

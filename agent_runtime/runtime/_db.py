@@ -158,8 +158,11 @@ class Database:
         return _as(LockGrant, await self._call(
             "renew_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id, p_ttl_ms=ttl_ms))
 
+    # p_durable=False: the call is alone in its transaction, which need not wait for its WAL flush
+    # (a release lost in a crash leaves the lease to its TTL; see release_lock in 40_locks.sql).
     async def release_lock(self, agent_id: str, key: str, lease_id: uuid.UUID) -> bool:
-        return bool(await self._call("release_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id))
+        return bool(await self._call("release_lock", p_agent_id=agent_id, p_key=key, p_lease_id=lease_id,
+                                     p_durable=False))
 
     async def check_fencing_token(self, key: str, token: int) -> bool:
         return bool(await self._call("check_fencing_token", p_key=key, p_token=token))

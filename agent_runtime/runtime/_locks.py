@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -164,6 +165,11 @@ class LockWaiters:
 _MAX_CALL_WAIT = 5.0
 
 
+def _backoff(tries: int) -> float:
+    """Seconds before try ``tries + 1``: random up to 20 ms doubling per try, at most 1 s."""
+    return random.uniform(0.0, min(1.0, 0.02 * 2.0 ** min(tries - 1, 10)))
+
+
 class Locks:
     """One runtime's leases: acquired (woken by release notifications through ``waiters``), kept
     renewed while held, released on exit, and at shutdown any that are still held."""
@@ -178,55 +184,51 @@ class Locks:
         Each call waits in the database at most what is left of ``wait`` (p_wait_ms). Between tries a
         waiter sleeps until a release notification, the holder's remaining lease, or a bounded
         exponential backoff with jitter, whichever comes first."""
-        context = self._context
-        lease_id = uuid.uuid4()
+        # (A plain loop: most acquires succeed at the first call, and building a retry policy on
+        # every one cost more client CPU than the call's own decoding.)
         started = anyio.current_time()
         deadline = None if wait is None else started + wait
-        backoff = tenacity.wait_random_exponential(multiplier=0.02, max=1.0)
-        released = self._waiters.event(key)
-
-        async def attempt() -> Lease | LockGrant | None:
-            """One try: the lease, or the refusal (None: the connection failed)."""
-            nonlocal released
+        lease_id = uuid.uuid4()
+        tries = 0
+        while True:
+            tries += 1
             released = self._waiters.event(key)  # (before the call: a release during it is not missed)
-            call_started = anyio.current_time()
-            # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
-            call_wait = min(_MAX_CALL_WAIT, ttl / 2)
-            if deadline is not None:
-                call_wait = min(max(deadline - call_started, 0.0), call_wait)
-            try:
-                grant = await context.db.acquire_lock(context.agent_id, key, lease_id, int(ttl * 1000),
-                                                      wait_ms=int(call_wait * 1000))
-            except ConnectionLost as exc:
-                log.warning("acquiring %s: %s; retrying", key, exc)
+            outcome = await self._try(key, lease_id, ttl, started, deadline)
+            if isinstance(outcome, Lease):
+                return outcome
+            now = anyio.current_time()
+            if deadline is not None and now >= deadline:
                 return None
-            if not grant.acquired or grant.token is None:
-                return grant
-            # One figure per agent, not per key (keys are many: a series each would not scale).
-            context.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
-            # The database's TTL started during the call, so after call_started: this is never later.
-            return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _context=context,
-                         _deadline=call_started + ttl)
-
-        def pause(state: tenacity.RetryCallState) -> float:
-            seconds = backoff(state)
-            refusal = state.outcome.result() if state.outcome is not None and not state.outcome.failed else None
-            if isinstance(refusal, LockGrant):  # no longer than the holder's lease has left
-                seconds = min(seconds, max(refusal.ttl_ms / 1000, 0.001))
+            seconds = _backoff(tries)
+            if outcome is not None:  # a refusal: no longer than the holder's lease has left
+                seconds = min(seconds, max(outcome.ttl_ms / 1000, 0.001))
             if deadline is not None:
-                seconds = min(seconds, max(deadline - anyio.current_time(), 0.0))
-            return seconds
-
-        async def until_released(seconds: float) -> None:
+                seconds = min(seconds, max(deadline - now, 0.0))
             with anyio.move_on_after(seconds):
                 await released.wait()
 
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_result(lambda outcome: not isinstance(outcome, Lease)),
-            stop=lambda _: deadline is not None and anyio.current_time() >= deadline,
-            wait=pause, sleep=until_released, retry_error_callback=lambda _: None)
-        lease: Lease | LockGrant | None = await retrying(attempt)
-        return lease if isinstance(lease, Lease) else None
+    async def _try(self, key: str, lease_id: uuid.UUID, ttl: float, started: float,
+                   deadline: float | None) -> Lease | LockGrant | None:
+        """One call: the lease, or the refusal (None: the connection failed)."""
+        context = self._context
+        call_started = anyio.current_time()
+        # At most half the TTL too: the lease's time on this holder's clock runs from the call's start.
+        call_wait = min(_MAX_CALL_WAIT, ttl / 2)
+        if deadline is not None:
+            call_wait = min(max(deadline - call_started, 0.0), call_wait)
+        try:
+            grant = await context.db.acquire_lock(context.agent_id, key, lease_id, int(ttl * 1000),
+                                                  wait_ms=int(call_wait * 1000))
+        except ConnectionLost as exc:
+            log.warning("acquiring %s: %s; retrying", key, exc)
+            return None
+        if not grant.acquired or grant.token is None:
+            return grant
+        # One figure per agent, not per key (keys are many: a series each would not scale).
+        context.metrics.observe("lock.wait_ms", (anyio.current_time() - started) * 1000)
+        # The database's TTL started during the call, so after call_started: this is never later.
+        return Lease(key, grant.token, lease_id, ttl, grant.expires_at, _context=context,
+                     _deadline=call_started + ttl)
 
     @asynccontextmanager
     async def hold(self, key: str, *, ttl: float, wait: float | None,
@@ -274,6 +276,9 @@ async def _keep_renewed(context: RuntimeContext, lease: Lease, body: anyio.Cance
     """Renew at a third of the TTL. Each success moves the body's deadline to the TTL after the
     start of that renewal (the block is cancelled when it passes, renewal or not). If the lease is
     gone, mark it lost and cancel the protected block: the holder never silently runs on."""
+    # Renewed when two thirds of the TTL are left (at once after an acquire that waited long). Most
+    # holds end before that: nothing more is built for them.
+    await anyio.sleep(max(lease.remaining() - lease.ttl * 2 / 3, 0.0))
     db = context.db
     # A failed renewal is tried again soon while the lease may still be ours (the body's deadline
     # ends the block otherwise); a lease that is gone is not.
@@ -283,17 +288,14 @@ async def _keep_renewed(context: RuntimeContext, lease: Lease, body: anyio.Cance
         wait=tenacity.wait_fixed(min(lease.ttl / 10, 0.5)), sleep=anyio.sleep, reraise=True,
         before_sleep=lambda state: log.warning("renewing %s: %s; retrying", lease.key,
                                                state.outcome.exception() if state.outcome else None))
-    # Renewed when two thirds of the TTL are left (at once after an acquire that waited long).
-    interval = max(lease.remaining() - lease.ttl * 2 / 3, 0.0)
     try:
         while True:
-            await anyio.sleep(interval)
             async for attempt in retrying:
                 with attempt:
                     started = anyio.current_time()
                     grant = await db.renew_lock(context.agent_id, lease.key, lease.lease_id, int(lease.ttl * 1000))
             body.deadline = lease._renewed(started, grant.expires_at)
-            interval = lease.ttl / 3
+            await anyio.sleep(lease.ttl / 3)
     except LockNotHeld:
         pass
     lease.lost = True

@@ -22,15 +22,18 @@ create index distributed_locks_expires_idx on public.distributed_locks (expires_
 create index distributed_locks_owner_idx on public.distributed_locks (owner_id);
 
 -- lock_json(l, p_acquired) -> jsonb: a lease as returned to its (would-be) holder; lease id and
--- token only when acquired.
+-- token only when acquired. (PL/pgSQL: as a SQL function with a pinned search_path it is not
+-- inlined, and its query was planned again on every call, a third of an acquire's server time.)
 -- Raises: nothing of its own.
 create function agent_runtime_private.lock_json(l public.distributed_locks, p_acquired boolean)
-returns jsonb language sql volatile set search_path = '' as $$
-  select jsonb_build_object('key', l.key, 'acquired', p_acquired, 'owner_id', l.owner_id,
+returns jsonb language plpgsql volatile set search_path = '' as $$
+begin
+  return jsonb_build_object('key', l.key, 'acquired', p_acquired, 'owner_id', l.owner_id,
                             'lease_id', case when p_acquired then l.lease_id end,
                             'token', case when p_acquired then l.token end,
                             'acquired_at', l.acquired_at, 'expires_at', l.expires_at,
-                            'ttl_ms', greatest(0, (extract(epoch from l.expires_at - (select agent_runtime_private.clock())) * 1000)::bigint))
+                            'ttl_ms', greatest(0, (extract(epoch from l.expires_at - agent_runtime_private.clock()) * 1000)::bigint));
+end
 $$;
 revoke all on function agent_runtime_private.lock_json(public.distributed_locks, boolean) from public, anon, authenticated, service_role;
 
@@ -41,10 +44,12 @@ revoke all on function agent_runtime_private.lock_json(public.distributed_locks,
 -- Waiting (p_wait_ms > 0): waiters queue in the database, first come
 -- first served (a transaction advisory lock per key, which Postgres grants in arrival order), and
 -- the first in the queue watches the lease row (every eighth of the time it has watched so far,
--- between 0.2 and 2 ms: a short hold is handed over within a fraction of a millisecond, a long one
--- costs at most 500 looks a second), so it takes the lease within a few
+-- between 0.2 and 2 ms asked; pg_sleep waits in whole milliseconds of its latch, so 1 to about
+-- 3 ms in fact: a short hold is handed over within about a millisecond, a long one costs at most
+-- 500 looks a second), so it takes the lease within a few
 -- milliseconds of its release or expiry, with no poll or notification round trip, and the others
--- wait their turn instead of racing for it. The wait writes nothing (no commit flush).
+-- wait their turn instead of racing for it. The wait writes nothing (no commit flush). A caller
+-- that finds nobody queued takes the queue lock at once (no subtransaction).
 -- Raises: AR400 invalid input; AR401 invalid name; AR403 not allowed; AR404 unknown agent.
 create function public.acquire_lock(p_agent_id text, p_key text, p_lease_id uuid, p_ttl_ms bigint,
                                     p_metadata jsonb default '{}'::jsonb, p_wait_ms bigint default null)
@@ -83,14 +88,17 @@ begin
     -- (a waiting caller queues even for a free lease: one that just released it cannot take it
     -- again ahead of those waiting)
     v_until := agent_runtime_private.clock() + v_wait;
-    begin  -- (a subtransaction: a queue wait that times out ends here; the lock, once got, is kept)
-      perform pg_catalog.set_config('lock_timeout', p_wait_ms::text || 'ms', true);
-      perform pg_catalog.pg_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key));  -- ('ARLK', the key)
-      perform pg_catalog.set_config('lock_timeout', v_saved_lock_timeout, true);
-    exception when lock_not_available then
-      select * into v_lock from public.distributed_locks where key = p_key;
-      return agent_runtime_private.lock_json(v_lock, false);
-    end;
+    -- ('ARLK', the key). Nobody queued: first at once, without the subtransaction of a wait.
+    if not pg_catalog.pg_try_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key)) then
+      begin  -- (a subtransaction: a queue wait that times out ends here; the lock, once got, is kept)
+        perform pg_catalog.set_config('lock_timeout', p_wait_ms::text || 'ms', true);
+        perform pg_catalog.pg_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key));
+        perform pg_catalog.set_config('lock_timeout', v_saved_lock_timeout, true);
+      exception when lock_not_available then
+        select * into v_lock from public.distributed_locks where key = p_key;
+        return agent_runtime_private.lock_json(v_lock, false);
+      end;
+    end if;
     v_first := (select agent_runtime_private.clock());
     loop  -- first in the queue: watch the lease until it is released or expires
       select * into v_lock from public.distributed_locks where key = p_key;
@@ -182,18 +190,45 @@ revoke all on function public.renew_lock(text, text, uuid, bigint) from public, 
 grant execute on function public.renew_lock(text, text, uuid, bigint) to authenticated, service_role;
 
 -- Releases a held lease; returns false if it was not held (already expired or taken over).
+-- p_durable => false (how the runtime releases): when the release is the first write of its
+-- transaction, that transaction commits without waiting for its WAL flush. A release lost that
+-- way (the server crashes before the WAL writer flushes it) leaves the lease to run out at its
+-- TTL, which is what a holder that died before releasing leaves too; the fencing tokens are
+-- untouched (a release issues none), and any acquire that saw the release commits durably, which
+-- flushes the WAL up to and past the release first (the WAL is flushed in order), so a lease once
+-- taken over never comes back to the releaser. Writes of the same transaction after the release
+-- share its commit: a caller that wants them durable keeps the default (p_durable => true).
+-- The release announces the key on 'locks' (a hint for waiters sleeping between tries) only when
+-- no acquire is queued for it in the database: a queued one (it holds the key's queue lock, see
+-- acquire_lock) watches the row and takes the lease itself within a poll, and the hint would only
+-- wake every listening connection and runtime for nothing.
 -- Raises: AR403 not allowed.
-create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid) returns boolean
+create function public.release_lock(p_agent_id text, p_key text, p_lease_id uuid, p_durable boolean default true)
+returns boolean
 language plpgsql security definer set search_path = '' as $$
+declare
+  v_released boolean;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_durable is false and pg_catalog.pg_current_xact_id_if_assigned() is null then
+    perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  end if;
+  -- (the delete trigger leaves this release's hint to the code below)
+  perform pg_catalog.set_config('agent_runtime.releasing_lock', p_key, true);
   delete from public.distributed_locks
   where key = p_key and lease_id = p_lease_id and owner_id = p_agent_id and expires_at > (select agent_runtime_private.clock());
-  return found;
+  v_released := found;
+  perform pg_catalog.set_config('agent_runtime.releasing_lock', '', true);
+  -- A free queue lock stays taken until this commits: an acquire that comes meanwhile queues,
+  -- then finds the lease released.
+  if v_released and pg_catalog.pg_try_advisory_xact_lock(1095910475, pg_catalog.hashtext(p_key)) then
+    perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', p_key));
+  end if;
+  return v_released;
 end
 $$;
-revoke all on function public.release_lock(text, text, uuid) from public, anon, authenticated;
-grant execute on function public.release_lock(text, text, uuid) to authenticated, service_role;
+revoke all on function public.release_lock(text, text, uuid, boolean) from public, anon, authenticated;
+grant execute on function public.release_lock(text, text, uuid, boolean) to authenticated, service_role;
 
 -- Fencing check for a protected write: raises AR422 unless p_token is the live holder's token.
 -- Call it in the same transaction as the write it guards. The lock row is share-locked until that

@@ -241,12 +241,17 @@ create trigger agent_presence_notify after insert or update of status on public.
   for each row execute function agent_runtime_private.on_presence_changed();
 revoke all on function agent_runtime_private.on_presence_changed() from public, anon, authenticated, service_role;
 
--- on_lock_released() trigger: a deleted lease notifies 'locks' (waiters try again at once).
+-- on_lock_released() trigger: a deleted lease notifies 'locks' (waiters try again at once),
+-- except the one release_lock is deleting: it sends that hint itself, only when no acquire is
+-- queued in the database for the key (see release_lock). (Any session can set the setting; it
+-- only drops the hints of its own transaction's deletes, which waiters' timers stand in for.)
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_lock_released() returns trigger
 language plpgsql security definer set search_path = '' as $$
 begin
-  perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', old.key));
+  if pg_catalog.current_setting('agent_runtime.releasing_lock', true) is distinct from old.key then
+    perform agent_runtime_private.notify('locks', 'released', jsonb_build_object('k', old.key));
+  end if;
   return null;
 end
 $$;

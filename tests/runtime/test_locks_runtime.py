@@ -173,3 +173,30 @@ async def test_lock_wait_metric_is_one_figure_per_agent(make_runtime: RuntimeFac
         await rt.flush_metrics()
         figures = [m for m in await rt.read_metrics(agent_id=rt.agent_id, metric="lock.wait_ms")]
         assert [(m.channel, m.count) for m in figures] == [("", 3)]
+
+
+async def test_the_runtime_releases_without_waiting_for_the_flush_and_acquires_durably(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """The runtime's release commits with synchronous_commit off (a lost release only leaves the
+    lease to its TTL), its acquire with the database's own (on here): the acquire issues the
+    fencing token, which must never be issued again after a crash. A trigger of this test records
+    the setting each write of a lock row commits under."""
+    await conn.execute(f'alter database "{await conn.fetchval("select current_database()")}"'
+                       " set synchronous_commit = on")  # (the test server's default is off)
+    await conn.execute("""
+        create table lock_row_writes (op text not null, setting text not null);
+        create function record_lock_row_write() returns trigger language plpgsql as $$
+        begin
+          insert into public.lock_row_writes values (tg_op, pg_catalog.current_setting('synchronous_commit'));
+          return null;
+        end $$;
+        create trigger record_lock_row_write after insert or update or delete on distributed_locks
+          for each row execute function record_lock_row_write();""")
+    async with make_runtime("releaser") as rt:
+        await conn.execute("truncate lock_row_writes")
+        async with rt.lock("flushless", ttl=5):
+            pass
+        async with rt.lock("flushless", ttl=5):
+            pass
+    writes = [tuple(r) for r in await conn.fetch("select op, setting from lock_row_writes")]
+    assert writes == [("INSERT", "on"), ("DELETE", "off"), ("INSERT", "on"), ("DELETE", "off")]

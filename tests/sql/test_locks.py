@@ -196,6 +196,38 @@ async def test_release_after_expiry_is_false(conn: asyncpg.Connection, advance_c
     assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease) is False
 
 
+async def test_release_skips_the_flush_wait_only_when_asked_and_alone(db_url: str, conn: asyncpg.Connection) -> None:
+    """release_lock(p_durable => false) commits with synchronous_commit off when it is the first
+    write of its transaction (as the runtime calls it); by default, or after another write of the
+    same transaction, the commit stays durable. Either way the release is seen at once by the next
+    acquirer, whose commit (durable) flushes it."""
+    await _setup(conn)
+    await conn.execute("set synchronous_commit = on")  # (the test server's default is off)
+
+    async def release(durable: bool | None, *, write_first: bool = False) -> str:
+        lease = uuid.uuid4()
+        await _acquire(conn, "a1", lease=lease)
+        args: dict[str, Any] = {} if durable is None else {"durable": durable}
+        async with conn.transaction():
+            if write_first:
+                await call(conn, "update_agent_last_seen", agent_id="a1")
+            assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease, **args) is True
+            setting: str = await conn.fetchval("select current_setting('synchronous_commit')")
+        return setting
+
+    assert await release(False) == "off"
+    assert await conn.fetchval("select current_setting('synchronous_commit')") == "on"  # (transaction-local)
+    assert await release(None) == "on"
+    assert await release(True) == "on"
+    assert await release(False, write_first=True) == "on"
+    lease = uuid.uuid4()
+    first = await _acquire(conn, "a1", lease=lease)
+    async with connections(db_url, 1) as (other,):
+        assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=lease, durable=False) is True
+        taken = await _acquire(other, "b1")
+        assert taken["acquired"] is True and taken["token"] > first["token"]
+
+
 async def test_lock_keys(conn: asyncpg.Connection) -> None:
     """Keys of 1-256 printable characters (any script, spaces, colons) are accepted."""
     await _setup(conn)

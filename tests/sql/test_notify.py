@@ -3,6 +3,7 @@ notification channel, and realtime.send only where wakeup_routes says so."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 
 from agent_runtime.transports import wire
-from tests.sql._helpers import acting_as, call, expect_error, listening, realtime_payloads, register, send
+from tests.sql._helpers import acting_as, call, connections, expect_error, listening, realtime_payloads, register, send
 
 
 async def _setup(conn: asyncpg.Connection) -> None:
@@ -115,6 +116,35 @@ async def test_lock_release_notifies(db_url: str, conn: asyncpg.Connection) -> N
         assert await listener.settle(conn) == []
         await call(conn, "release_lock", agent_id="a1", key="job:1", lease_id=lease)
         assert await listener.settle(conn) == [{"k": "job:1", "t": "locks", "e": "released"}]
+
+
+async def test_a_release_with_a_waiter_queued_in_the_database_sends_no_hint(
+        db_url: str, conn: asyncpg.Connection) -> None:
+    """A waiter queued in the database takes the released lease itself: the release sends no
+    'locks' hint then (it would wake every listener for nothing). Deletes other than a release
+    (an agent deregistering) still announce their keys."""
+    await register(conn, "a1")
+    await register(conn, "b1")
+    lease = uuid.uuid4()
+    await call(conn, "acquire_lock", agent_id="a1", key="job:1", lease_id=lease, ttl_ms=10000)
+    async with listening(db_url, "locks") as listener, connections(db_url, 1) as (waiter_conn,):
+        waiter = asyncio.create_task(call(waiter_conn, "acquire_lock", agent_id="b1", key="job:1",
+                                          lease_id=uuid.uuid4(), ttl_ms=10000, wait_ms=5000))
+        for _ in range(100):  # until it waits in the queue (it holds the key's queue lock)
+            if await conn.fetchval("select count(*) from pg_locks where locktype = 'advisory'"
+                                   " and classid = 1095910475 and granted"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the waiter never queued")
+        assert await call(conn, "release_lock", agent_id="a1", key="job:1", lease_id=lease) is True
+        got = await asyncio.wait_for(waiter, 3)
+        assert got["acquired"] is True and got["owner_id"] == "b1"
+        assert await listener.settle(conn) == []
+        await call(conn, "acquire_lock", agent_id="a1", key="job:2", lease_id=uuid.uuid4(), ttl_ms=10000)
+        await call(conn, "deregister_agent", agent_id="b1")
+        await call(conn, "deregister_agent", agent_id="a1")
+        assert sorted(event["k"] for event in await listener.settle(conn)) == ["job:1", "job:2"]
 
 
 async def test_realtime_send_mirrors_the_hint(db_url: str, conn: asyncpg.Connection) -> None:
