@@ -153,6 +153,7 @@ declare
   v_carry boolean;
   v_carried public.distributed_messages[];
   v_last bigint;
+  v_now timestamptz;
   v_result jsonb;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
@@ -272,7 +273,7 @@ begin
 
     update public.communication_channels set last_seq = last_seq + v_count
     where id = v_channel.id
-    returning last_seq into v_channel.last_seq;
+    returning last_seq, (select agent_runtime_private.clock()) into v_channel.last_seq, v_now;  -- (after the lock)
 
     with fresh as (
       select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
@@ -282,8 +283,8 @@ begin
                                                     correlation_id, reply_to, idempotency_key, expires_at,
                                                     visible_at)
       select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
-             f.reply_to, f.idempotency_key, (select agent_runtime_private.clock()) + coalesce(f.ttl, v_channel.message_ttl),
-             (select agent_runtime_private.clock()) + coalesce(f.delay, interval '0')
+             f.reply_to, f.idempotency_key, v_now + coalesce(f.ttl, v_channel.message_ttl),
+             v_now + coalesce(f.delay, interval '0')
       from fresh f
       returning m.id, m.seq, m
     )
