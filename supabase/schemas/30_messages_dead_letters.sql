@@ -147,6 +147,13 @@ declare
   v_malformed integer;
   v_oversized integer;
   v_keys integer;
+  v_delayed boolean;
+  v_bytes bigint;
+  v_replies boolean;
+  v_carry boolean;
+  v_carried public.distributed_messages[];
+  v_last bigint;
+  v_now timestamptz;
   v_result jsonb;
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
@@ -181,8 +188,9 @@ begin
              or (p.idempotency_key is not null and length(p.idempotency_key) not between 1 and 200)
              or (p.reply_to is not null and p.reply_to !~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$')),
            min(p.ord) filter (where p.size_bytes > v_channel.max_payload_bytes),
-           count(p.idempotency_key)
-    into v_out, v_malformed, v_oversized, v_keys
+           count(p.idempotency_key), bool_or(p.delay > interval '0'), sum(p.size_bytes),
+           bool_and(p.reply_to is null and p.correlation_id is not null)
+    into v_out, v_malformed, v_oversized, v_keys, v_delayed, v_bytes, v_replies
     from (select e.ord::integer as ord, e.m -> 'payload' as payload,
                  coalesce(e.m -> 'headers', '{}'::jsonb) as headers,
                  octet_length((e.m -> 'payload')::text) as size_bytes, e.m ->> 'idempotency_key' as idempotency_key,
@@ -206,33 +214,43 @@ begin
       v_out[v_oversized].size_bytes, v_channel.name, v_channel.max_payload_bytes using errcode = 'AR413';
   end if;
   -- A broadcast channel delivers every message in order as soon as it is sent: a delay there would
-  -- either be ignored or hold back everything after it, so it is refused (new in this migration).
-  if v_channel.kind = 'broadcast' and exists (select 1 from unnest(v_out) o where o.delay > interval '0') then
+  -- either be ignored or hold back everything after it, so it is refused.
+  if v_channel.kind = 'broadcast' and v_delayed then
     raise exception 'delay is for queue and direct channels; channel % is a broadcast channel', v_channel.name
       using errcode = 'AR400';
   end if;
 
+  -- Whether the wake-up may carry the messages themselves (agent_runtime_private.notify_sent): on a
+  -- broadcast channel, or replies to an inbox (the requester delivers a reply from its wake-up),
+  -- when they are few, small and visible now. (With idempotency keys this is decided for the whole
+  -- batch: the messages actually sent are a part of it.)
+  v_carry := (v_channel.kind = 'broadcast' or (v_channel.kind = 'direct' and v_replies))
+             and not coalesce(v_delayed, false) and v_count <= 16 and v_bytes < 6000;
+
   -- Taking the channel row lock serialises producers on this channel until commit, so seq order
   -- equals commit order. Everything above ran without it; what follows holds it until commit.
   if v_keys = 0 then
+    -- (The clock is read once, in the UPDATE's RETURNING: after any wait for the row lock.)
     with numbered as (
       update public.communication_channels set last_seq = last_seq + v_count
       where id = v_channel.id
-      returning last_seq
+      returning last_seq, (select agent_runtime_private.clock()) as now
     ), inserted as (
-      insert into public.distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
-                                        correlation_id, reply_to, expires_at, visible_at)
+      insert into public.distributed_messages as m (channel_id, seq, sender_id, payload, headers, size_bytes,
+                                                    correlation_id, reply_to, expires_at, visible_at)
       select v_channel.id, n.last_seq - v_count + o.ord, p_agent_id, o.payload, o.headers,
-             o.size_bytes, o.correlation_id, o.reply_to, (select agent_runtime_private.clock()) + coalesce(o.ttl, v_channel.message_ttl),
-             (select agent_runtime_private.clock()) + coalesce(o.delay, interval '0')
+             o.size_bytes, o.correlation_id, o.reply_to, n.now + coalesce(o.ttl, v_channel.message_ttl),
+             n.now + coalesce(o.delay, interval '0')
       from numbered n cross join unnest(v_out) o
-      returning id, seq
+      returning m.id, m.seq, m
     )
-    select jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) order by i.seq)
-    into v_result from inserted i;
+    select jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) order by i.seq),
+           array_agg(i.m order by i.seq) filter (where v_carry), max(i.seq)
+    into v_result, v_carried, v_last from inserted i;
     if v_result is null then  -- the channel went away meanwhile
       raise exception 'unknown channel %', p_channel using errcode = 'AR405';
     end if;
+    perform agent_runtime_private.notify_sent(v_channel.name, v_channel.kind, v_last, v_carried);
     return v_result;
   end if;
 
@@ -255,22 +273,22 @@ begin
 
     update public.communication_channels set last_seq = last_seq + v_count
     where id = v_channel.id
-    returning last_seq into v_channel.last_seq;
+    returning last_seq, (select agent_runtime_private.clock()) into v_channel.last_seq, v_now;  -- (after the lock)
 
     with fresh as (
       select o.*, v_channel.last_seq - v_count + row_number() over (order by o.ord) as seq
       from unnest(v_out) o where o.existing_id is null and o.dup_of is null
     ), inserted as (
-      insert into public.distributed_messages (channel_id, seq, sender_id, payload, headers, size_bytes,
-                                        correlation_id, reply_to, idempotency_key, expires_at,
-                                        visible_at)
+      insert into public.distributed_messages as m (channel_id, seq, sender_id, payload, headers, size_bytes,
+                                                    correlation_id, reply_to, idempotency_key, expires_at,
+                                                    visible_at)
       select v_channel.id, f.seq, p_agent_id, f.payload, f.headers, f.size_bytes, f.correlation_id,
-             f.reply_to, f.idempotency_key, (select agent_runtime_private.clock()) + coalesce(f.ttl, v_channel.message_ttl),
-             (select agent_runtime_private.clock()) + coalesce(f.delay, interval '0')
+             f.reply_to, f.idempotency_key, v_now + coalesce(f.ttl, v_channel.message_ttl),
+             v_now + coalesce(f.delay, interval '0')
       from fresh f
-      returning id, seq
+      returning m.id, m.seq, m
     )
-    select jsonb_agg(r.j order by r.ord) into v_result from (
+    select (select jsonb_agg(r.j order by r.ord) from (
       select f.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', false) as j
       from fresh f join inserted i on i.seq = f.seq
       union all
@@ -279,7 +297,11 @@ begin
       union all
       select o.ord, jsonb_build_object('id', i.id, 'seq', i.seq, 'duplicate', true)
       from unnest(v_out) o join fresh f on f.ord = o.dup_of join inserted i on i.seq = f.seq
-    ) r;
+    ) r), (select array_agg(i.m order by i.seq) filter (where v_carry) from inserted i), (select max(i.seq) from inserted i)
+    into v_result, v_carried, v_last;
+    if v_last is not null then  -- (nothing new was sent if every message was a duplicate)
+      perform agent_runtime_private.notify_sent(v_channel.name, v_channel.kind, v_last, v_carried);
+    end if;
     return coalesce(v_result, '[]'::jsonb);
   exception
     when unique_violation then

@@ -170,3 +170,29 @@ async def test_an_inbox_wakeup_carries_replies_which_are_acked_without_a_claim(
     await call(conn, "nack_message", agent_id="b1", message_id=claimed["id"], delay_ms=0)
     assert claimed["id"] == again["id"]
     assert await call(conn, "ack_messages", agent_id="b1", message_ids=[again["id"]]) == 0  # claimed once: stale
+
+
+async def test_a_batch_with_idempotency_keys_wakes_for_what_it_sent(db_url: str, conn: asyncpg.Connection) -> None:
+    """send_messages sends its own wake-up (no trigger): with keys, it carries only the messages
+    sent now (a duplicate is not sent again, so not carried again), and a batch of duplicates
+    only sends no wake-up at all."""
+    await _setup(conn)
+
+    def keyed(*keys: str) -> list[dict[str, object]]:
+        return [{"payload": {"k": k}, "idempotency_key": k} for k in keys]
+
+    async with listening(db_url, "channel:news") as listener:
+        first = await call(conn, "send_messages", agent_id="a1", channel="news", messages=keyed("a", "b"))
+        [event] = await listener.settle(conn)
+        assert (event["s"], event["f"]) == (2, 1)
+        assert [m["id"] for m in json.loads(event["m"])] == [r["id"] for r in first]
+
+        again = await call(conn, "send_messages", agent_id="a1", channel="news", messages=keyed("a", "c", "c"))
+        [event] = await listener.settle(conn)
+        assert [r["duplicate"] for r in again] == [True, False, True]
+        assert (event["s"], event["f"]) == (3, 3)
+        [carried] = json.loads(event["m"])
+        assert carried["id"] == again[1]["id"] and carried["payload"] == {"k": "c"}
+
+        await call(conn, "send_messages", agent_id="a1", channel="news", messages=keyed("b", "c"))
+        assert await listener.settle(conn) == []
