@@ -48,6 +48,15 @@ class Database:
     async def _call(self, fn: str, **args: Any) -> Any:
         return await self.transport.call(fn, args)
 
+    async def _call_messages(self, fn: str, **args: Any) -> list[RawMessage]:
+        """A call returning messages, decoded straight from the wire into RawMessages where the
+        transport can (no dicts in between: the delivery path's per-message decoding cost)."""
+        call_as = getattr(self.transport, "call_as", None)
+        if call_as is not None:
+            messages: list[RawMessage] = await call_as(fn, args, list[RawMessage])
+            return messages
+        return messages_from_json(await self.transport.call(fn, args))
+
     # Registry and presence
     async def register_agent(self, agent_id: str, name: str, *, kind: str, capabilities: Sequence[str],
                              version: str, host: str, pid: int | None, metadata: dict[str, Any],
@@ -99,8 +108,8 @@ class Database:
     async def fetch(self, agent_id: str, channel: str, limit: int,
                     ack_ids: Sequence[int] | None = None) -> list[RawMessage]:
         acks: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
-        return messages_from_json(await self._call(
-            "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit, **acks))
+        return await self._call_messages(
+            "fetch_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit, **acks)
 
     async def claim(self, agent_id: str, channel: str, limit: int, visibility_ms: int | None,
                     ack_ids: Sequence[int] | None = None,
@@ -109,9 +118,9 @@ class Database:
         extra: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
         if classes is not None:
             extra["p_classes"] = list(classes)
-        return messages_from_json(await self._call(
+        return await self._call_messages(
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
-            p_visibility_ms=visibility_ms, **extra))
+            p_visibility_ms=visibility_ms, **extra)
 
     # ``channel``: only messages of that channel are acknowledged (ids of others are ignored).
     async def ack(self, agent_id: str, message_ids: Sequence[int], channel: str) -> int:

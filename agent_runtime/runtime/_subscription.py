@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import tenacity
 
@@ -149,6 +150,7 @@ class Subscription(Generic[T]):
         # Carried messages that arrived during a fetch, or while a handed-out message was unsettled.
         self._offered: list[tuple[int, list[RawMessage]]] = []
         self.taken_from_wakeups = 0  # messages delivered without a fetch (diagnostics, tests)
+        self._received = context.metrics.received
 
     # Wake-ups (called from the runtime's event dispatch; never block)
     def poll_due(self, now: float, interval: float) -> bool:
@@ -283,15 +285,17 @@ class Subscription(Generic[T]):
         return self
 
     async def __anext__(self) -> Message[T]:
+        # The per-message path: a message already buffered is handed out without suspending.
         buffer = self._buffer
+        stopping = self._context.stopping
         while True:
-            if self._closed or self._context.stopping.is_set():
+            if self._closed or stopping.is_set():
                 raise StopAsyncIteration
             if not buffer:
                 await self._refill()
                 continue
             raw = buffer.popleft()
-            self._context.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+            self._received(self.channel, raw.size_bytes, raw.created_at)
             if self._type is None:
                 payload = raw.payload
             else:
@@ -315,7 +319,15 @@ class Subscription(Generic[T]):
         """Fetch the next batch, or wait for a wake-up (or the safety poll) if there is none.
         Pending acks ride along with the fetch (one round trip, one transaction). Consumers of one
         subscription fetch one at a time and wait for news on the same event."""
-        async with self._fetching:
+        # (The lock taken without the yield to the event loop anyio's acquire makes: a
+        # cancellation is still seen here, and the fetch below suspends anyway.)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        fetching = self._fetching
+        try:
+            fetching.acquire_nowait()
+        except anyio.WouldBlock:
+            await fetching.acquire()
+        try:
             if self._buffer:
                 return  # another consumer fetched meanwhile
             if self._wake.is_set():  # (a wake-up from now on is news the fetch below may miss)
@@ -335,6 +347,8 @@ class Subscription(Generic[T]):
                 if self._buffer:
                     wake.set()  # consumers waiting for news: here it is
                     return
+        finally:
+            fetching.release()
         if not self._context.stopping.is_set():  # shutdown wakes every subscription
             with anyio.move_on_after(timeout) as waited:
                 self._waiting.add(waited)
@@ -399,7 +413,7 @@ class Subscription(Generic[T]):
             # Shielded (and bounded): a batch the database has claimed must reach the buffer, to
             # be handled or handed back by close(), not vanish with a call cancelled by shutdown
             # and sit in flight until its visibility timeout. Likewise acks being written.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._context.timing.shutdown_timeout):
+            with anyio.move_on_after(self._context.timing.shutdown_timeout, shield=True):
                 batch = await self._with_acks(self._fetch)
         except BaseException:
             self._news = True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
@@ -29,6 +29,8 @@ _LISTEN_LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.
 _WATCH_WAIT = 5.0  # seconds a watch waits for its LISTEN before returning anyway
 _RECONNECT_PAUSE = 0.05  # seconds: the first pause before reconnecting, doubled on each failure
 _decoder = msgspec.json.Decoder()
+_typed_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
@@ -44,17 +46,25 @@ def translate_errors(target: str | None = None) -> Iterator[None]:
         yield
     except AgentRuntimeError:
         raise
-    except asyncpg.PostgresError as exc:
-        raise error_from_sqlstate(exc.sqlstate, exc.message or str(exc), getattr(exc, "hint", None)) from exc
-    except TimeoutError as exc:
+    except _DRIVER_ERRORS as exc:
+        raise _translated(exc, target) from exc
+
+
+# What translate_errors (and the call path, without its generator) turns into the runtime's own.
+_DRIVER_ERRORS = (asyncpg.PostgresError, TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _translated(exc: BaseException, target: str | None = None) -> AgentRuntimeError:
+    if isinstance(exc, asyncpg.PostgresError):
+        return error_from_sqlstate(exc.sqlstate, exc.message or str(exc), getattr(exc, "hint", None))
+    if isinstance(exc, TimeoutError):
         where = f" from {target}" if target else ""
-        raise ConnectionLost(
+        return ConnectionLost(
             f"database connection failed: no answer{where} in time (something accepts connections there but does not "
             "answer as PostgreSQL, or the server is overloaded)",
-            hint="check the host and port in the URL (--url / AGENT_RUNTIME_URL)") from exc
-    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ConnectionLost(f"database connection failed{f' ({target})' if target else ''}: {reason}") from exc
+            hint="check the host and port in the URL (--url / AGENT_RUNTIME_URL)")
+    reason = str(exc) or type(exc).__name__
+    return ConnectionLost(f"database connection failed{f' ({target})' if target else ''}: {reason}")
 
 
 def describe_target(url: str) -> str:
@@ -79,6 +89,9 @@ class PostgresTransport:
         self._reconnect_max_delay = reconnect_max_delay
         self._health_interval = health_interval
         self._pool: asyncpg.Pool | None = None
+        self._closing_pool: asyncpg.Pool | None = None  # during aclose(): where calls still running release to
+        self._idle: list[asyncpg.Connection] = []  # connections that answered their last call (see _acquire)
+        self._acquiring = 0  # calls waiting for a connection from the pool
         self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
         self._closed = False
         self.malformed_wakeups = 0  # notifications dropped at the edge: not wake-ups
@@ -117,22 +130,82 @@ class PostgresTransport:
         return sql
 
     async def call(self, function: str, args: Mapping[str, Any]) -> Any:
-        if self._pool is None:
-            raise ConnectionLost("the transport is not connected")
-        with translate_errors():
-            async with _connection(self._pool) as con:
-                try:
-                    raw = await con.fetchval(self._statement(function, tuple(args)), *args.values())
-                except asyncpg.DataError as exc:
-                    # The driver could not encode a value (no JSON form, a lone surrogate, the wrong
-                    # Python type for the parameter's SQL type): it says so with the codec's error as
-                    # the cause. A data error from the server has none, and is translated as such.
-                    if exc.__cause__ is None:
-                        raise
-                    raise InvalidInput(f"invalid argument for {function}: {exc.__cause__}") from exc
-                except (TypeError, ValueError) as exc:
-                    raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
+        raw = await self._call_text(function, args)
         return None if raw is None else _decoder.decode(raw)
+
+    async def call_as(self, function: str, args: Mapping[str, Any], kind: type[T]) -> T:
+        """:meth:`call`, its JSON result decoded straight into ``kind`` (msgspec's rules, as
+        ``msgspec.convert(call(...), kind, strict=False)`` would give, without the builtins in
+        between). Raises ``msgspec.ValidationError`` if the result does not fit ``kind``."""
+        raw = await self._call_text(function, args)
+        return _typed_decoder(kind).decode("null" if raw is None else raw)
+
+    async def _call_text(self, function: str, args: Mapping[str, Any]) -> str | None:
+        # The hot path of every call: no generator-based context managers, and a connection from
+        # the transport's own stack of idle ones before the pool's (see _acquire).
+        con = await self._acquire()
+        ok = False
+        try:
+            raw: str | None = await con.fetchval(self._statement(function, tuple(args)), *args.values())
+            ok = True
+        except AgentRuntimeError:
+            raise
+        except asyncpg.DataError as exc:
+            # The driver could not encode a value (no JSON form, a lone surrogate, the wrong
+            # Python type for the parameter's SQL type): it says so with the codec's error as the
+            # cause. A data error from the server has none, and is translated as such.
+            if exc.__cause__ is None:
+                raise _translated(exc) from exc
+            raise InvalidInput(f"invalid argument for {function}: {exc.__cause__}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"invalid argument for {function}: {exc}") from exc
+        except _DRIVER_ERRORS as exc:
+            raise _translated(exc) from exc
+        finally:
+            await self._release(con, ok)
+        return raw
+
+    async def _acquire(self) -> asyncpg.Connection:
+        """A connection for one call: the most recently used idle one, else one from the pool.
+        Connections that answered a call are kept on the transport's own stack instead of going
+        back to the pool (asyncpg's acquire and release cost about 15 us a call); any failure
+        sends the connection back through the pool, which resets or replaces it. The pool's
+        ``max_size`` still bounds them all."""
+        pool = self._pool
+        if pool is None:
+            raise ConnectionLost("the transport is not connected")
+        idle = self._idle
+        while idle:
+            kept: asyncpg.Connection = idle.pop()
+            if _usable(kept):
+                return kept
+            with translate_errors():  # (lost while idle: the pool replaces it, as it would its own)
+                await pool.release(kept)
+        self._acquiring += 1
+        try:
+            con: asyncpg.Connection = await pool.acquire()
+        except asyncpg.PostgresError as exc:
+            # An error while (re)connecting is the connection failing, whatever the server's
+            # reason (not accepting connections, starting up...): retryable.
+            raise ConnectionLost(f"database connection failed: {exc}") from exc
+        except _DRIVER_ERRORS as exc:
+            raise _translated(exc) from exc
+        finally:
+            self._acquiring -= 1
+        return con
+
+    async def _release(self, con: asyncpg.Connection, ok: bool) -> None:
+        # (Back to the pool while a call waits for one there: a connection kept here would leave
+        # it waiting for the pool's max_size connections to come back, and they never might.)
+        if ok and not self._acquiring and self._pool is not None and _usable(con) and not con.is_in_transaction():
+            self._idle.append(con)
+            return
+        pool = self._pool or self._closing_pool
+        if pool is None:
+            con.terminate()
+            return
+        with translate_errors():
+            await pool.release(con)
 
     async def listen(self, sink: EventSink, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._sink = sink
@@ -249,9 +322,30 @@ class PostgresTransport:
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            self._closing_pool = pool
+            with anyio.move_on_after(5, shield=True):
+                idle, self._idle = self._idle, []
+                for con in idle:
+                    await pool.release(con)
                 await pool.close()
             pool.terminate()
+            self._closing_pool = None
+
+
+def _usable(con: asyncpg.Connection) -> bool:
+    """Open and still the caller's: a pooled connection that is lost is handed back to its pool by
+    asyncpg itself (then every method of it raises InterfaceError)."""
+    try:
+        return not con.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def _typed_decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
+    decoder = _typed_decoders.get(kind)
+    if decoder is None:
+        decoder = _typed_decoders[kind] = msgspec.json.Decoder(kind, strict=False)
+    return decoder
 
 
 def _nowhere(event: wire.WakeUp) -> None:  # (before listen() has a sink)
@@ -267,18 +361,3 @@ async def _set_json_codecs(con: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
         await con.set_type_codec(type_name, schema="pg_catalog", encoder=_encode_json, decoder=_decoder.decode,
                                  format="text")
-
-
-@asynccontextmanager
-async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection. An error while (re)connecting is the connection failing, whatever
-    the server's reason (not accepting connections, starting up...): ``ConnectionLost``, retryable."""
-    try:
-        con = await pool.acquire()
-    except asyncpg.PostgresError as exc:
-        raise ConnectionLost(f"database connection failed: {exc}") from exc
-    try:
-        yield con
-    finally:
-        await pool.release(con)
-

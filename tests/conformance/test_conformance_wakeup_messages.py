@@ -48,6 +48,16 @@ class Fetched:
             return result
 
         transport.call = call  # type: ignore[method-assign]
+        # (A transport that decodes messages straight from the wire returns them through call_as.)
+        original_as = getattr(transport, "call_as", None)
+        if original_as is not None:
+            async def call_as(function: str, args: Any, kind: Any) -> Any:
+                result = await original_as(function, args, kind)
+                if function == "fetch_messages":
+                    self.seqs.extend(m.seq for m in result)
+                return result
+
+            transport.call_as = call_as  # type: ignore[attr-defined]
 
 
 async def _next(sub: Subscription[Any], within: float = 5.0) -> tuple[int, int, int]:

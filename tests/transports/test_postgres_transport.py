@@ -10,10 +10,12 @@ from typing import Any
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
 from agent_runtime.errors import InvalidInput
-from agent_runtime.transports import wire
+from agent_runtime.models import AgentInfo
+from agent_runtime.transports import postgres, wire
 from agent_runtime.transports.postgres import PostgresTransport
 
 
@@ -122,3 +124,51 @@ async def test_the_listener_hears_only_the_topics_it_watches(transport: Postgres
         assert transport.malformed_wakeups == 0
     finally:
         await conn.close()
+
+
+async def test_more_calls_at_once_than_the_pool_holds_all_complete(transport: PostgresTransport) -> None:
+    """The transport keeps connections that answered on its own stack, not in the pool: while a
+    call waits for the pool (all max_size=2 connections busy), a finished call hands its connection
+    back to the pool, so that waiter is served (kept on the stack, it would wait forever)."""
+    await transport.call("register_agent", {"p_agent_id": "a1", "p_name": "a1"})
+    answers: list[Any] = []
+
+    async def one() -> None:
+        answers.append(await transport.call("list_agents", {"p_online_only": False}))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(one)
+    assert len(answers) == 12 and all(a and a[0]["id"] == "a1" for a in answers)
+    assert len(transport._idle) <= 2  # (the pool's max_size bounds them all)
+
+
+async def test_a_kept_connection_lost_while_idle_is_replaced(transport: PostgresTransport, conn: asyncpg.Connection,
+                                                             ) -> None:
+    """A connection on the transport's stack whose backend is killed between calls is not handed out
+    again: the next call gets a fresh one from the pool, as a pooled connection would have."""
+    await transport.call("register_agent", {"p_agent_id": "a1", "p_name": "a1"})
+    [kept] = transport._idle
+    pid = kept.get_server_pid()
+    lost = anyio.Event()
+    kept.add_termination_listener(lambda _con: lost.set())
+    assert await conn.fetchval("select pg_terminate_backend($1)", pid)
+    with anyio.fail_after(5):
+        await lost.wait()  # (asyncpg has noticed the loss)
+    assert not postgres._usable(kept)
+    assert [a["id"] for a in await transport.call("list_agents", {"p_online_only": False})] == ["a1"]
+    [fresh] = transport._idle
+    assert fresh.get_server_pid() != pid
+
+
+async def test_call_as_decodes_into_the_type_as_convert_would(transport: PostgresTransport) -> None:
+    """call_as gives what msgspec.convert(call(...), type, strict=False) gives, decoded from the wire
+    text; a result that does not fit the type raises msgspec's ValidationError."""
+    await transport.call("register_agent", {"p_agent_id": "a1", "p_name": "a1", "p_metadata": {"k": [1]}})
+    args = {"p_online_only": False}
+    typed = await transport.call_as("list_agents", args, list[AgentInfo])
+    assert typed == msgspec.convert(await transport.call("list_agents", args), list[AgentInfo], strict=False)
+    assert typed[0].metadata == {"k": [1]} and typed[0].started_at is not None
+    with pytest.raises(msgspec.ValidationError):
+        await transport.call_as("list_agents", args, list[int])
