@@ -42,16 +42,20 @@ revoke all on schema agent_runtime_private from public, anon, authenticated, ser
 -- `(select agent_runtime_private.clock())`, in the statement that decides: an InitPlan, evaluated
 -- once when that statement runs (after its snapshot is taken, so after every commit it can see;
 -- never at the transaction's start as now() is), and called once per statement rather than once
--- per row (a function with a pinned search_path is not inlined: ~1.5 us a call). PL/pgSQL
--- expressions (v_now := ..., IF, EXIT WHEN) call agent_runtime_private.clock() directly.
+-- per row (a function with a pinned search_path is not inlined). PL/pgSQL expressions (v_now :=
+-- ..., IF, EXIT WHEN) call agent_runtime_private.clock() directly. PL/pgSQL itself: as a SQL
+-- function it was parsed and planned again on every call from a new statement (14-16 us a call in
+-- a send, track_functions; 1.3-1.4 us as PL/pgSQL).
 -- Only agent_runtime.testing.TestDatabases redefines it, in the template of its test databases, to
 -- add an offset kept in a table only the table's owner may write (agent_runtime/testing/
 -- test_clock.sql). Trust comes from real roles there too: no setting or JWT claim a session can
 -- set changes what it returns, and in a migrated database it has no offset at all.
 -- Raises nothing.
 create function agent_runtime_private.clock() returns timestamptz
-language sql volatile set search_path = '' as $$
-  select pg_catalog.clock_timestamp()
+language plpgsql volatile set search_path = '' as $$
+begin
+  return pg_catalog.clock_timestamp();
+end
 $$;
 revoke all on function agent_runtime_private.clock() from public, anon, authenticated, service_role;
 
