@@ -95,6 +95,13 @@ class Database:
         return _as(list[SendResult], await self._call(
             "send_messages", p_agent_id=agent_id, p_channel=channel, p_messages=messages))
 
+    async def reply_to_request(self, agent_id: str, request_id: int, channel: str,
+                               messages: list[dict[str, Any]]) -> tuple[bool, list[SendResult]]:
+        """Send a reply and ack the request it answers in one transaction: (acked, sent)."""
+        result = await self._call("reply_to_request", p_agent_id=agent_id, p_request_id=request_id,
+                                  p_channel=channel, p_messages=messages)
+        return bool(result["acked"]), _as(list[SendResult], result["sent"])
+
     # ``ack_ids``: acknowledged in the same call, before fetching (one round trip for both).
     async def fetch(self, agent_id: str, channel: str, limit: int,
                     ack_ids: Sequence[int] | None = None) -> list[RawMessage]:

@@ -166,12 +166,15 @@ class Requests:
         try:
             try:
                 kind, payload = await self._outcome(msg)
-                await self._send_reply(msg.raw, payload, kind)
+                acked = await self._send_reply(msg.raw, payload, kind)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(context.timing.shutdown_timeout):
                     await nack_quietly(context, msg, delay=0, reason="request handler cancelled (shutdown)")
                 raise
-            await msg.ack()
+            if acked:
+                msg.acked_elsewhere()  # (in the reply's own transaction)
+            else:
+                await msg.ack()
         except Exception as exc:  # the reply could not be sent (the database is away...)
             context.metrics.increment("errors.request", channel=msg.channel)
             log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
@@ -203,24 +206,36 @@ class Requests:
             log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
             return _error(exc)
 
-    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
-        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
-        becomes an error reply; a requester that is gone gets nothing."""
+    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> bool:
+        """Send to the requester's inbox, acking the request in the same transaction: True if it
+        was acked so (False: no reply was sent, or this agent no longer held the request's claim;
+        the caller acks it as any message). A reply the database refuses (too large for that
+        inbox) becomes an error reply; a requester that is gone gets nothing."""
         context = self._context
         destination = inbox_channel(request.sender_id)
         message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
         try:
             try:
-                await send(context, destination, [message])
+                return await self._reply_and_ack(request, destination, message)
             except (InvalidInput, PermissionDenied) as exc:
                 if kind == "error":
                     raise
                 context.metrics.increment("errors.reply", channel=destination)
                 log.warning("the reply to request %s was refused: %s", request.id, exc)
                 kind, payload = _error(exc)
-                await send(context, destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
+                return await self._reply_and_ack(request, destination,
+                                                 {**message, "payload": payload, "headers": {"ar": kind}})
         except (NotFound, InvalidInput, PermissionDenied) as exc:
             log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
+            return False
+
+    async def _reply_and_ack(self, request: RawMessage, destination: str, message: dict[str, Any]) -> bool:
+        """One round trip, one commit: the reply sent, the request acked (if still held)."""
+        context = self._context
+        acked, results = await context.db.reply_to_request(context.agent_id, request.id, destination, [message])
+        if any(not r.duplicate for r in results):
+            context.metrics.increment("messages.sent", channel=destination)
+        return acked
 
     # ------------------------------------------------------------------ asking
 

@@ -87,6 +87,14 @@ class Message(Generic[T]):
             self._done = True
             self._sub._acked(self)
 
+    def acked_elsewhere(self) -> None:
+        """Its ack was written by another call (a reply that acks its request in one transaction):
+        settled, counted as acked, no ack of its own to write."""
+        if not self._done:
+            self._done = True
+            self._sub._context.metrics.increment("messages.acked", channel=self.channel)
+            self._sub._settled(self)
+
     async def nack(self, *, delay: float | None = None, reason: str | None = None, dead: bool = False) -> NackResult:
         """Have it redelivered after ``delay`` seconds (default: exponential backoff by attempt),
         or send it to the dead letters at once with ``dead=True``."""
