@@ -130,6 +130,24 @@ class Requests:
                     waiter[0].set()
                 await msg.ack()  # a late reply to a request that gave up is dropped
 
+    def take_replies(self, channel: str, messages: list[RawMessage]) -> bool:
+        """Verified replies carried by this agent's inbox wake-up (the Dispatch calls this): each
+        goes straight to its waiting request, from the wake-up's callback (no hop through the
+        control subscription and its task), and is acked with the inbox's next claim; a reply
+        nobody waits for any more is dropped (and acked). False if they are not all replies to
+        this inbox or the control subscription is not open: then it takes them as before."""
+        sub = self.control
+        if sub is None or channel != sub.channel \
+                or not all(m.correlation_id is not None and m.reply_to is None for m in messages) \
+                or not sub.taken_elsewhere(messages):
+            return False
+        for raw in messages:
+            waiter = self._pending_replies.get(raw.correlation_id or "")
+            if waiter is not None:
+                waiter[1].append(raw)
+                waiter[0].set()
+        return True
+
     async def worker(self) -> None:
         """One of ``concurrency`` request workers."""
         async for msg in self._requests_receive:
@@ -256,10 +274,15 @@ class Requests:
         try:
             await send(context, target, [message])
             with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                # A prompt reply costs no task and no timer of its own: the presence watch starts
+                # only once the reply is late.
+                with anyio.move_on_after(_PRESENCE_CHECK_AFTER):
                     await done.wait()
-                    tg.cancel_scope.cancel()
+                if not done.is_set():
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                        await done.wait()
+                        tg.cancel_scope.cancel()
         finally:
             del self._pending_replies[message["correlation_id"]]
         if not replies and offline:
@@ -277,22 +300,20 @@ class Requests:
         return reply.payload
 
     async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
-        """While no reply has come, look now and then whether the agent is online at all (a
-        prompt reply costs no look-up)."""
+        """While no reply has come, look now and then whether the agent is online at all
+        (started once the reply is ``_PRESENCE_CHECK_AFTER`` late: a prompt one costs no look-up)."""
         context = self._context
-        delay = _PRESENCE_CHECK_AFTER
         while not done.is_set():
-            await anyio.sleep(delay)
             try:
                 agents = await context.db.list_agents(None, online_only=True)
             except AgentRuntimeError as exc:
                 log.debug("presence check for a request failed: %s", exc)
-                continue
-            if not any(a.id == agent_id for a in agents):
-                offline.append(True)
-                done.set()
-                return
-            delay = max(context.timing.heartbeat_interval, delay)
+            else:
+                if not any(a.id == agent_id for a in agents):
+                    offline.append(True)
+                    done.set()
+                    return
+            await anyio.sleep(max(context.timing.heartbeat_interval, _PRESENCE_CHECK_AFTER))
 
     # ------------------------------------------------------------------ the plain inbox
 

@@ -193,6 +193,22 @@ class Subscription(Generic[T]):
         else:
             self._take_or_wake(first, messages)
 
+    def taken_elsewhere(self, messages: Sequence[RawMessage]) -> bool:
+        """Messages of this queue or inbox that its owner took straight from a verified wake-up
+        (replies, handed to their waiting requests without a hop through this buffer): received
+        and acked, their acks riding along with the next claim as any ack does. False if this
+        subscription cannot take them (closed, or broadcast: the caller leaves them to offer())."""
+        if self._closed or self.kind == "broadcast":
+            return False
+        for raw in messages:
+            self._context.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+        if not self._pending_acks:  # (a consumer waiting for news learns when their flush is due)
+            self._acks_since = anyio.current_time()
+            self._wake.set()
+        self._pending_acks.extend(messages)
+        self.taken_from_wakeups += len(messages)
+        return True
+
     def _take_or_wake(self, first: int, messages: list[RawMessage]) -> None:
         if self._take(first, messages):
             self._wake.set()  # (messages in the buffer: no fetch owed)
