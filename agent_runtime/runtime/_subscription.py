@@ -134,6 +134,7 @@ class Subscription(Generic[T]):
         self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
         # Queues and inboxes: claim at most this many at a time (None: batch_size); may change while open.
         self.claim_limit: int | None = None
+        self._asked = batch_size  # how many the last fetch or claim asked for
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
@@ -446,7 +447,7 @@ class Subscription(Generic[T]):
         self._unsettled = 0
         if batch:
             self._buffer.extend(batch)
-            if len(batch) >= self._claim_size():
+            if len(batch) >= self._asked:  # (what that claim asked for: the limit may have grown since)
                 self._news = True  # there may be more
             if self.kind == "broadcast":
                 # The highest seq, not the last message's: replayed dead letters come first, and
@@ -459,7 +460,8 @@ class Subscription(Generic[T]):
         db = self._context.db
         if self.kind == "broadcast":
             return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._context.agent_id, self.channel, self._claim_size(), self._visibility_ms, ack_ids,
+        self._asked = self._claim_size()
+        return await db.claim(self._context.agent_id, self.channel, self._asked, self._visibility_ms, ack_ids,
                               self.classes)
 
     def _claim_size(self) -> int:

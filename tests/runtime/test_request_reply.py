@@ -47,3 +47,28 @@ async def test_a_reply_taken_from_its_wakeup_is_acked_within_the_flush_delay(
                 await anyio.sleep(0.05)
         assert await conn.fetchval(counted, client.agent_id, inbox, "messages.received") == 1
 
+
+
+async def test_freed_workers_claim_the_waiting_requests_at_once(make_runtime: RuntimeFactory) -> None:
+    """request_concurrency=2 and 30 requests at once, the safety poll at 30 s: every request is
+    claimed as soon as a worker is free, never left for the poll. (A claim asked for one request
+    while one worker was free and came back with one; a second worker freed meanwhile raised the
+    limit, and the claim, compared with the new limit, looked short: nothing more was claimed
+    until the poll. Before the reply acked its request, the ack's flush claim hid this.)"""
+    async with make_runtime("worker", request_concurrency=2, poll_interval=30.0) as worker, \
+            make_runtime("client") as client:
+        @worker.on_request
+        async def slow(msg: Any) -> Any:
+            await anyio.sleep(0.05)
+            return msg.payload
+
+        results: list[Any] = []
+
+        async def ask(i: int) -> None:
+            results.append(await client.request(worker.agent_id, i, timeout=20))
+
+        with anyio.fail_after(8):  # (0.75 s of handling; the poll would take 30 s)
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(ask, i)
+        assert sorted(results) == list(range(30))
