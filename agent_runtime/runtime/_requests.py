@@ -23,6 +23,7 @@ from ..errors import (
     AgentUnavailable,
     InvalidInput,
     NotFound,
+    NotMigrated,
     PermissionDenied,
     RemoteError,
     RequestTimeout,
@@ -248,9 +249,15 @@ class Requests:
             return False
 
     async def _reply_and_ack(self, request: RawMessage, destination: str, message: dict[str, Any]) -> bool:
-        """One round trip, one commit: the reply sent, the request acked (if still held)."""
+        """One round trip, one commit: the reply sent, the request acked (if still held). On a
+        database migrated before reply_to_request (the runtime started with migrate=False): the
+        reply alone, as before it (False: the caller acks the request)."""
         context = self._context
-        acked, results = await context.db.reply_to_request(context.agent_id, request.id, destination, [message])
+        try:
+            acked, results = await context.db.reply_to_request(context.agent_id, request.id, destination, [message])
+        except NotMigrated:
+            await send(context, destination, [message])
+            return False
         if any(not r.duplicate for r in results):
             context.metrics.increment("messages.sent", channel=destination)
         return acked

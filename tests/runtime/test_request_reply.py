@@ -72,3 +72,23 @@ async def test_freed_workers_claim_the_waiting_requests_at_once(make_runtime: Ru
                 for i in range(30):
                     tg.start_soon(ask, i)
         assert sorted(results) == list(range(30))
+
+
+async def test_requests_are_answered_on_a_database_without_reply_to_request(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """A database migrated before reply_to_request (a runtime started with migrate=False): the
+    reply is sent alone, as before, and the request acked by the next claim, not dropped."""
+    await conn.execute("drop function public.reply_to_request(text, bigint, text, jsonb)")
+    async with make_runtime("answers", poll_interval=0.5) as server, make_runtime("asks") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        with anyio.fail_after(10):
+            assert await client.request(server.agent_id, {"n": 1}, timeout=5) == {"n": 1}
+            inbox = f"agent:{server.agent_id}"
+            for _ in range(1000):  # (the ack rides along with the next claim: the safety poll's)
+                if not await conn.fetchval(_OPEN, inbox):
+                    break
+                await anyio.sleep(0.05)
+        assert await conn.fetchval(_OPEN, inbox) == 0
