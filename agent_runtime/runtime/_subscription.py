@@ -31,6 +31,7 @@ import tenacity
 
 from ..errors import AgentRuntimeError, InvalidPayload
 from ..models import ChannelKind, NackResult, RawMessage
+from ..transports.wire import inbox_topic
 from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms, to_ms
@@ -461,6 +462,10 @@ class Subscription(Generic[T]):
         if self.kind == "broadcast":
             return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
         self._asked = self._claim_size()
+        if self.kind == "direct" and self.channel == inbox_topic(self._context.agent_id):
+            # (this agent's own inbox: a claim that need not wait for its WAL flush, see claim_inbox)
+            return await db.claim_inbox(self._context.agent_id, self._asked, self._visibility_ms, ack_ids,
+                                        self.classes)
         return await db.claim(self._context.agent_id, self.channel, self._asked, self._visibility_ms, ack_ids,
                               self.classes)
 

@@ -92,3 +92,43 @@ async def test_requests_are_answered_on_a_database_without_reply_to_request(
                     break
                 await anyio.sleep(0.05)
         assert await conn.fetchval(_OPEN, inbox) == 0
+
+
+async def test_requests_are_answered_on_a_database_without_claim_inbox(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """A database migrated before claim_inbox: the inbox is claimed through claim_messages, as before."""
+    await conn.execute("drop function public.claim_inbox(text, integer, bigint, bigint[], text[], boolean)")
+    async with make_runtime("answers") as server, make_runtime("asks") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        with anyio.fail_after(10):
+            for n in range(3):
+                assert await client.request(server.agent_id, {"n": n}, timeout=5) == {"n": n}
+
+
+async def test_the_inbox_is_claimed_through_claim_inbox(make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """Both the requests and the replies of an agent's inbox are claimed with claim_inbox (the claim
+    that need not wait for its WAL flush), counted by the server's function statistics."""
+    await conn.execute("set track_functions = 'pl'")
+    name = await conn.fetchval("select current_database()")
+    await conn.execute(f'alter database "{name}" set track_functions = \'pl\'')
+    async with make_runtime("answers") as server, make_runtime("asks") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        with anyio.fail_after(10):
+            for n in range(3):
+                assert await client.request(server.agent_id, {"n": n}, timeout=5) == {"n": n}
+    # (the runtimes' sessions have ended: their statistics are flushed)
+    calls = ("select coalesce(sum(calls), 0) from pg_stat_user_functions where schemaname = 'public'"
+             " and funcname = 'claim_inbox'")
+    with anyio.fail_after(5):
+        for _ in range(100):
+            await conn.execute("select pg_stat_clear_snapshot()")
+            if await conn.fetchval(calls) >= 3:
+                break
+            await anyio.sleep(0.1)
+    assert await conn.fetchval(calls) >= 3

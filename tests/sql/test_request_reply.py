@@ -92,3 +92,36 @@ async def test_an_agent_replies_and_acks_only_as_itself(conn: asyncpg.Connection
     assert await _state(conn, request["id"]) == "inflight"
     await refused_unchanged(conn, "AR400", "reply_to_request", agent_id="b1", request_id=None,
                             channel="agent:a1", messages=_reply(request))
+
+
+async def test_claim_inbox_claims_the_callers_own_inbox_as_claim_messages_does(conn: asyncpg.Connection) -> None:
+    """Same answer as claim_messages (the request, attempt 1, now in flight), acks riding along;
+    an agent token claims only its own inbox."""
+    request = await _request(conn, claim=False)
+    [claimed] = await call(conn, "claim_inbox", agent_id="b1", classes=["request"], durable=False)
+    assert claimed["id"] == request["id"] and claimed["attempts"] == 1 and claimed["channel"] == "agent:b1"
+    assert await _state(conn, request["id"]) == "inflight"
+    assert await call(conn, "claim_inbox", agent_id="b1", ack_ids=[request["id"]], durable=False) == []
+    assert await _state(conn, request["id"]) == "acked"
+    async with acting_as(conn, "a1"):
+        await expect_error("AR403", call(conn, "claim_inbox", agent_id="b1", durable=False))
+
+
+async def test_claim_inbox_skips_the_wal_flush_only_when_asked_and_first_to_write(conn: asyncpg.Connection) -> None:
+    """p_durable => false and the claim is its transaction's first write: that transaction commits
+    asynchronously (synchronous_commit off until its end, and only there); a write before it, or
+    the default p_durable, keeps the commit durable."""
+    await _request(conn, claim=False)
+    await conn.execute("set synchronous_commit = on")  # (the test server runs with it off)
+    setting = "select current_setting('synchronous_commit')"
+    async with conn.transaction():
+        await call(conn, "claim_inbox", agent_id="b1", durable=False)
+        assert await conn.fetchval(setting) == "off"
+    assert await conn.fetchval(setting) == "on"
+    async with conn.transaction():
+        await call(conn, "send_messages", agent_id="a1", channel="agent:b1", messages=[{"payload": 1}])
+        await call(conn, "claim_inbox", agent_id="b1", durable=False)
+        assert await conn.fetchval(setting) == "on"
+    async with conn.transaction():
+        await call(conn, "claim_inbox", agent_id="b1")
+        assert await conn.fetchval(setting) == "on"
