@@ -51,7 +51,11 @@ async def _sync_commit_off(bench: Bench) -> AsyncIterator[str]:
 
 # ---------------------------------------------------------------------------------------------- request/reply
 
-async def _runtime_request_reply(url: str, samples: int, meter: CpuMeter) -> tuple[list[float], CpuUse]:
+_WARM_UP = 20  # round trips before the measured ones
+
+
+async def _runtime_request_reply(url: str, samples: int, meter: CpuMeter,
+                                 warm_up: int = _WARM_UP) -> tuple[list[float], CpuUse]:
     async with runtime(url, "bench-requester") as requester, runtime(url, "bench-responder") as responder:
         @responder.on_request
         async def answer(msg: Message[Any]) -> Any:
@@ -59,10 +63,10 @@ async def _runtime_request_reply(url: str, samples: int, meter: CpuMeter) -> tup
 
         times: list[float] = []
         cpu = meter.start()
-        for n in range(samples + 20):
+        for n in range(samples + warm_up):
             started = time.perf_counter()
             await requester.request(responder.agent_id, {"n": n, "text": TEXT}, timeout=10)
-            if n >= 20:
+            if n >= warm_up:
                 times.append(time.perf_counter() - started)
         return times, meter.stop(cpu)
 
@@ -119,12 +123,34 @@ async def _raw_request_reply(url: str, samples: int, meter: CpuMeter) -> tuple[l
         await b.close()
 
 
+async def _transactions(url: str) -> int:
+    """Transactions committed in this database so far, by every backend (a backend's statistics
+    are flushed when it exits: read once its connections are closed, and a moment later)."""
+    await anyio.sleep(0.3)
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("select xact_commit from pg_stat_database where datname = current_database()"))
+    finally:
+        await conn.close()
+
+
 async def request_reply(bench: Bench) -> list[Figure]:
     samples = bench.settings.reqreply_samples
     meter = _meter(bench)
+    round_trips = samples + _WARM_UP
     async with bench.fresh_db() as url:
+        # Transactions per round trip, every backend counted (the listening connections' too: each
+        # notifying commit costs one in every backend that LISTENs in the database). Ours: less
+        # those of a session with no round trip (start-up and shutdown).
+        counts = [await _transactions(url)]
         raw, raw_cpu = await _raw_request_reply(url, samples, meter)
+        counts.append(await _transactions(url))
         ours, ours_cpu = await _runtime_request_reply(url, samples, meter)
+        counts.append(await _transactions(url))
+        await _runtime_request_reply(url, 0, meter, warm_up=0)
+        counts.append(await _transactions(url))
+        raw_xacts = counts[1] - counts[0] - 1  # (each count's own connection commits once, when it closes)
+        ours_xacts = (counts[2] - counts[1] - 1) - (counts[3] - counts[2] - 1)
     async with _sync_commit_off(bench) as url:
         raw_async, _ = await _raw_request_reply(url, samples, meter)
         ours_async, _ = await _runtime_request_reply(url, samples, meter)
@@ -141,7 +167,9 @@ async def request_reply(bench: Bench) -> list[Figure]:
     return [
         Figure("request/reply", "round trip p50", ms(percentile(ours, 50)), "ms", ms(percentile(raw, 50)), base,
                "lower", target=1.5, peers=peers, note="; ".join(notes),
-               extra={"samples": samples}),
+               extra={"samples": samples,
+                      "transactions_per_round_trip": round(ours_xacts / round_trips, 2),
+                      "baseline_transactions_per_round_trip": round(raw_xacts / round_trips, 2)}),
         Figure("request/reply", "round trip p50, synchronous_commit=off", ms(percentile(ours_async, 50)), "ms",
                ms(percentile(raw_async, 50)), base + ", synchronous_commit=off", "lower", peers=peers),
         Figure("request/reply", "CPU s per 10k messages (client+server)",

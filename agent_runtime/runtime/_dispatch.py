@@ -6,9 +6,11 @@ and one that cannot be understood is logged and dropped, never fatal."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import anyio
 
+from ..models import RawMessage
 from ..transports import wire
 from ._context import RuntimeContext
 from ._locks import LockWaiters
@@ -18,6 +20,9 @@ __all__ = ["SAFETY_POLLS_PER_SECOND", "Dispatch", "safety_poll"]
 
 log = logging.getLogger(__name__)
 
+# Takes the verified messages an inbox wake-up carries if they are replies for this agent (True).
+ReplySink = Callable[[str, list[RawMessage]], bool]
+
 # The safety poll's budget: subscriptions woken per second at most, however many there are.
 SAFETY_POLLS_PER_SECOND = 50
 
@@ -25,10 +30,12 @@ SAFETY_POLLS_PER_SECOND = 50
 class Dispatch:
     """The sink the transport delivers this runtime's wake-ups to."""
 
-    def __init__(self, context: RuntimeContext, presence: PresenceHub, lock_waiters: LockWaiters) -> None:
+    def __init__(self, context: RuntimeContext, presence: PresenceHub, lock_waiters: LockWaiters,
+                 replies: ReplySink | None = None) -> None:
         self._context = context
         self._presence = presence
         self._lock_waiters = lock_waiters
+        self._replies = replies  # (verified replies carried by this agent's inbox wake-ups)
 
     def __call__(self, event: wire.WakeUp) -> None:
         try:
@@ -44,6 +51,8 @@ class Dispatch:
             if not subs:
                 return
             messages = self._context.carried.messages(event)
+            if messages is not None and self._replies is not None and self._replies(event.channel, messages):
+                return  # (replies handed to their requests straight from the wake-up)
             if messages is None:
                 for sub in subs:
                     sub.wake()

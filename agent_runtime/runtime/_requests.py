@@ -23,6 +23,7 @@ from ..errors import (
     AgentUnavailable,
     InvalidInput,
     NotFound,
+    NotMigrated,
     PermissionDenied,
     RemoteError,
     RequestTimeout,
@@ -130,6 +131,24 @@ class Requests:
                     waiter[0].set()
                 await msg.ack()  # a late reply to a request that gave up is dropped
 
+    def take_replies(self, channel: str, messages: list[RawMessage]) -> bool:
+        """Verified replies carried by this agent's inbox wake-up (the Dispatch calls this): each
+        goes straight to its waiting request, from the wake-up's callback (no hop through the
+        control subscription and its task), and is acked with the inbox's next claim; a reply
+        nobody waits for any more is dropped (and acked). False if they are not all replies to
+        this inbox or the control subscription is not open: then it takes them as before."""
+        sub = self.control
+        if sub is None or channel != sub.channel \
+                or not all(m.correlation_id is not None and m.reply_to is None for m in messages) \
+                or not sub.taken_elsewhere(messages):
+            return False
+        for raw in messages:
+            waiter = self._pending_replies.get(raw.correlation_id or "")
+            if waiter is not None:
+                waiter[1].append(raw)
+                waiter[0].set()
+        return True
+
     async def worker(self) -> None:
         """One of ``concurrency`` request workers."""
         async for msg in self._requests_receive:
@@ -166,12 +185,15 @@ class Requests:
         try:
             try:
                 kind, payload = await self._outcome(msg)
-                await self._send_reply(msg.raw, payload, kind)
+                acked = await self._send_reply(msg.raw, payload, kind)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(context.timing.shutdown_timeout):
                     await nack_quietly(context, msg, delay=0, reason="request handler cancelled (shutdown)")
                 raise
-            await msg.ack()
+            if acked:
+                msg.acked_elsewhere()  # (in the reply's own transaction)
+            else:
+                await msg.ack()
         except Exception as exc:  # the reply could not be sent (the database is away...)
             context.metrics.increment("errors.request", channel=msg.channel)
             log.warning("answering request %s failed: %s; it will be redelivered", msg.id, exc)
@@ -203,24 +225,42 @@ class Requests:
             log.warning("the reply to request %s cannot be sent: %s", msg.id, exc)
             return _error(exc)
 
-    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> None:
-        """Send to the requester's inbox. A reply the database refuses (too large for that inbox)
-        becomes an error reply; a requester that is gone gets nothing."""
+    async def _send_reply(self, request: RawMessage, payload: Any, kind: str) -> bool:
+        """Send to the requester's inbox, acking the request in the same transaction: True if it
+        was acked so (False: no reply was sent, or this agent no longer held the request's claim;
+        the caller acks it as any message). A reply the database refuses (too large for that
+        inbox) becomes an error reply; a requester that is gone gets nothing."""
         context = self._context
         destination = inbox_channel(request.sender_id)
         message = {"payload": payload, "headers": {"ar": kind}, "correlation_id": request.correlation_id}
         try:
             try:
-                await send(context, destination, [message])
+                return await self._reply_and_ack(request, destination, message)
             except (InvalidInput, PermissionDenied) as exc:
                 if kind == "error":
                     raise
                 context.metrics.increment("errors.reply", channel=destination)
                 log.warning("the reply to request %s was refused: %s", request.id, exc)
                 kind, payload = _error(exc)
-                await send(context, destination, [{**message, "payload": payload, "headers": {"ar": kind}}])
+                return await self._reply_and_ack(request, destination,
+                                                 {**message, "payload": payload, "headers": {"ar": kind}})
         except (NotFound, InvalidInput, PermissionDenied) as exc:
             log.warning("no reply to request %s from %s: %s", request.id, request.sender_id, exc)
+            return False
+
+    async def _reply_and_ack(self, request: RawMessage, destination: str, message: dict[str, Any]) -> bool:
+        """One round trip, one commit: the reply sent, the request acked (if still held). On a
+        database migrated before reply_to_request (the runtime started with migrate=False): the
+        reply alone, as before it (False: the caller acks the request)."""
+        context = self._context
+        try:
+            acked, results = await context.db.reply_to_request(context.agent_id, request.id, destination, [message])
+        except NotMigrated:
+            await send(context, destination, [message])
+            return False
+        if any(not r.duplicate for r in results):
+            context.metrics.increment("messages.sent", channel=destination)
+        return acked
 
     # ------------------------------------------------------------------ asking
 
@@ -241,10 +281,15 @@ class Requests:
         try:
             await send(context, target, [message])
             with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                # A prompt reply costs no task and no timer of its own: the presence watch starts
+                # only once the reply is late.
+                with anyio.move_on_after(_PRESENCE_CHECK_AFTER):
                     await done.wait()
-                    tg.cancel_scope.cancel()
+                if not done.is_set():
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._watch_presence, target.removeprefix("agent:"), done, offline)
+                        await done.wait()
+                        tg.cancel_scope.cancel()
         finally:
             del self._pending_replies[message["correlation_id"]]
         if not replies and offline:
@@ -262,22 +307,20 @@ class Requests:
         return reply.payload
 
     async def _watch_presence(self, agent_id: str, done: anyio.Event, offline: list[bool]) -> None:
-        """While no reply has come, look now and then whether the agent is online at all (a
-        prompt reply costs no look-up)."""
+        """While no reply has come, look now and then whether the agent is online at all
+        (started once the reply is ``_PRESENCE_CHECK_AFTER`` late: a prompt one costs no look-up)."""
         context = self._context
-        delay = _PRESENCE_CHECK_AFTER
         while not done.is_set():
-            await anyio.sleep(delay)
             try:
                 agents = await context.db.list_agents(None, online_only=True)
             except AgentRuntimeError as exc:
                 log.debug("presence check for a request failed: %s", exc)
-                continue
-            if not any(a.id == agent_id for a in agents):
-                offline.append(True)
-                done.set()
-                return
-            delay = max(context.timing.heartbeat_interval, delay)
+            else:
+                if not any(a.id == agent_id for a in agents):
+                    offline.append(True)
+                    done.set()
+                    return
+            await anyio.sleep(max(context.timing.heartbeat_interval, _PRESENCE_CHECK_AFTER))
 
     # ------------------------------------------------------------------ the plain inbox
 

@@ -32,6 +32,7 @@ import tenacity
 
 from ..errors import AgentRuntimeError, InvalidPayload
 from ..models import ChannelKind, NackResult, RawMessage
+from ..transports.wire import inbox_topic
 from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms, to_ms
@@ -88,6 +89,14 @@ class Message(Generic[T]):
             self._done = True
             self._sub._acked(self)
 
+    def acked_elsewhere(self) -> None:
+        """Its ack was written by another call (a reply that acks its request in one transaction):
+        settled, counted as acked, no ack of its own to write."""
+        if not self._done:
+            self._done = True
+            self._sub._context.metrics.increment("messages.acked", channel=self.channel)
+            self._sub._settled(self)
+
     async def nack(self, *, delay: float | None = None, reason: str | None = None, dead: bool = False) -> NackResult:
         """Have it redelivered after ``delay`` seconds (default: exponential backoff by attempt),
         or send it to the dead letters at once with ``dead=True``."""
@@ -127,6 +136,7 @@ class Subscription(Generic[T]):
         self.classes: tuple[MessageClass, ...] | None = None if classes is None else tuple(classes)
         # Queues and inboxes: claim at most this many at a time (None: batch_size); may change while open.
         self.claim_limit: int | None = None
+        self._asked = batch_size  # how many the last fetch or claim asked for
         self._type = payload_type
         self._batch_size = batch_size
         self._visibility_ms = to_ms(visibility, "visibility_timeout")
@@ -186,6 +196,22 @@ class Subscription(Generic[T]):
                 self.wake()
         else:
             self._take_or_wake(first, messages)
+
+    def taken_elsewhere(self, messages: Sequence[RawMessage]) -> bool:
+        """Messages of this queue or inbox that its owner took straight from a verified wake-up
+        (replies, handed to their waiting requests without a hop through this buffer): received
+        and acked, their acks riding along with the next claim as any ack does. False if this
+        subscription cannot take them (closed, or broadcast: the caller leaves them to offer())."""
+        if self._closed or self.kind == "broadcast":
+            return False
+        for raw in messages:
+            self._context.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+        if not self._pending_acks:  # (a consumer waiting for news learns when their flush is due)
+            self._acks_since = anyio.current_time()
+            self._wake.set()
+        self._pending_acks.extend(messages)
+        self.taken_from_wakeups += len(messages)
+        return True
 
     def _take_or_wake(self, first: int, messages: list[RawMessage]) -> None:
         if self._take(first, messages):
@@ -436,7 +462,7 @@ class Subscription(Generic[T]):
         self._unsettled = 0
         if batch:
             self._buffer.extend(batch)
-            if len(batch) >= self._claim_size():
+            if len(batch) >= self._asked:  # (what that claim asked for: the limit may have grown since)
                 self._news = True  # there may be more
             if self.kind == "broadcast":
                 # The highest seq, not the last message's: replayed dead letters come first, and
@@ -449,7 +475,12 @@ class Subscription(Generic[T]):
         db = self._context.db
         if self.kind == "broadcast":
             return await db.fetch(self._context.agent_id, self.channel, self._batch_size, ack_ids)
-        return await db.claim(self._context.agent_id, self.channel, self._claim_size(), self._visibility_ms, ack_ids,
+        self._asked = self._claim_size()
+        if self.kind == "direct" and self.channel == inbox_topic(self._context.agent_id):
+            # (this agent's own inbox: a claim that need not wait for its WAL flush, see claim_inbox)
+            return await db.claim_inbox(self._context.agent_id, self._asked, self._visibility_ms, ack_ids,
+                                        self.classes)
+        return await db.claim(self._context.agent_id, self.channel, self._asked, self._visibility_ms, ack_ids,
                               self.classes)
 
     def _claim_size(self) -> int:

@@ -156,9 +156,9 @@ class AgentRuntime(NetworkViews):
                 tasks=self._tasks, subscriptions=Subscriptions(self._transport), carried=self._carried,
                 in_flight=self._in_flight)
             self._locks = _locks.Locks(context, self._lock_waiters)
-            self._wake_ups = _dispatch.Dispatch(context, self._presence, self._lock_waiters)
             requests = self._requests = _requests.Requests(context, concurrency=self._request_concurrency,
                                                            handler=self._request_handler)
+            self._wake_ups = _dispatch.Dispatch(context, self._presence, self._lock_waiters, requests.take_replies)
             for topic in wire.agent_topics(self.agent_id):  # heard from the start (Realtime joins them)
                 await self._transport.watch(topic)
             self.info = await db.register_agent(

@@ -826,3 +826,69 @@ $$;
 
 revoke all on function public.peek_messages(text, bigint, integer) from public, anon, authenticated;
 grant execute on function public.peek_messages(text, bigint, integer) to service_role;
+
+-- reply_to_request(p_agent_id, p_request_id, p_channel, p_messages) -> jsonb: a responder's answer
+-- in one statement and one transaction: the reply (p_messages, sent to p_channel exactly as
+-- send_messages sends them, through it) and the ack of the request p_request_id it answers, a
+-- request in p_agent_id's own inbox that p_agent_id holds the claim of (as ack_messages would
+-- ack it: a claim handed to someone else meanwhile is not acked). Both or neither: a reply that is
+-- refused (too large, an unknown requester...) raises and leaves the request unacked, as it was.
+-- A request not held (any more) is not acked and the reply is sent all the same, as before this
+-- function. Returns {acked: 0 or 1, sent: send_messages' result}. (Before it, the ack rode along
+-- with the responder's next claim, or took a commit of its own when no claim came within 100 ms.)
+-- Raises: what send_messages raises; AR400 invalid input; AR403 not allowed.
+create function public.reply_to_request(p_agent_id text, p_request_id bigint, p_channel text, p_messages jsonb)
+returns jsonb
+language plpgsql security definer set search_path = '' set plan_cache_mode = force_generic_plan set enable_seqscan = off set enable_bitmapscan = off as $$
+declare
+  v_inbox public.communication_channels;
+  v_sent jsonb;
+  v_acked integer := 0;
+begin
+  perform agent_runtime_private.assert_acting_as(p_agent_id);
+  if p_request_id is null then
+    raise exception 'the request id is required' using errcode = 'AR400';
+  end if;
+  v_sent := public.send_messages(p_agent_id, p_channel, p_messages);
+  select * into v_inbox from public.communication_channels c
+  where c.name = 'agent:' || p_agent_id and c.kind = 'direct' and c.owner_id = p_agent_id;
+  if found then  -- (ack_claims: only this agent's claim of a message of its own inbox)
+    v_acked := agent_runtime_private.ack_claims(p_agent_id, array[p_request_id], v_inbox);
+  end if;
+  return jsonb_build_object('acked', v_acked, 'sent', v_sent);
+end
+$$;
+revoke all on function public.reply_to_request(text, bigint, text, jsonb) from public, anon, authenticated;
+grant execute on function public.reply_to_request(text, bigint, text, jsonb) to authenticated, service_role;
+
+-- claim_inbox(p_agent_id, p_limit, p_visibility_ms, p_ack_ids, p_classes, p_durable) -> json: the
+-- caller's own inbox claimed as claim_messages claims it (same checks, answer and acks riding
+-- along; the inbox is always 'agent:' || p_agent_id). p_durable => false (how the runtime claims
+-- its inbox, alone in the call's transaction): when the claim is the first write of its
+-- transaction, that transaction commits without waiting for its WAL flush, so the responder's
+-- claim of a request no longer waits for a flush on the request/reply round trip. A claim lost
+-- that way (the server crashes before the WAL writer flushes it) is harmless: the WAL is flushed
+-- in order and every later durable commit flushes it first, so a lost claim takes with it every
+-- write that came after it (the reply and the ack of that request, which are durable, included:
+-- a requester is only ever answered by a reply that survives, and with it its claim); the state
+-- recovered is the one before the claim, a request ready with its attempts as they were, and it is
+-- claimed and answered again (at-least-once; a crash of the server is no failed attempt of the
+-- request). Acks riding on the claim, lost the same way, redeliver replies nobody waits for any
+-- more (dropped) or inbox messages (at-least-once). No claim issues a fencing token, and sends
+-- stay durable. Writes of the same transaction after the claim share its commit: a caller that
+-- wants them durable keeps the default (p_durable => true).
+-- Raises: what claim_messages raises.
+create function public.claim_inbox(p_agent_id text, p_limit integer default 10, p_visibility_ms bigint default null,
+                                   p_ack_ids bigint[] default null, p_classes text[] default null,
+                                   p_durable boolean default true)
+returns json
+language plpgsql set search_path = '' as $$
+begin
+  if p_durable is false and pg_catalog.pg_current_xact_id_if_assigned() is null then
+    perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  end if;
+  return public.claim_messages(p_agent_id, 'agent:' || p_agent_id, p_limit, p_visibility_ms, p_ack_ids, p_classes);
+end
+$$;
+revoke all on function public.claim_inbox(text, integer, bigint, bigint[], text[], boolean) from public, anon, authenticated;
+grant execute on function public.claim_inbox(text, integer, bigint, bigint[], text[], boolean) to authenticated, service_role;

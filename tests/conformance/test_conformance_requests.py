@@ -121,3 +121,20 @@ async def test_request_to_an_agent_without_handler_or_offline_fails_fast(make_ru
                 await client.request(deaf.agent_id, {"x": 1}, timeout=30)
         with anyio.fail_after(3), pytest.raises(AgentUnavailable, match="offline"):
             await client.request(deaf.agent_id, {"x": 1}, timeout=30)
+
+
+async def test_a_request_is_acked_with_its_reply(make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """The responder's reply and the ack of the request are one transaction: once the requester
+    has the reply, the request is acked already (no ack left to ride along with a later claim)."""
+    async with make_runtime("answers") as server, make_runtime("asks") as client:
+        @server.on_request
+        async def echo(msg: Any) -> Any:
+            return msg.payload
+
+        open_requests = ("select count(*) from distributed_messages m join communication_channels c"
+                         " on c.id = m.channel_id where c.name = $1 and m.reply_to is not null"
+                         " and m.state <> 'acked'")
+        with anyio.fail_after(10):
+            for n in range(3):
+                assert await client.request(server.agent_id, {"n": n}, timeout=5) == {"n": n}
+                assert await conn.fetchval(open_requests, f"agent:{server.agent_id}") == 0

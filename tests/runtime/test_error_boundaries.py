@@ -176,7 +176,18 @@ async def test_a_failing_inbox_claim_is_reopened_and_requests_are_still_answered
                 raise AgentRuntimeError("an unexpected refusal (injected)")
             return await real(agent_id, channel, *args, **kwargs)
 
+        real_inbox = db.claim_inbox
+
+        async def claim_inbox(agent_id: str, *args: Any, **kwargs: Any) -> Any:
+            # (an agent's own inbox is claimed with claim_inbox: the same injected failures)
+            nonlocal failures
+            if agent_id == server.agent_id and failures < 2:
+                failures += 1
+                raise AgentRuntimeError("an unexpected refusal (injected)")
+            return await real_inbox(agent_id, *args, **kwargs)
+
         monkeypatch.setattr(db, "claim", claim)
+        monkeypatch.setattr(db, "claim_inbox", claim_inbox)
         with anyio.fail_after(10):
             assert await client.request(server.agent_id, {"n": 1}, timeout=8) == {"n": 1}
         assert failures == 2
