@@ -5,65 +5,16 @@ is never lost, and takes its claim with it (the WAL is flushed in order)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 
-from agent_runtime.local import embedded
-from agent_runtime.local.migrations import migrate_url
+from tests.failure._crash_support import crash
 from tests.sql._helpers import call, register
 
 pytestmark = pytest.mark.slow  # its own server: initdb, and a crash recovery per test
-
-
-@pytest.fixture(scope="module")
-def durable_server() -> Iterator[embedded.LocalServer]:
-    """A private server that flushes its WAL at each durable commit (fsync on), as production does."""
-    root = embedded.scratch_dir("ar-crash-")
-    try:
-        yield embedded.ensure_running(root / "pgdata", durable=True)
-    finally:
-        embedded.stop(root / "pgdata")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-async def url(durable_server: embedded.LocalServer) -> AsyncIterator[str]:
-    name = f"crash_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(durable_server.url("postgres"))
-    try:
-        await admin.execute(f'create database "{name}"')
-        # An async commit reaches the disk when the WAL writer wakes (or a durable commit flushes
-        # past it): 10 s between wake-ups, so that a claim just committed is still unflushed.
-        await admin.execute("alter system set wal_writer_delay = '10s'")
-        await admin.execute("select pg_reload_conf()")
-    finally:
-        await admin.close()
-    await migrate_url(durable_server.url(name))
-    yield durable_server.url(name)
-
-
-async def _crash(url: str) -> None:
-    """Kill a backend -9 and wait until the server accepts connections again (after replaying its WAL)."""
-    victim = await asyncpg.connect(url)
-    os.kill(await victim.fetchval("select pg_backend_pid()"), signal.SIGKILL)
-    with anyio.fail_after(60):
-        while True:
-            await anyio.sleep(0.2)
-            try:
-                probe = await asyncpg.connect(url)
-            except (OSError, asyncpg.PostgresError):
-                continue
-            await probe.close()
-            break
-    victim.terminate()
 
 
 async def _request_row(url: str, message_id: int) -> dict[str, Any]:
@@ -84,8 +35,8 @@ async def _ask(conn: asyncpg.Connection) -> int:
     return int(sent[0]["id"])
 
 
-async def test_a_claim_lost_in_a_crash_leaves_the_request_as_it_was_to_be_claimed_again(url: str) -> None:
-    conn = await asyncpg.connect(url)
+async def test_a_claim_lost_in_a_crash_leaves_the_request_as_it_was_to_be_claimed_again(crash_url: str) -> None:
+    conn = await asyncpg.connect(crash_url)
     try:
         await register(conn, "a1")
         await register(conn, "b1")
@@ -94,13 +45,13 @@ async def test_a_claim_lost_in_a_crash_leaves_the_request_as_it_was_to_be_claime
         assert claimed["id"] == request_id
         lost = bool(await conn.fetchval("select pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"))
         await conn.close()
-        await _crash(url)
-        row = await _request_row(url, request_id)
+        await crash(crash_url)
+        row = await _request_row(crash_url, request_id)
         if lost:  # (nearly always: nothing has flushed the claim yet)
             assert row == {"state": "ready", "attempts": 0, "claimed_by": None}
         else:
             assert row == {"state": "inflight", "attempts": 1, "claimed_by": "b1"}
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(crash_url)
         if lost:  # claimed again at once, as the first attempt
             [again] = await call(conn, "claim_inbox", agent_id="b1", classes=["request"])
             assert again["id"] == request_id and again["attempts"] == 1
@@ -108,9 +59,9 @@ async def test_a_claim_lost_in_a_crash_leaves_the_request_as_it_was_to_be_claime
         await conn.close()
 
 
-async def test_a_reply_survives_a_crash_and_so_does_the_claim_before_it(url: str) -> None:
+async def test_a_reply_survives_a_crash_and_so_does_the_claim_before_it(crash_url: str) -> None:
     """The reply and the ack of its request commit durably: their flush takes the claim with it."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(crash_url)
     try:
         await register(conn, "a1")
         await register(conn, "b1")
@@ -120,9 +71,9 @@ async def test_a_reply_survives_a_crash_and_so_does_the_claim_before_it(url: str
                               messages=[{"payload": "yes", "correlation_id": claimed["correlation_id"]}])
         assert answered["acked"] == 1
         await conn.close()
-        await _crash(url)
-        assert await _request_row(url, request_id) == {"state": "acked", "attempts": 1, "claimed_by": "b1"}
-        conn = await asyncpg.connect(url)
+        await crash(crash_url)
+        assert await _request_row(crash_url, request_id) == {"state": "acked", "attempts": 1, "claimed_by": "b1"}
+        conn = await asyncpg.connect(crash_url)
         reply = await conn.fetchval("select payload from public.distributed_messages where id = $1",
                                     answered["sent"][0]["id"])
         assert reply == '"yes"'

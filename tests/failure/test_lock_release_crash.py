@@ -4,66 +4,16 @@ lease to run out at its TTL; an acquire never is, and no fencing token is issued
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 
-from agent_runtime.local import embedded
-from agent_runtime.local.migrations import migrate_url
+from tests.failure._crash_support import crash
 from tests.sql._helpers import call, register
 
 pytestmark = pytest.mark.slow  # its own server: initdb, and a crash recovery per test
-
-
-@pytest.fixture(scope="module")
-def durable_server() -> Iterator[embedded.LocalServer]:
-    """A private server that flushes its WAL at each durable commit (fsync on), as production does."""
-    root = embedded.scratch_dir("ar-crash-")
-    try:
-        yield embedded.ensure_running(root / "pgdata", durable=True)
-    finally:
-        embedded.stop(root / "pgdata")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-async def url(durable_server: embedded.LocalServer) -> AsyncIterator[str]:
-    name = f"crash_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(durable_server.url("postgres"))
-    try:
-        await admin.execute(f'create database "{name}"')
-        # An async commit reaches the disk when the WAL writer wakes (or a durable commit flushes
-        # past it): 10 s between wake-ups, so that a release just committed is still unflushed.
-        await admin.execute("alter system set wal_writer_delay = '10s'")
-        await admin.execute("select pg_reload_conf()")
-    finally:
-        await admin.close()
-    await migrate_url(durable_server.url(name))
-    yield durable_server.url(name)
-
-
-async def _crash(url: str) -> None:
-    """Kill a backend -9: the postmaster ends every session, resets shared memory (WAL not yet
-    written is gone) and replays the WAL; then wait until it accepts connections again."""
-    victim = await asyncpg.connect(url)
-    os.kill(await victim.fetchval("select pg_backend_pid()"), signal.SIGKILL)
-    with anyio.fail_after(60):
-        while True:
-            await anyio.sleep(0.2)
-            try:
-                probe = await asyncpg.connect(url)
-            except (OSError, asyncpg.PostgresError):
-                continue
-            await probe.close()
-            break
-    victim.terminate()
 
 
 async def _unflushed(conn: asyncpg.Connection) -> bool:
@@ -86,26 +36,26 @@ async def _acquire(conn: asyncpg.Connection, agent: str, ttl_ms: int, **kw: Any)
     return result
 
 
-async def test_an_acquire_survives_a_crash_and_a_lost_release_only_leaves_the_lease_to_its_ttl(url: str) -> None:
-    conn = await asyncpg.connect(url)
+async def test_an_acquire_survives_a_crash_and_a_lost_release_only_leaves_the_lease_to_its_ttl(crash_url: str) -> None:
+    conn = await asyncpg.connect(crash_url)
     try:
         await register(conn, "a1")
         await register(conn, "b1")
         held = await _acquire(conn, "a1", ttl_ms=10000)  # (two crash recoveries take seconds)
         await conn.close()
-        await _crash(url)
+        await crash(crash_url)
         # The acquire's commit waited for its flush: the lease and its token are still there.
-        assert await _lock_row(url) == {"owner_id": "a1", "lease_id": uuid.UUID(held["lease_id"]),
+        assert await _lock_row(crash_url) == {"owner_id": "a1", "lease_id": uuid.UUID(held["lease_id"]),
                                         "token": held["token"]}
 
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(crash_url)
         assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=held["lease_id"],
                           durable=False) is True
         lost = await _unflushed(conn)  # (nearly always: nothing has flushed the release yet)
         await conn.close()
-        await _crash(url)
-        row = await _lock_row(url)
-        conn = await asyncpg.connect(url)
+        await crash(crash_url)
+        row = await _lock_row(crash_url)
+        conn = await asyncpg.connect(crash_url)
         if lost:
             # The release is gone: the lease is back as it was, held until its TTL runs out...
             assert row == {"owner_id": "a1", "lease_id": uuid.UUID(held["lease_id"]), "token": held["token"]}
@@ -121,10 +71,10 @@ async def test_an_acquire_survives_a_crash_and_a_lost_release_only_leaves_the_le
         await conn.close()
 
 
-async def test_a_release_seen_by_the_next_acquire_is_not_lost(url: str) -> None:
+async def test_a_release_seen_by_the_next_acquire_is_not_lost(crash_url: str) -> None:
     """The next acquire's durable commit flushes the WAL up to and past the release: after a crash
     the new holder keeps the lease (the old one never gets it back), and tokens still increase."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(crash_url)
     try:
         await register(conn, "a1")
         await register(conn, "b1")
@@ -134,10 +84,10 @@ async def test_a_release_seen_by_the_next_acquire_is_not_lost(url: str) -> None:
         taken = await _acquire(conn, "b1", ttl_ms=60000)
         assert taken["acquired"] is True
         await conn.close()
-        await _crash(url)
-        assert await _lock_row(url) == {"owner_id": "b1", "lease_id": uuid.UUID(taken["lease_id"]),
+        await crash(crash_url)
+        assert await _lock_row(crash_url) == {"owner_id": "b1", "lease_id": uuid.UUID(taken["lease_id"]),
                                         "token": taken["token"]}
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(crash_url)
         assert await call(conn, "release_lock", agent_id="b1", key="k", lease_id=taken["lease_id"]) is True
         again = await _acquire(conn, "a1", ttl_ms=60000)
         assert again["token"] > taken["token"] > held["token"]
