@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 
 from agent_runtime import AgentRuntime
+from agent_runtime.models import ChannelKind
+from agent_runtime.transports.postgres import PostgresTransport
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -36,10 +38,10 @@ async def _next(sub: Any) -> Any:
 # subscription's next fetch picks it up, see the docstring of _subscription.py.)
 @pytest.mark.parametrize("kind", ["queue"])
 async def test_a_replayed_dead_letter_wakes_its_consumer(make_runtime: RuntimeFactory, conn: asyncpg.Connection,
-                                                         kind: str) -> None:
+                                                         kind: ChannelKind) -> None:
     async with make_runtime("pub") as pub, make_runtime("consumer", poll_interval=NO_POLL) as consumer:
-        await pub.channel("work", kind)  # type: ignore[arg-type]
-        async with consumer.subscribe("work", kind=kind) as sub:  # type: ignore[arg-type]
+        await pub.channel("work", kind)
+        async with consumer.subscribe("work", kind=kind) as sub:
             sent = await pub.publish("work", {"n": 1})
             with anyio.fail_after(WITHIN):
                 msg = await sub.__anext__()
@@ -77,6 +79,12 @@ async def test_a_nacked_message_wakes_its_consumer(make_runtime: RuntimeFactory)
             assert again.id == sent.id and again.attempts == 2
 
 
+def _transport(rt: AgentRuntime) -> PostgresTransport:
+    transport = rt._transport
+    assert isinstance(transport, PostgresTransport)
+    return transport
+
+
 def _noticed(con: asyncpg.Connection) -> anyio.Event:
     lost = anyio.Event()
     con.add_termination_listener(lambda _con: lost.set())
@@ -93,10 +101,10 @@ async def test_kept_connections_killed_while_idle_cost_no_failure(
             async with pub.lock("k", ttl=5):
                 pass
             await anyio.sleep(0.3)  # (every call answered: their connections wait on the stacks)
-            kept = [c.get_server_pid() for rt in (pub, consumer)
-                    for c in rt._transport._idle]  # type: ignore[attr-defined]
+            idle = [c for rt in (pub, consumer) for c in _transport(rt)._idle]
+            kept = [c.get_server_pid() for c in idle]
             assert kept
-            events = [_noticed(con) for rt in (pub, consumer) for con in rt._transport._idle]  # type: ignore[attr-defined]
+            events = [_noticed(con) for con in idle]
             caplog.clear()
             await conn.execute("select pg_terminate_backend(pid) from unnest($1::int[]) pid", kept)
             # Once the runtimes have seen the loss (as a pooled connection's loss had to be seen
