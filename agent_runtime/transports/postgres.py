@@ -202,7 +202,10 @@ class PostgresTransport:
             return
         pool = self._pool or self._closing_pool
         if pool is None:
-            con.terminate()
+            # (closed meanwhile: its pool's terminate() may have taken the connection back already,
+            # then terminate() here would raise InterfaceError over the call's own outcome)
+            if _usable(con):
+                con.terminate()
             return
         with translate_errors():
             await pool.release(con)

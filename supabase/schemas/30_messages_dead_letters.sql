@@ -156,6 +156,13 @@ declare
   v_now timestamptz;
   v_result jsonb;
 begin
+  -- A release or an inbox claim with p_durable => false earlier in this transaction turned its
+  -- commit asynchronous (see release_lock): a send (or an acquire, which issues a fencing token)
+  -- commits durably whatever came before it, so the setting they saved is restored here.
+  if pg_catalog.current_setting('agent_runtime.durable_commit', true) <> '' then
+    perform pg_catalog.set_config('synchronous_commit', pg_catalog.current_setting('agent_runtime.durable_commit'), true);
+    perform pg_catalog.set_config('agent_runtime.durable_commit', '', true);
+  end if;
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   -- The sender and the channel in one look-up; the errors below come in the usual order.
   select c.*, exists (select 1 from public.distributed_agents a where a.id = p_agent_id) as agent_known
@@ -875,8 +882,9 @@ grant execute on function public.reply_to_request(text, bigint, text, jsonb) to 
 -- claimed and answered again (at-least-once; a crash of the server is no failed attempt of the
 -- request). Acks riding on the claim, lost the same way, redeliver replies nobody waits for any
 -- more (dropped) or inbox messages (at-least-once). No claim issues a fencing token, and sends
--- stay durable. Writes of the same transaction after the claim share its commit: a caller that
--- wants them durable keeps the default (p_durable => true).
+-- stay durable. Writes of the same transaction after the claim share its commit (but a send or an
+-- acquire restores the durable commit first: see agent_runtime.durable_commit in send_messages):
+-- a caller that wants them durable keeps the default (p_durable => true).
 -- Raises: what claim_messages raises.
 create function public.claim_inbox(p_agent_id text, p_limit integer default 10, p_visibility_ms bigint default null,
                                    p_ack_ids bigint[] default null, p_classes text[] default null,
@@ -885,6 +893,9 @@ returns json
 language plpgsql set search_path = '' as $$
 begin
   if p_durable is false and pg_catalog.pg_current_xact_id_if_assigned() is null then
+    -- (the setting a send or an acquire later in this transaction restores: only this write,
+    -- never theirs, may skip the flush)
+    perform pg_catalog.set_config('agent_runtime.durable_commit', pg_catalog.current_setting('synchronous_commit'), true);
     perform pg_catalog.set_config('synchronous_commit', 'off', true);
   end if;
   return public.claim_messages(p_agent_id, 'agent:' || p_agent_id, p_limit, p_visibility_ms, p_ack_ids, p_classes);

@@ -67,6 +67,13 @@ declare
   v_first timestamptz;
   v_wait_ms bigint := p_wait_ms;
 begin
+  -- A release or an inbox claim with p_durable => false earlier in this transaction turned its
+  -- commit asynchronous (see release_lock): a send (or an acquire, which issues a fencing token)
+  -- commits durably whatever came before it, so the setting they saved is restored here.
+  if pg_catalog.current_setting('agent_runtime.durable_commit', true) <> '' then
+    perform pg_catalog.set_config('synchronous_commit', pg_catalog.current_setting('agent_runtime.durable_commit'), true);
+    perform pg_catalog.set_config('agent_runtime.durable_commit', '', true);
+  end if;
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   perform agent_runtime_private.agent_exists(p_agent_id);
   if v_ttl is null or p_lease_id is null then
@@ -197,7 +204,9 @@ grant execute on function public.renew_lock(text, text, uuid, bigint) to authent
 -- untouched (a release issues none), and any acquire that saw the release commits durably, which
 -- flushes the WAL up to and past the release first (the WAL is flushed in order), so a lease once
 -- taken over never comes back to the releaser. Writes of the same transaction after the release
--- share its commit: a caller that wants them durable keeps the default (p_durable => true).
+-- share its commit (but a send or an acquire restores the durable commit first: see
+-- agent_runtime.durable_commit in send_messages): a caller that wants them durable keeps the
+-- default (p_durable => true).
 -- The release announces the key on 'locks' (a hint for waiters sleeping between tries) only when
 -- no acquire is queued for it in the database: a queued one (it holds the key's queue lock, see
 -- acquire_lock) watches the row and takes the lease itself within a poll, and the hint would only
@@ -211,6 +220,9 @@ declare
 begin
   perform agent_runtime_private.assert_acting_as(p_agent_id);
   if p_durable is false and pg_catalog.pg_current_xact_id_if_assigned() is null then
+    -- (the setting a send or an acquire later in this transaction restores: only this write,
+    -- never theirs, may skip the flush)
+    perform pg_catalog.set_config('agent_runtime.durable_commit', pg_catalog.current_setting('synchronous_commit'), true);
     perform pg_catalog.set_config('synchronous_commit', 'off', true);
   end if;
   -- (the delete trigger leaves this release's hint to the code below)
