@@ -10,7 +10,7 @@ import signal
 import anyio
 import asyncpg
 
-__all__ = ["crash"]
+__all__ = ["crash", "unflushed"]
 
 
 async def crash(url: str) -> None:
@@ -27,3 +27,8 @@ async def crash(url: str) -> None:
             await probe.close()
             break
     victim.terminate()
+
+
+async def unflushed(conn: asyncpg.Connection) -> bool:
+    """WAL inserted but not yet flushed (a read-only transaction flushes nothing)."""
+    return bool(await conn.fetchval("select pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"))

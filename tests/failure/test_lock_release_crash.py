@@ -10,15 +10,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.failure._crash_support import crash
+from tests.failure._crash_support import crash, unflushed
 from tests.sql._helpers import call, register
 
 pytestmark = pytest.mark.slow  # its own server: initdb, and a crash recovery per test
-
-
-async def _unflushed(conn: asyncpg.Connection) -> bool:
-    """WAL inserted but not yet flushed (a read-only transaction flushes nothing)."""
-    return bool(await conn.fetchval("select pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"))
 
 
 async def _lock_row(url: str) -> dict[str, Any] | None:
@@ -51,7 +46,7 @@ async def test_an_acquire_survives_a_crash_and_a_lost_release_only_leaves_the_le
         conn = await asyncpg.connect(crash_url)
         assert await call(conn, "release_lock", agent_id="a1", key="k", lease_id=held["lease_id"],
                           durable=False) is True
-        lost = await _unflushed(conn)  # (nearly always: nothing has flushed the release yet)
+        lost = await unflushed(conn)  # (nearly always: nothing has flushed the release yet)
         await conn.close()
         await crash(crash_url)
         row = await _lock_row(crash_url)
