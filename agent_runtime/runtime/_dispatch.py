@@ -60,7 +60,8 @@ class Dispatch:
                 for sub in subs:
                     sub.offer(messages[0].seq, messages)
         elif isinstance(event, wire.PresenceChange):
-            self._presence.publish(PresenceEvent(event.kind, event.agent_id, event.status))
+            if self._context.carried.presence_believed(event):
+                self._presence.publish(PresenceEvent(event.kind, event.agent_id, event.status))
         elif isinstance(event, wire.LockReleased):
             self._lock_waiters.released(event.key)
         elif isinstance(event, wire.Reconnected):

@@ -1,11 +1,14 @@
-"""Messages carried by broadcast wake-ups, believed only when the database vouches for them.
+"""Messages carried by broadcast wake-ups, and presence changes, believed only when the database
+vouches for them.
 
 Any database login can send a notification on any channel (plain ``NOTIFY`` cannot be revoked),
 and a Realtime topic may carry what a client put there. So a wake-up that carries messages is
 believed only if its HMAC (``h``, computed in the trigger with a secret only the schema's owner
 can read) verifies with the key this runtime got from ``wakeup_key()``. A runtime that cannot get
 the key (an agent with its own JWT) ignores carried messages and fetches; so does everyone for a
-wake-up that is malformed or does not verify. At worst a forged wake-up costs a fetch."""
+wake-up that is malformed or does not verify. At worst a forged wake-up costs a fetch. A presence
+change is passed on only if it verifies and is newer than the last one believed for its agent
+(any login can LISTEN, and replay what it heard); without the key, as before, every one is."""
 
 from __future__ import annotations
 
@@ -17,18 +20,19 @@ import msgspec
 
 from ..errors import AgentRuntimeError, ConnectionLost
 from ..models import RawMessage
-from ..transports.wire import MessageWakeUp, channel_topic
+from ..transports.wire import PRESENCE, MessageWakeUp, PresenceChange, channel_topic
 from ._db import Database, messages_from_json
 
 log = logging.getLogger(__name__)
 
 
 class CarriedMessages:
-    """Verifies and decodes the messages broadcast wake-ups carry."""
+    """Verifies and decodes the messages broadcast wake-ups carry, and verifies presence changes."""
 
     def __init__(self) -> None:
         self._key: bytes | None = None
         self._known = False  # whether the key was asked for (and given or refused)
+        self._presence_at: dict[str, int] = {}  # agent id -> 'at' of the last change believed
 
     @property
     def verifying(self) -> bool:
@@ -81,3 +85,24 @@ class CarriedMessages:
         if not messages or any(m.seq != first + i or m.channel != channel for i, m in enumerate(messages)):
             return None
         return messages
+
+    def presence_believed(self, event: PresenceChange) -> bool:
+        """Whether a presence change may be passed on. With the key: only if it is on the presence
+        topic, its HMAC verifies, and it is not older than the last change believed for that agent
+        (a replayed old one is not; the same one again is the truth still). Without it (an agent
+        with its own JWT, or before the key is loaded): always, as unsigned hints were."""
+        if self._key is None:
+            return True
+        if event.topic != PRESENCE or event.at is None or event.mac is None:
+            log.warning("ignoring an unsigned presence change of %r (forged?)", event.agent_id)
+            return False
+        signed = f"{PRESENCE}\n{event.agent_id}\n{event.kind}\n{event.status}\n{event.at}".encode()
+        if not hmac.compare_digest(hmac.new(self._key, signed, hashlib.sha256).hexdigest(), event.mac):
+            log.warning("ignoring a presence change of %r that does not verify (forged?)", event.agent_id)
+            return False
+        last = self._presence_at.get(event.agent_id)
+        if last is not None and event.at < last:
+            log.warning("ignoring a presence change of %r older than the last one (replayed?)", event.agent_id)
+            return False
+        self._presence_at[event.agent_id] = event.at
+        return True

@@ -87,11 +87,15 @@ class MessageWakeUp(_Event, frozen=True, tag="message"):
 
 
 class PresenceChange(_Event, frozen=True, tag="presence"):
-    """An agent joined, left or changed its status (from the agent_presence table's trigger)."""
+    """An agent joined, left or changed its status (from the agent_presence table's trigger), at
+    ``at`` (the database clock, microseconds since the epoch), signed with ``mac``; believed only if
+    it verifies (:mod:`agent_runtime.runtime._wakeups`)."""
 
     agent_id: str = msgspec.field(name="a")
     kind: Literal["join", "leave", "status"] = msgspec.field(name="k")
     status: str = msgspec.field(name="st")
+    at: int | None = msgspec.field(default=None, name="at")
+    mac: str | None = msgspec.field(default=None, name="h")
 
 
 class LockReleased(_Event, frozen=True, tag="released"):

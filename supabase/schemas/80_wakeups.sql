@@ -211,12 +211,16 @@ create trigger distributed_messages_ready_notify after update of state on public
 revoke all on function agent_runtime_private.on_messages_ready() from public, anon, authenticated, service_role;
 
 -- on_presence_changed() trigger: a join, leave or status change (not a plain heartbeat) notifies
--- 'presence'.
+-- 'presence', signed: 'at' (the database clock in microseconds since the epoch) and 'h', the HMAC
+-- of "presence\n<agent id>\n<kind>\n<status>\n<at>" with the wake-up secret. Any login can
+-- NOTIFY, and LISTEN: a runtime holding the key believes only a change that verifies and is newer
+-- than the last it believed for that agent (neither forged nor replayed).
 -- Raises: nothing of its own.
 create function agent_runtime_private.on_presence_changed() returns trigger
 language plpgsql security definer set search_path = '' as $$
 declare
   v_event text;
+  v_at bigint;
 begin
   if tg_op = 'INSERT' then
     v_event := 'join';
@@ -229,8 +233,12 @@ begin
   else
     return null;  -- a plain heartbeat is not an event
   end if;
+  v_at := (extract(epoch from agent_runtime_private.clock()) * 1000000)::bigint;
   perform agent_runtime_private.notify('presence', 'presence',
-    jsonb_build_object('a', new.agent_id, 'k', v_event, 'st', new.status));
+    jsonb_build_object('a', new.agent_id, 'k', v_event, 'st', new.status, 'at', v_at,
+                       'h', agent_runtime_private.wakeup_mac(
+                              'presence' || E'\n' || new.agent_id || E'\n' || v_event || E'\n' || new.status
+                              || E'\n' || v_at)));
   return null;
 end
 $$;

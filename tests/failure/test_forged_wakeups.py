@@ -186,3 +186,36 @@ async def test_supabase_agent_tokens_fetch_what_wakeups_carry(db_url: str) -> No
                     assert (await _next(untrusted)).payload == {"n": n}
                 assert trusted.taken_from_wakeups == 5
                 assert untrusted.taken_from_wakeups == 0
+
+
+async def test_forged_and_replayed_presence_changes_are_not_believed(
+        make_runtime: RuntimeFactory, intruder: asyncpg.Connection) -> None:
+    """Any login can NOTIFY on the presence channel, and LISTEN to it: an unsigned or wrongly signed
+    change is not passed on, nor is a genuine one replayed after a newer change of that agent."""
+    captured: list[str] = []
+    await intruder.add_listener(wire.notification_channel("presence"),
+                                lambda _conn, _pid, _channel, payload: captured.append(payload))
+    async with make_runtime("watcher") as rt, rt.presence_events() as events:
+        seen: list[tuple[str, str]] = []
+
+        async def until(agent_id: str, kind: str) -> None:
+            with anyio.fail_after(10):
+                async for event in events:
+                    seen.append((event.agent_id, event.kind))
+                    if (event.agent_id, event.kind) == (agent_id, kind):
+                        return
+
+        async with make_runtime("b") as b:
+            await until(b.agent_id, "join")
+        await until(b.agent_id, "leave")
+        joined = [p for p in captured if json.loads(p).get("a") == b.agent_id and json.loads(p)["k"] == "join"]
+        assert joined and "h" in json.loads(joined[0])  # (what the intruder heard was signed)
+        ghost = {"a": "ghost", "k": "join", "st": "online", "t": "presence", "e": "presence"}
+        forgeries = [ghost, {**ghost, "at": 2**62, "h": "00" * 32}, {**ghost, "at": 2**62, "h": secrets.token_hex(32)},
+                     json.loads(joined[0])]  # (the genuine join, replayed after the leave)
+        for forged in forgeries:
+            await _notify(intruder, forged)
+        async with make_runtime("c") as c:  # a genuine change after them (the channel keeps its order)
+            await until(c.agent_id, "join")
+        assert [(a, k) for a, k in seen if a in (b.agent_id, "ghost", c.agent_id)] == [
+            (b.agent_id, "join"), (b.agent_id, "leave"), (c.agent_id, "join")]

@@ -4,8 +4,11 @@ notification channel, and realtime.send only where wakeup_routes says so."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -88,22 +91,37 @@ async def test_nack_and_replay_wake_consumers(db_url: str, conn: asyncpg.Connect
 
 
 async def test_presence_events(db_url: str, conn: asyncpg.Connection) -> None:
-    """Join on register, status on a change, nothing on a plain heartbeat, leave on deregister, join on resume."""
+    """Join on register, status on a change, nothing on a plain heartbeat, leave on deregister, join
+    on resume; each signed: 'at' the database clock (increasing), 'h' its HMAC with the wake-up key."""
+    key = bytes.fromhex(await call(conn, "wakeup_key"))
+    seen: list[int] = []
+
+    async def settled(listener: Any) -> list[dict[str, Any]]:
+        events = await listener.settle(conn)
+        for event in events:
+            at, mac = event.pop("at"), event.pop("h")
+            signed = f"presence\n{event['a']}\n{event['k']}\n{event['st']}\n{at}".encode()
+            assert mac == hmac.new(key, signed, hashlib.sha256).hexdigest()
+            assert not seen or at > seen[-1]
+            seen.append(at)
+        return list(events)
+
     async with listening(db_url, "presence") as listener:
         await register(conn, "a1")
-        assert await listener.settle(conn) == [
+        assert await settled(listener) == [
             {"a": "a1", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
         await call(conn, "update_agent_last_seen", agent_id="a1")
-        assert await listener.settle(conn) == []
+        assert await settled(listener) == []
         await call(conn, "set_agent_status", agent_id="a1", status="busy")
-        assert await listener.settle(conn) == [
+        assert await settled(listener) == [
             {"a": "a1", "k": "status", "st": "busy", "t": "presence", "e": "presence"}]
         await call(conn, "deregister_agent", agent_id="a1")
-        assert await listener.settle(conn) == [
+        assert await settled(listener) == [
             {"a": "a1", "k": "leave", "st": "offline", "t": "presence", "e": "presence"}]
         await register(conn, "a1")
-        assert await listener.settle(conn) == [
+        assert await settled(listener) == [
             {"a": "a1", "k": "join", "st": "online", "t": "presence", "e": "presence"}]
+    assert len(seen) == 4
 
 
 async def test_lock_release_notifies(db_url: str, conn: asyncpg.Connection) -> None:

@@ -36,6 +36,10 @@ def test_both_edges_decode_the_same_events() -> None:
     assert wire.from_broadcast("channel:news", "message", {**payload, "id": "x"}) == expected
     assert wire.from_broadcast("presence", "presence", {"a": "bob", "k": "leave", "st": "offline"}) \
         == wire.PresenceChange("presence", "bob", "leave", "offline")
+    signed = {"a": "bob", "k": "join", "st": "online", "at": 1796000000000000, "h": "cd"}
+    assert wire.from_notification(json.dumps({**signed, "t": "presence", "e": "presence"})) \
+        == wire.from_broadcast("presence", "presence", signed) \
+        == wire.PresenceChange("presence", "bob", "join", "online", 1796000000000000, "cd")
     released = wire.LockReleased("locks", "job:1")
     assert wire.from_notification('{"k": "job:1", "t": "locks", "e": "released"}') == released
     assert wire.from_broadcast("agent:bob", "message", {"c": "agent:bob", "s": 9}) \
