@@ -15,11 +15,15 @@ from ._context import RuntimeContext
 from ._durations import to_ms
 from ._payload import to_json_value
 
-__all__ = ["MAX_PAYLOAD_BYTES", "checked_headers", "checked_payload", "inbox_channel", "publish_many", "reply", "send"]
+__all__ = ["MAX_BATCH", "MAX_PAYLOAD_BYTES", "checked_headers", "checked_payload", "inbox_channel", "publish_many",
+           "reply", "send"]
 
 # The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
 # is refused here, before it is sent.
 MAX_PAYLOAD_BYTES = 1_048_576
+# The most messages send_messages takes in one batch; a bigger batch is refused here, before its
+# payloads are encoded and sent.
+MAX_BATCH = 10_000
 _encoder = msgspec.json.Encoder()
 
 
@@ -65,6 +69,9 @@ async def publish_many(context: RuntimeContext, channel: str, payloads: Sequence
                        headers: dict[str, Any] | None, idempotency_keys: Sequence[str | None] | None,
                        ttl: float | None, delay: float | None) -> list[SendResult]:
     """Check every argument and payload first, then send the batch (all or nothing), in order."""
+    if len(payloads) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} messages per batch (got {len(payloads)})",
+                           hint="send them in several publish_many calls")
     if idempotency_keys is not None and len(idempotency_keys) != len(payloads):
         raise InvalidInput("idempotency_keys must match payloads one to one")
     messages = []

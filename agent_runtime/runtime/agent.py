@@ -341,7 +341,8 @@ class AgentRuntime(NetworkViews):
     async def publish_many(self, channel: str, payloads: Sequence[Any], *, headers: dict[str, Any] | None = None,
                            idempotency_keys: Sequence[str | None] | None = None, ttl: float | None = None,
                            delay: float | None = None) -> list[SendResult]:
-        """Send a batch in one round trip (all or nothing), in order."""
+        """Send a batch of at most 10,000 in one round trip (all or nothing), in order; a larger one
+        is refused (InvalidInput) before anything is sent."""
         return await publish_many(self._require_context(), channel, payloads, headers=headers,
                                   idempotency_keys=idempotency_keys, ttl=ttl, delay=delay)
 

@@ -11,6 +11,7 @@ import pytest
 
 from agent_runtime import AgentRuntime
 from agent_runtime.errors import InvalidInput, InvalidName, PayloadTooLarge
+from agent_runtime.runtime._publish import MAX_BATCH
 
 RuntimeFactory = Callable[..., AgentRuntime]
 
@@ -100,6 +101,19 @@ async def test_payload_too_large_is_refused_before_it_is_sent(make_runtime: Runt
             await rt.publish("big", "x" * 100_000_000)
         with pytest.raises(PayloadTooLarge, match="no channel accepts"):
             await rt.request("someone", "x" * 2_000_000)
+
+
+async def test_a_batch_larger_than_the_database_takes_is_refused_before_it_is_sent(
+        make_runtime: RuntimeFactory, conn: asyncpg.Connection) -> None:
+    """publish_many of more than send_messages takes is refused by the runtime, nothing sent; the
+    largest batch it lets through is one the database takes (the two limits are the same)."""
+    async with make_runtime("b") as rt:
+        await rt.channel("bulk")
+        with pytest.raises(InvalidInput, match=f"at most {MAX_BATCH} messages per batch") as refused:
+            await rt.publish_many("bulk", list(range(MAX_BATCH + 1)))
+        assert refused.value.hint == "send them in several publish_many calls"  # (the runtime's own)
+        assert await conn.fetchval("select count(*) from distributed_messages") == 0
+        assert len(await rt.publish_many("bulk", list(range(MAX_BATCH)))) == MAX_BATCH
 
 
 async def test_headers_too_large_or_not_a_mapping_are_refused_before_they_are_sent(
