@@ -207,13 +207,27 @@ async def test_unknown_role_and_database_have_hints(home: Path, db_url: str) -> 
 
 
 async def test_a_port_that_never_answers_says_so(home: Path) -> None:
-    """A server that accepts the connection and never answers: a reason naming what was tried, not ''."""
+    """A server that accepts the connection and never answers: a reason naming what was tried, not
+    '', after the URL's own connect_timeout (libpq's parameter; 10 s without it)."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         port = server.getsockname()[1]
-        line = assert_clean_error(await run(home, "--url", f"postgresql://someone@127.0.0.1:{port}/db", "agents"))
+        started = time.monotonic()
+        line = assert_clean_error(await run(
+            home, "--url", f"postgresql://someone@127.0.0.1:{port}/db?connect_timeout=1", "agents"))
+        waited = time.monotonic() - started
     assert f"no answer from someone@127.0.0.1:{port}/db" in line and "hint:" in line, line
+    assert waited < 9, f"waited {waited:.1f}s: the URL's connect_timeout=1 was not used"
+
+
+async def test_connect_timeout_in_the_url(home: Path, db_url: str) -> None:
+    """connect_timeout is taken from the URL and not sent to the server as a setting (it would
+    refuse it); a value that is not a number of seconds is a clean configuration error."""
+    joined = "&" if "?" in db_url else "?"
+    assert (await ok(home, "--url", f"{db_url}{joined}connect_timeout=5", "agents", "--json")).json() == []
+    line = assert_clean_error(await run(home, "--url", f"{db_url}{joined}connect_timeout=soon", "agents"))
+    assert "connect_timeout must be a number of seconds" in line and "hint:" in line, line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncpg
 
 from ..errors import MigrationError
-from ..transports.postgres import describe_target, translate_errors
+from ..transports.postgres import describe_target, split_connect_timeout, translate_errors
 
 __all__ = ["Migration", "bootstrap_sql", "load_migrations", "migrate", "migrate_url", "migrations_dir",
            "split_statements"]
@@ -326,8 +326,9 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
 
 async def migrate_url(url: str) -> list[str]:
     """Connect, migrate, disconnect; failures come out as the runtime's own errors."""
+    connect_url, timeout = split_connect_timeout(url)
     with translate_errors(describe_target(url)):
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await asyncpg.connect(connect_url, timeout=timeout)
         try:
             return await migrate(conn)
         finally:

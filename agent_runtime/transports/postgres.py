@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -15,7 +16,7 @@ import msgspec
 import tenacity
 from anyio.abc import TaskStatus
 
-from ..errors import AgentRuntimeError, ConnectionLost, InvalidInput, error_from_sqlstate
+from ..errors import AgentRuntimeError, ConfigurationError, ConnectionLost, InvalidInput, error_from_sqlstate
 from . import wire
 from .base import EventSink
 
@@ -62,7 +63,8 @@ def _translated(exc: BaseException, target: str | None = None) -> AgentRuntimeEr
         return ConnectionLost(
             f"database connection failed: no answer{where} in time (something accepts connections there but does not "
             "answer as PostgreSQL, or the server is overloaded)",
-            hint="check the host and port in the URL (--url / AGENT_RUNTIME_URL)")
+            hint="check the host and port in the URL (--url / AGENT_RUNTIME_URL); "
+                 "?connect_timeout=N in it waits N seconds")
     reason = str(exc) or type(exc).__name__
     return ConnectionLost(f"database connection failed{f' ({target})' if target else ''}: {reason}")
 
@@ -77,6 +79,30 @@ def describe_target(url: str) -> str:
     return f"{user}{host}:{port}{unquote(parts.path) or '/'}"
 
 
+# Seconds to wait for a server's answer when connecting, unless the URL says otherwise with
+# libpq's own parameter (postgresql://...?connect_timeout=N; 0: no limit, as in libpq).
+CONNECT_TIMEOUT = 10.0
+
+
+def split_connect_timeout(url: str) -> tuple[str, float | None]:
+    """The URL without ``connect_timeout`` (asyncpg would send it to the server as a setting), and
+    the timeout in seconds it gives (None: no limit). Raises ConfigurationError for a bad value."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for name, value in pairs if name == "connect_timeout"]
+    if not given:
+        return url, CONNECT_TIMEOUT
+    try:
+        seconds = float(given[-1])
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(f"connect_timeout must be a number of seconds (got {given[-1]!r})",
+                                 hint="postgresql://...?connect_timeout=5 (0: no limit)")
+    rest = urlencode([(name, value) for name, value in pairs if name != "connect_timeout"])
+    return urlunsplit(parts._replace(query=rest)), seconds or None
+
+
 class PostgresTransport:
     """Calls ``select public.fn(p_a => $1, ...)``; listens with one ``LISTEN`` per watched topic
     (on its own notification channel: :func:`.wire.notification_channel`), on one connection."""
@@ -84,6 +110,7 @@ class PostgresTransport:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
                  reconnect_max_delay: float = 5.0, health_interval: float = 2.0) -> None:
         self.url = url
+        self._connect_url, self._connect_timeout = split_connect_timeout(url)
         self._min_size = min_size
         self._max_size = max_size
         self._reconnect_max_delay = reconnect_max_delay
@@ -107,9 +134,9 @@ class PostgresTransport:
     async def connect(self) -> None:
         with translate_errors(describe_target(self.url)):
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size,
+                self._connect_url, min_size=self._min_size, max_size=self._max_size,
                 # Hung connections must fail, not hang a runtime forever.
-                command_timeout=60, timeout=10,
+                command_timeout=60, timeout=self._connect_timeout,
                 # The pool's connections carry no session state (they only run function calls, in
                 # autocommit), so asyncpg's reset query on every release (RESET ALL, UNLISTEN *...)
                 # would be one more round trip per call for nothing. An open transaction is still
@@ -280,7 +307,7 @@ class PostgresTransport:
                 state.next_action.sleep if state.next_action else 0.0))
         async for attempt in retrying:
             with attempt, translate_errors():
-                conn: asyncpg.Connection = await asyncpg.connect(self.url, timeout=10)
+                conn: asyncpg.Connection = await asyncpg.connect(self._connect_url, timeout=self._connect_timeout)
                 return conn
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
