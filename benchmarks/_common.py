@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import anyio
 import asyncpg
 
 from agent_runtime import AgentRuntime
@@ -161,3 +162,23 @@ def runtime(url: str, name: str, **options: Any) -> AgentRuntime:
     settings: dict[str, Any] = {"url": url, "migrate": False, "janitor": False}
     settings.update(options)
     return AgentRuntime(name, **settings)
+
+
+# Commits in this database, and WAL flushes (fsyncs) of the server.
+_SERVER_COUNTS = ("select (select xact_commit from pg_stat_database where datname = current_database()),"
+                  " (select wal_sync from pg_stat_wal)")
+
+
+async def server_counts(url: str, *, settle: float = 0.0) -> tuple[int, int]:
+    """(commits in this database, WAL flushes of the server) so far, by every backend. A backend
+    reports its counts when it goes idle (at most once a second) or exits: read them after the
+    measured connections are closed (``settle``: seconds to wait first, for the exits)."""
+    if settle:
+        await anyio.sleep(settle)
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(_SERVER_COUNTS)
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()

@@ -9,26 +9,9 @@ from contextlib import AsyncExitStack
 import anyio
 import asyncpg
 
-from ._common import Bench, Figure, ms, runtime
+from ._common import Bench, Figure, ms, runtime, server_counts
 
 _XACT_KEY = 4242
-
-# Commits in this database, and WAL flushes (fsyncs) of the server: read before and after a run.
-_COUNTS = ("select (select xact_commit from pg_stat_database where datname = current_database()),"
-           " (select wal_sync from pg_stat_wal)")
-
-
-async def _server_counts(url: str) -> tuple[int, int]:
-    """(commits, WAL flushes) so far. A backend reports its counts when it goes idle (at most once a
-    second) or exits: read them after the measured connections are closed."""
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(_COUNTS)
-        assert row is not None
-        return int(row[0]), int(row[1])
-    finally:
-        await conn.close()
-
 
 def _per_op(before: tuple[int, int], after: tuple[int, int], ops: int) -> dict[str, float]:
     return {"commits_per_op": round((after[0] - before[0]) / max(ops, 1), 2),
@@ -42,13 +25,13 @@ async def _runtime_uncontended(url: str, iterations: int) -> tuple[float, dict[s
         for _ in range(20):
             async with rt.lock("bench:solo"):
                 pass
-        before = await _server_counts(url)
+        before = await server_counts(url)
         started = time.perf_counter()
         for _ in range(iterations):
             async with rt.lock("bench:solo"):
                 pass
         rate = iterations / (time.perf_counter() - started)
-    return rate, _per_op(before, await _server_counts(url), iterations)
+    return rate, _per_op(before, await server_counts(url), iterations)
 
 
 async def _raw_uncontended(url: str, iterations: int) -> float:
@@ -92,7 +75,7 @@ async def _runtime_contended(url: str, contenders: int,
     waits: list[float] = []
     async with AsyncExitStack() as stack:
         rts = [await stack.enter_async_context(runtime(url, f"bench-contender-{i}")) for i in range(contenders)]
-        before = await _server_counts(url)
+        before = await server_counts(url)
         deadline = time.perf_counter() + seconds
 
         async def contend(i: int) -> None:
@@ -106,7 +89,7 @@ async def _runtime_contended(url: str, contenders: int,
             for i in range(contenders):
                 tg.start_soon(contend, i)
         elapsed = time.perf_counter() - started
-    counts = _per_op(before, await _server_counts(url), len(waits))
+    counts = _per_op(before, await server_counts(url), len(waits))
     waits.sort()
     return len(waits) / elapsed, waits[-1], waits[len(waits) // 2], counts
 

@@ -25,7 +25,7 @@ import msgspec
 
 from agent_runtime import AgentRuntime, Message
 
-from ._common import Bench, Figure, ms, percentile, runtime
+from ._common import Bench, Figure, ms, percentile, runtime, server_counts
 from ._cpu import CpuMeter, CpuUse, postmaster_pid
 
 TEXT = "a payload of about a hundred bytes, like a small task description or a status line"
@@ -124,14 +124,10 @@ async def _raw_request_reply(url: str, samples: int, meter: CpuMeter) -> tuple[l
 
 
 async def _transactions(url: str) -> int:
-    """Transactions committed in this database so far, by every backend (a backend's statistics
-    are flushed when it exits: read once its connections are closed, and a moment later)."""
-    await anyio.sleep(0.3)
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("select xact_commit from pg_stat_database where datname = current_database()"))
-    finally:
-        await conn.close()
+    """Transactions committed in this database so far, by every backend (read once the measured
+    connections are closed, and a moment later: a backend's statistics are flushed when it exits)."""
+    commits, _ = await server_counts(url, settle=0.3)
+    return commits
 
 
 async def request_reply(bench: Bench) -> list[Figure]:

@@ -121,18 +121,14 @@ class Database:
         without waiting for its WAL flush (p_durable=False: the call is alone in its transaction;
         why a claim lost in a crash is harmless: claim_inbox in 30_messages_dead_letters.sql). On
         a database migrated before claim_inbox: ``claim``."""
-        if self._claim_inbox_missing:
-            return await self.claim(agent_id, inbox_topic(agent_id), limit, visibility_ms, ack_ids, classes)
-        extra: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
-        if classes is not None:
-            extra["p_classes"] = list(classes)
-        try:
-            raw = await self._call("claim_inbox", p_agent_id=agent_id, p_limit=limit, p_visibility_ms=visibility_ms,
-                                   p_durable=False, **extra)
-        except NotMigrated:
-            self._claim_inbox_missing = True
-            return await self.claim(agent_id, inbox_topic(agent_id), limit, visibility_ms, ack_ids, classes)
-        return messages_from_json(raw)
+        if not self._claim_inbox_missing:
+            try:
+                return await self._call_messages(
+                    "claim_inbox", p_agent_id=agent_id, p_limit=limit, p_visibility_ms=visibility_ms,
+                    p_durable=False, **_claim_extras(ack_ids, classes))
+            except NotMigrated:
+                self._claim_inbox_missing = True
+        return await self.claim(agent_id, inbox_topic(agent_id), limit, visibility_ms, ack_ids, classes)
 
     # ``ack_ids``: acknowledged in the same call, before fetching (one round trip for both).
     async def fetch(self, agent_id: str, channel: str, limit: int,
@@ -145,12 +141,9 @@ class Database:
                     ack_ids: Sequence[int] | None = None,
                     classes: Sequence[MessageClass] | None = None) -> list[RawMessage]:
         """``classes``: claim only these (an inbox's requests, replies or plain messages); None: all."""
-        extra: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
-        if classes is not None:
-            extra["p_classes"] = list(classes)
         return await self._call_messages(
             "claim_messages", p_agent_id=agent_id, p_channel=channel, p_limit=limit,
-            p_visibility_ms=visibility_ms, **extra)
+            p_visibility_ms=visibility_ms, **_claim_extras(ack_ids, classes))
 
     # ``channel``: only messages of that channel are acknowledged (ids of others are ignored).
     async def ack(self, agent_id: str, message_ids: Sequence[int], channel: str) -> int:
@@ -226,3 +219,11 @@ class Database:
     async def topology(self, window_ms: int = 300_000, include_offline: bool = False) -> Topology:
         return _as(Topology, await self._call(
             "get_network_topology", p_window_ms=window_ms, p_include_offline=include_offline))
+
+
+def _claim_extras(ack_ids: Sequence[int] | None, classes: Sequence[MessageClass] | None) -> dict[str, Any]:
+    """A claim's optional arguments: acks riding along, and the classes of message to claim."""
+    extra: dict[str, Any] = {"p_ack_ids": list(ack_ids)} if ack_ids else {}
+    if classes is not None:
+        extra["p_classes"] = list(classes)
+    return extra

@@ -15,8 +15,8 @@ from ._context import RuntimeContext
 from ._durations import to_ms
 from ._payload import to_json_value
 
-__all__ = ["MAX_BATCH", "MAX_PAYLOAD_BYTES", "checked_headers", "checked_payload", "inbox_channel", "publish_many",
-           "reply", "send"]
+__all__ = ["MAX_BATCH", "MAX_PAYLOAD_BYTES", "checked_headers", "checked_payload", "count_sent", "inbox_channel",
+           "publish_many", "reply", "send"]
 
 # The largest payload any channel accepts (communication_channels.max_payload_bytes); a bigger one
 # is refused here, before it is sent.
@@ -59,10 +59,15 @@ def inbox_channel(agent_id: str) -> str:
 async def send(context: RuntimeContext, channel: str, messages: list[dict[str, Any]]) -> list[SendResult]:
     """Send prepared messages (payloads checked already) in one round trip, counted as sent."""
     results = await context.db.send_batch(context.agent_id, channel, messages)
+    count_sent(context, channel, results)
+    return results
+
+
+def count_sent(context: RuntimeContext, channel: str, results: Sequence[SendResult]) -> None:
+    """``messages.sent``: the messages of a send that were not duplicates of earlier ones."""
     sent = sum(1 for r in results if not r.duplicate)
     if sent:
         context.metrics.increment("messages.sent", sent, channel=channel)
-    return results
 
 
 async def publish_many(context: RuntimeContext, channel: str, payloads: Sequence[Any], *,

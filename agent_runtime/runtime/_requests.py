@@ -33,7 +33,7 @@ from ._context import RuntimeContext
 from ._db import MessageClass
 from ._durations import required_ms
 from ._handlers import Handler, nack_quietly
-from ._publish import checked_headers, checked_payload, inbox_channel, send
+from ._publish import checked_headers, checked_payload, count_sent, inbox_channel, send
 from ._subscription import Message, Subscription
 
 __all__ = ["Inbox", "Requests"]
@@ -258,8 +258,7 @@ class Requests:
         except NotMigrated:
             await send(context, destination, [message])
             return False
-        if any(not r.duplicate for r in results):
-            context.metrics.increment("messages.sent", channel=destination)
+        count_sent(context, destination, results)
         return acked
 
     # ------------------------------------------------------------------ asking

@@ -205,7 +205,7 @@ class Subscription(Generic[T]):
         if self._closed or self.kind == "broadcast":
             return False
         for raw in messages:
-            self._context.metrics.received(self.channel, raw.size_bytes, raw.created_at)
+            self._received(self.channel, raw.size_bytes, raw.created_at)
         if not self._pending_acks:  # (a consumer waiting for news learns when their flush is due)
             self._acks_since = anyio.current_time()
             self._wake.set()

@@ -72,9 +72,7 @@ class CarriedMessages:
         if first is None or mac is None:
             log.warning("ignoring the messages of a malformed wake-up on %s", channel)
             return None
-        signed = f"{topic}\n{channel}\n{first}\n{carried}".encode()
-        expected = hmac.new(self._key, signed, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, mac):
+        if not self._verifies(f"{topic}\n{channel}\n{first}\n{carried}", mac):
             log.warning("ignoring the messages of a wake-up on %s that does not verify (forged?)", channel)
             return None
         try:
@@ -96,8 +94,7 @@ class CarriedMessages:
         if event.topic != PRESENCE or event.at is None or event.mac is None:
             log.warning("ignoring an unsigned presence change of %r (forged?)", event.agent_id)
             return False
-        signed = f"{PRESENCE}\n{event.agent_id}\n{event.kind}\n{event.status}\n{event.at}".encode()
-        if not hmac.compare_digest(hmac.new(self._key, signed, hashlib.sha256).hexdigest(), event.mac):
+        if not self._verifies(f"{PRESENCE}\n{event.agent_id}\n{event.kind}\n{event.status}\n{event.at}", event.mac):
             log.warning("ignoring a presence change of %r that does not verify (forged?)", event.agent_id)
             return False
         last = self._presence_at.get(event.agent_id)
@@ -106,3 +103,8 @@ class CarriedMessages:
             return False
         self._presence_at[event.agent_id] = event.at
         return True
+
+    def _verifies(self, signed: str, mac: str) -> bool:
+        """Whether ``mac`` is the HMAC-SHA256 of ``signed`` with the wake-up key (known)."""
+        assert self._key is not None
+        return hmac.compare_digest(hmac.new(self._key, signed.encode(), hashlib.sha256).hexdigest(), mac)
